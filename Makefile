@@ -1,0 +1,69 @@
+# pyopt — the two set-up commands are `make demo` and `make test`; both start from a bare machine.
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+VPIP      := $(VPY) -m pip
+NVCC      ?= nvcc
+NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90 -I csrc
+CU_SRCS   := $(wildcard csrc/cuda/*.cu)
+CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))
+NATIVE_SRCS := setup.py $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
+
+.PHONY: all venv build demo test pytest bench bench-quick check-cuda lint format info clean
+
+all: test
+
+# A venv with torch (the CPU wheel here; a torch already importable by $(PY), e.g. on a GPU box, is kept
+# by creating the venv with --system-site-packages), plus the test/demo dependencies.
+$(VENV)/.deps: requirements-dev.txt
+	@if [ ! -x $(VPY) ]; then \
+	  if $(PY) -c "import torch" 2>/dev/null; then $(PY) -m venv --system-site-packages $(VENV); \
+	  else $(PY) -m venv $(VENV); fi; fi
+	@$(VPY) -c "import torch" 2>/dev/null || $(VPIP) install -q torch==2.13.0
+	$(VPIP) install -q -r requirements-dev.txt
+	@touch $@
+venv: $(VENV)/.deps
+
+# The extension is rebuilt when a native source changes (editable install: Python edits need nothing).
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRCS)
+	$(VPIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+build: $(VENV)/.built
+
+demo: build
+	$(VPY) -m pyopt demo
+
+test: lint check-cuda pytest
+
+pytest: build
+	$(VPY) -m pytest tests
+
+bench: build
+	$(VPY) -m pyopt bench
+
+bench-quick: build
+	$(VPY) -m pyopt bench --quick
+
+# Every .cu includes only CUDA headers, so it compiles to an object here even though torch has no CUDA.
+check-cuda: $(CU_OBJS)
+	@if command -v $(NVCC) >/dev/null; then echo "check-cuda: $(words $(CU_SRCS)) .cu file(s) compile for sm_80 and sm_90"; \
+	else echo "check-cuda: skipped (no nvcc on this machine)"; fi
+
+build/cuda-check/%.o: csrc/cuda/%.cu $(wildcard csrc/cuda/*.cuh)
+	@mkdir -p $(@D)
+	@if command -v $(NVCC) >/dev/null; then echo "nvcc $<"; $(NVCC) $(NVCCFLAGS) -c $< -o $@; else touch $@; fi
+
+lint: $(VENV)/.deps
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+format: $(VENV)/.deps
+	$(VPY) -m ruff format .
+	$(VPY) -m ruff check --fix .
+
+info: build
+	$(VPY) -m pyopt info
+
+clean:
+	rm -rf build *.egg-info pyopt/*.so $(VENV)/.built

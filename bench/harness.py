@@ -1,0 +1,166 @@
+"""The one benchmark harness: time pyopt and its torch baseline in the same run, report the ratio.
+
+Each bench/bench_<family>.py defines `run(quick: bool) -> list[Row]` built with `compare(...)`.
+`python -m pyopt bench` (make bench) runs them all and writes bench/results/<machine>.{json,md}.
+
+Timing: warm-up, then repeated calls until both `repeat` calls and `min_time` seconds are reached; the
+median is reported (robust to the noisy 2-core machines). Baseline and pyopt calls are interleaved in
+rounds so that drift (turbo, a neighbour's load) hits both alike.
+
+Bandwidth: a kernel's GB/s comes from an explicit bytes model (what it must read + write), and is
+compared with a memcpy of the same number of bytes measured in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], device: str = "cpu", repeat: int = 10, min_time: float = 0.2) -> float:
+    """Median seconds per call of fn()."""
+    return time_many({"f": fn}, device, repeat, min_time)["f"]
+
+
+def time_many(
+    fns: dict[str, Callable[[], object]], device: str = "cpu", repeat: int = 10, min_time: float = 0.2
+) -> dict[str, float]:
+    """Median seconds per call of each fn, measured in interleaved rounds."""
+    for fn in fns.values():  # warm-up: caches, lazy init, autotuning, first-touch of outputs
+        fn()
+        fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    while True:
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[k].append(time.perf_counter() - t0)
+        n = len(next(iter(samples.values())))
+        if n >= repeat and time.perf_counter() - start >= min_time:
+            break
+        if n >= 1000:
+            break
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def memcpy_seconds(nbytes: int, device: str = "cpu", repeat: int = 10) -> float:
+    """Median time of copying `nbytes` from one buffer to another (the bandwidth yardstick)."""
+    src = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    return timeit(lambda: dst.copy_(src), device, repeat)
+
+
+@dataclasses.dataclass
+class Row:
+    family: str
+    case: str  # what is measured, with its shape
+    pyopt_ms: float
+    baseline: str  # what a user would otherwise call
+    baseline_ms: float
+    speedup: float  # baseline_ms / pyopt_ms
+    target: float | None = None  # the speedup the issue asks for, if any
+    gbps: float | None = None  # pyopt's bandwidth under the bytes model
+    memcpy_pct: float | None = None  # gbps as % of a memcpy of the same bytes
+    memcpy_target_pct: float | None = None
+    device: str = "cpu"
+
+    @property
+    def met(self) -> bool | None:
+        ok = []
+        if self.target is not None:
+            ok.append(self.speedup >= self.target)
+        if self.memcpy_target_pct is not None and self.memcpy_pct is not None:
+            ok.append(self.memcpy_pct >= self.memcpy_target_pct)
+        return all(ok) if ok else None
+
+
+def compare(
+    family: str,
+    case: str,
+    pyopt_fn: Callable[[], object],
+    baseline: str,
+    baseline_fn: Callable[[], object],
+    *,
+    device: str = "cpu",
+    target: float | None = None,
+    nbytes: int | None = None,
+    memcpy_target_pct: float | None = None,
+    repeat: int = 10,
+    min_time: float = 0.2,
+) -> Row:
+    """Time pyopt_fn against baseline_fn in one interleaved run; optional bytes model for GB/s."""
+    t = time_many({"pyopt": pyopt_fn, "base": baseline_fn}, device, repeat, min_time)
+    row = Row(
+        family,
+        case,
+        t["pyopt"] * 1e3,
+        baseline,
+        t["base"] * 1e3,
+        t["base"] / t["pyopt"],
+        target,
+        device=device,
+    )
+    if nbytes is not None:
+        row.gbps = nbytes / t["pyopt"] / 1e9
+        copy_gbps = nbytes / memcpy_seconds(nbytes, device, repeat) / 1e9
+        row.memcpy_pct = 100.0 * row.gbps / copy_gbps
+        row.memcpy_target_pct = memcpy_target_pct
+    return row
+
+
+def machine_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name().replace(" ", "-")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return f"{cpu.replace(' ', '-')}-{os.cpu_count()}cores"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = "| family | case | pyopt ms | baseline | baseline ms | speedup | target | GB/s | % memcpy | met |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        met = {True: "yes", False: "NO", None: ""}[r.met]
+        tgt = "" if r.target is None else f">={r.target:g}x"
+        if r.memcpy_target_pct is not None:
+            tgt += f" >={r.memcpy_target_pct:g}%"
+        lines.append(
+            f"| {r.family} | {r.case} | {r.pyopt_ms:.3f} | {r.baseline} | {r.baseline_ms:.3f} | "
+            f"{r.speedup:.2f}x | {tgt} | {fmt(r.gbps, '.1f')} | {fmt(r.memcpy_pct, '.0f')} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(rows: list[Row], path_stem: str, extra: dict | None = None) -> None:
+    """bench/results/<machine>.json and .md."""
+    meta = {"machine": machine_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    meta.update(extra or {})
+    data = {**meta, "rows": [dataclasses.asdict(r) | {"met": r.met} for r in rows]}
+    with open(path_stem + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    with open(path_stem + ".md", "w") as f:
+        f.write(f"# pyopt benchmarks on {meta['machine']} (torch {meta['torch']})\n\n")
+        f.write("Ratios are baseline time / pyopt time, both measured in the same run (median).\n\n")
+        f.write(format_table(rows) + "\n")

@@ -1,0 +1,77 @@
+"""Loading the native parts (pyopt._C, pyopt._C_cuda) and Triton, without ever failing `import pyopt`.
+
+Nothing here initialises CUDA: the CUDA extension is imported lazily, the first time a CUDA tensor
+reaches a pyopt op, and Triton is imported only when a Triton backend is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_vnni")
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+@functools.cache
+def cpu_ext():
+    """The pyopt._C module (its import registers torch.ops.pyopt_cpu.*), or None."""
+    if os.environ.get("PYOPT_NO_NATIVE") == "1":
+        return None
+    import torch  # noqa: F401  (libtorch must be loaded before the extension)
+
+    try:
+        return importlib.import_module("pyopt._C")
+    except ImportError as e:  # not built (PYOPT_NO_NATIVE=1 install) or built against another torch
+        _warn_once("cpu", f"pyopt: C++ CPU kernels unavailable ({e}); using the reference implementations")
+        return None
+
+
+@functools.cache
+def cuda_ext():
+    """The pyopt._C_cuda module (registers torch.ops.pyopt_cuda.*), or None. Imported lazily."""
+    if os.environ.get("PYOPT_NO_NATIVE") == "1":
+        return None
+    import torch  # noqa: F401
+
+    try:
+        return importlib.import_module("pyopt._C_cuda")
+    except ImportError:
+        return None
+
+
+def cuda_ext_built() -> bool:
+    """Whether pyopt._C_cuda exists on disk, without importing it (importing may touch CUDA)."""
+    return importlib.util.find_spec("pyopt._C_cuda") is not None
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def triton_version() -> str | None:
+    try:
+        import triton
+    except Exception:  # ImportError, or a broken triton install
+        return None
+    return triton.__version__
+
+
+def detected_isa() -> str:
+    """The best CPU ISA the C++ kernels can use here ("scalar" if they are not built)."""
+    ext = cpu_ext()
+    if ext is None:
+        return "scalar"
+    import torch
+
+    return ISA_NAMES[torch.ops.pyopt_cpu.detected_isa()]

@@ -1,0 +1,95 @@
+"""`pyopt` command line: info, bench, demo (and compress, added by the end-to-end issue)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import _backend, _native
+
+    print(
+        f"pyopt {__import__('pyopt').__version__}  torch {torch.__version__}  python {sys.version.split()[0]}"
+    )
+    print(f"CPU ISA        : {_native.detected_isa()} (kernels use at most this; PYOPT_CPU_ISA caps it)")
+    if _native.cpu_ext() is not None:
+        print(f"pyopt._C       : loaded ({torch.ops.pyopt_cpu.omp_threads()} OpenMP threads)")
+    else:
+        print("pyopt._C       : not loaded (pure-Python install or build failed)")
+    cuda_built = _native.cuda_ext_built()
+    print(f"pyopt._C_cuda  : {'built' if cuda_built else 'not built'} (torch CUDA: {torch.version.cuda})")
+    tv = _native.triton_version()
+    mode = "interpreter (TRITON_INTERPRET=1)" if _native.triton_interpret() else "compiled (GPU)"
+    print(f"triton         : {tv + ', ' + mode if tv else 'not installed'}")
+    print(f"backends       : {', '.join(_backend.available_backends())}")
+    print()
+    devices = ["cpu"] + (["cuda"] if torch.version.cuda is not None else [])
+    print(f"{'op':32s} " + " ".join(f"{d + ' runs':>12s}" for d in devices) + "   implementations")
+    for op in sorted(_backend._impls):
+        runs = []
+        for d in devices:
+            try:
+                runs.append(_backend.select(op, d)[0])
+            except NotImplementedError:
+                runs.append("-")
+        impls = ",".join(_backend.implementations(op))
+        print(f"{op:32s} " + " ".join(f"{r:>12s}" for r in runs) + f"   {impls}")
+    extra = getattr(__import__("pyopt"), "_info_extra", None)
+    if extra:
+        print()
+        extra()
+    return 0
+
+
+def _bench_dir() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "bench")
+    if not os.path.isfile(os.path.join(path, "harness.py")):
+        raise SystemExit(
+            "pyopt bench: the bench/ folder of a source checkout is needed (not in a wheel install)"
+        )
+    return path
+
+
+def cmd_bench(args) -> int:
+    sys.path.insert(0, _bench_dir())
+    import run_all  # bench/run_all.py
+
+    return run_all.main(ops=args.op, quick=args.quick, out=args.out)
+
+
+def cmd_demo(args) -> int:
+    try:
+        from . import demo
+    except ImportError:
+        demo = None
+    if demo is None or not hasattr(demo, "main"):
+        # Until the end-to-end demo exists, the main job shows what is built and how fast it is.
+        cmd_info(args)
+        return cmd_bench(argparse.Namespace(op=["quant"], quick=True, out=None))
+    return demo.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pyopt", description="pyopt: smaller, faster PyTorch models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="backends, CPU ISA, which implementation runs each op").set_defaults(
+        fn=cmd_info
+    )
+    b = sub.add_parser("bench", help="benchmarks vs torch baselines (ratios measured in one run)")
+    b.add_argument("--op", action="append", help="one family (quant, int8_linear, sparse, sgd); repeatable")
+    b.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    b.add_argument("--out", default=None, help="results stem (default bench/results/<machine>)")
+    b.set_defaults(fn=cmd_bench)
+    d = sub.add_parser("demo", help="the end-to-end CNN case: train, prune, quantise, save, measure")
+    d.set_defaults(fn=cmd_demo)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

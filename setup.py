@@ -1,0 +1,59 @@
+"""Build pyopt's native parts.
+
+pyopt._C       C++ CPU kernels (csrc/cpu/*.cpp), always built unless PYOPT_NO_NATIVE=1.
+               Hot loops carry per-function target attributes (AVX-512/VNNI, AVX2) and are picked at run
+               time by CPUID, so the binary itself is plain x86-64 and runs anywhere.
+pyopt._C_cuda  CUDA kernels (csrc/cuda/*.cu + *.cpp bindings), built only where torch has CUDA and nvcc
+               exists. TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0".
+kernels/       Triton kernels, shipped as the pure-Python package pyopt.kernels.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def _extensions():
+    if os.environ.get("PYOPT_NO_NATIVE") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    exts = [
+        CppExtension(
+            "pyopt._C",
+            _sources("csrc/cpu/*.cpp"),
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+    if torch.version.cuda is not None and shutil.which("nvcc") and _sources("csrc/cuda/*.cu"):
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        exts.append(
+            CUDAExtension(
+                "pyopt._C_cuda",
+                _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
+                include_dirs=[os.path.join(HERE, "csrc")],
+                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
+            )
+        )
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=bool(shutil.which("ninja")))}
+
+
+ext_modules, cmdclass = _extensions()
+setup(
+    packages=["pyopt", "pyopt.ops", "pyopt.nn", "pyopt.optim", "pyopt.kernels"],
+    package_dir={"pyopt.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,27 @@
+"""One table of test tolerances, with the reason for each.
+
+Rule (flash-attention's): a kernel computing in low precision may differ from the float64 reference by at
+most 2x what torch's own computation in that precision does. The values below are those bounds, measured
+for the shapes the tests use (K up to ~4k), rounded up.
+
+Integer outputs (quantize, int8 GEMM accumulators) are compared exactly: no tolerance.
+"""
+
+import torch
+
+# (rtol, atol) for results compared against a float64 reference.
+TOL = {
+    # fp32 accumulation of K products: error grows ~sqrt(K)*eps; torch's own fp32 matmul vs float64 at
+    # K=4096 is ~3e-6 relative. 2x that, with headroom for different summation orders -> 1e-5 / 1e-5.
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-12, 1e-12),
+    # bf16 output rounding alone is 2^-8 = 3.9e-3 relative; torch's bf16 matmul vs float64 ~ 8e-3.
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+    # fp16: 2^-11 = 4.9e-4 per rounding; torch's fp16 matmul vs float64 ~ 1e-3.
+    torch.float16: (2e-3, 2e-3),
+}
+
+
+def tol(dtype: torch.dtype) -> dict:
+    rtol, atol = TOL[dtype]
+    return {"rtol": rtol, "atol": atol}
