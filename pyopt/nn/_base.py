@@ -1,0 +1,47 @@
+"""The small protocol every pyopt module follows, shared by save/load, quantize, prune and FusedSGD.
+
+Module registry (for pyopt.save / pyopt.load):
+    @register_module
+    class Int8Linear(nn.Module):
+        def extra_config(self) -> dict: ...           # JSON-able constructor arguments (shapes, mode, ...)
+        @classmethod
+        def from_config(cls, cfg: dict) -> "Int8Linear": ...  # an empty module of the right shapes
+    All tensor state lives in parameters/buffers, so state_dict + from_config round-trips exactly.
+
+Parameter masks (for FusedSGD and pruned training):
+    set_param_mask(param, mask)  attaches a bool mask (same shape as param, same device) to the parameter;
+    get_param_mask(param)        returns it or None. FusedSGD keeps masked-out entries of the parameter and
+                                 of its momentum buffer exactly zero, inside its fused pass.
+    The module owning the mask keeps it as a buffer (so it is saved and moved with the module) and calls
+    set_param_mask again whenever the buffer object changes (e.g. after .to(), load_state_dict).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MODULES: dict[str, type[nn.Module]] = {}
+
+_MASK_ATTR = "_pyopt_mask"
+
+
+def register_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make `cls` known to pyopt.load by its class name."""
+    if not (hasattr(cls, "extra_config") and hasattr(cls, "from_config")):
+        raise TypeError(f"{cls.__name__} must define extra_config() and from_config(cfg) to be registered")
+    MODULES[cls.__name__] = cls
+    return cls
+
+
+def set_param_mask(param: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+        if mask.shape != param.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != parameter shape {tuple(param.shape)}")
+    setattr(param, _MASK_ATTR, mask)
+
+
+def get_param_mask(param: torch.Tensor) -> torch.Tensor | None:
+    return getattr(param, _MASK_ATTR, None)
