@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+from pyopt._demo_report import machine_name  # noqa: F401  (one definition, shared with `pyopt demo`)
 
 
 def _sync(device: str) -> None:
@@ -123,20 +125,6 @@ def compare(
     return row
 
 
-def machine_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().replace(" ", "-")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-
-    return f"{cpu.replace(' ', '-')}-{os.cpu_count()}cores"
-
-
 def format_table(rows: list[Row]) -> str:
     head = "| family | case | pyopt ms | baseline | baseline ms | speedup | target | GB/s | % memcpy | met |"
     lines = [head, "|" + "---|" * 10]
@@ -153,8 +141,31 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def plot_family(rows: list[Row], path: str) -> None:
+    """One family's PNG: speedup of every case (bars), its target (black tick) and parity (1x line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.38 * len(rows)), constrained_layout=True)
+    ys = list(range(len(rows)))[::-1]
+    colors = [{True: "C2", False: "C3", None: "C0"}[r.met] for r in rows]
+    ax.barh(ys, [r.speedup for r in rows], color=colors)
+    for y, r in zip(ys, rows, strict=True):
+        ax.text(r.speedup, y, f" {r.speedup:.2f}x", va="center", fontsize=8)
+        if r.target is not None:
+            ax.plot([r.target, r.target], [y - 0.4, y + 0.4], color="black", lw=2)
+    ax.axvline(1.0, color="gray", ls="--", lw=1)
+    ax.set_yticks(ys, [f"{r.case} (vs {r.baseline})" for r in rows], fontsize=8)
+    ax.set_xlabel("speedup = baseline time / pyopt time (black tick: target; green met, red missed)")
+    ax.set_title(f"pyopt bench: {rows[0].family} on {machine_name()}")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_results(rows: list[Row], path_stem: str, extra: dict | None = None) -> None:
-    """bench/results/<machine>.json and .md."""
+    """bench/results/<machine>.json and .md, and <machine>-<family>.png per family."""
     meta = {"machine": machine_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     meta.update(extra or {})
     data = {**meta, "rows": [dataclasses.asdict(r) | {"met": r.met} for r in rows]}
@@ -164,3 +175,8 @@ def write_results(rows: list[Row], path_stem: str, extra: dict | None = None) ->
         f.write(f"# pyopt benchmarks on {meta['machine']} (torch {meta['torch']})\n\n")
         f.write("Ratios are baseline time / pyopt time, both measured in the same run (median).\n\n")
         f.write(format_table(rows) + "\n")
+        families = list(dict.fromkeys(r.family for r in rows))
+        for fam in families:
+            png = f"{path_stem}-{fam}.png"
+            plot_family([r for r in rows if r.family == fam], png)
+            f.write(f"\n![{fam}]({os.path.basename(png)})\n")

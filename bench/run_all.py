@@ -1,20 +1,30 @@
-"""Run the benchmark families and write bench/results/<machine>.{json,md}. Used by `pyopt bench`."""
+"""Run the benchmark families and write bench/results/<machine>.{json,md} and one PNG per family.
+Used by `pyopt bench`. A family is a bench/bench_<family>.py defining run(quick) -> list[harness.Row]."""
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import sys
+import time
 
 import harness
 
-FAMILIES = ["quant", "int8_linear", "sparse", "sgd"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Every bench/bench_<family>.py, in the order of the stack (kernels first, training last).
+_ORDER = ["quant", "int8_linear", "binary_linear", "sparse", "prune", "sgd"]
+FAMILIES = sorted(
+    (os.path.basename(p)[len("bench_") : -len(".py")] for p in glob.glob(os.path.join(HERE, "bench_*.py"))),
+    key=lambda f: (_ORDER.index(f) if f in _ORDER else len(_ORDER), f),
+)
 
 
 def main(ops: list[str] | None = None, quick: bool = False, out: str | None = None) -> int:
     families = ops or FAMILIES
     rows = []
-    for fam in families:
+    t0 = time.perf_counter()
+    for i, fam in enumerate(families, 1):
         try:
             mod = importlib.import_module(f"bench_{fam}")
         except ModuleNotFoundError as e:
@@ -22,12 +32,18 @@ def main(ops: list[str] | None = None, quick: bool = False, out: str | None = No
                 print(f"[bench] {fam}: no bench/bench_{fam}.py yet, skipped", file=sys.stderr)
                 continue
             raise
-        print(f"[bench] {fam} ...", file=sys.stderr, flush=True)
+        print(f"[bench] ({i}/{len(families)}) {fam} ...", file=sys.stderr, flush=True)
         fam_rows = mod.run(quick=quick)
+        print(
+            f"[bench] {fam}: {len(fam_rows)} cases, {time.perf_counter() - t0:.0f} s so far", file=sys.stderr
+        )
         print(harness.format_table(fam_rows), flush=True)
         rows += fam_rows
-    here = os.path.dirname(os.path.abspath(__file__))
-    stem = out or os.path.join(here, "results", harness.machine_name() + ("-quick" if quick else ""))
+    stem = out or os.path.join(HERE, "results", harness.machine_name() + ("-quick" if quick else ""))
+    if not rows:
+        print("[bench] no benchmark ran, nothing written", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     harness.write_results(rows, stem, {"quick": quick, "families": families})
-    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    print(f"[bench] wrote {stem}.json, {stem}.md and {stem}-<family>.png", file=sys.stderr)
     return 0

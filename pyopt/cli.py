@@ -1,10 +1,12 @@
-"""`pyopt` command line: info, bench, demo (and compress, added by the end-to-end issue)."""
+"""`pyopt` command line: info, bench, demo, compress."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from . import compress, demo
 
 
 def cmd_info(args) -> int:
@@ -62,18 +64,6 @@ def cmd_bench(args) -> int:
     return run_all.main(ops=args.op, quick=args.quick, out=args.out)
 
 
-def cmd_demo(args) -> int:
-    try:
-        from . import demo
-    except ImportError:
-        demo = None
-    if demo is None or not hasattr(demo, "main"):
-        # Until the end-to-end demo exists, the main job shows what is built and how fast it is.
-        cmd_info(args)
-        return cmd_bench(argparse.Namespace(op=["quant"], quick=True, out=None))
-    return demo.main(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pyopt", description="pyopt: smaller, faster PyTorch models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -81,12 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         fn=cmd_info
     )
     b = sub.add_parser("bench", help="benchmarks vs torch baselines (ratios measured in one run)")
-    b.add_argument("--op", action="append", help="one family (quant, int8_linear, sparse, sgd); repeatable")
+    b.add_argument(
+        "--op", action="append", help="one family (bench/bench_<family>.py, e.g. sparse); repeatable"
+    )
     b.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     b.add_argument("--out", default=None, help="results stem (default bench/results/<machine>)")
     b.set_defaults(fn=cmd_bench)
     d = sub.add_parser("demo", help="the end-to-end CNN case: train, prune, quantise, save, measure")
-    d.set_defaults(fn=cmd_demo)
+    demo.add_arguments(d)
+    d.set_defaults(fn=demo.main)
+    c = sub.add_parser("compress", help="prune and/or quantise your own model, save it with pyopt.save")
+    compress.add_arguments(c)
+    c.set_defaults(fn=compress.main)
     args = p.parse_args(argv)
     return args.fn(args)
 

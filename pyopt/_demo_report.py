@@ -1,0 +1,135 @@
+"""Writing the demo's results: terminal table, results.json, results.md, tradeoffs.png, target notes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+
+def machine_name() -> str:
+    """CPU model and core count (or the GPU's name), for results files; shared with bench/harness.py."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name().replace(" ", "-")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu.replace(' ', '-')}-{os.cpu_count()}cores"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def table(variants: list[dict]) -> str:
+    """A Markdown table (also what the terminal shows)."""
+    head = "| variant | accuracy | size on disk | vs float32 | latency b1 | latency b256 | speedup b1 | speedup b256 | reload identical |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    float_size = next((v["size_bytes"] for v in variants if v["name"] == "float32"), None)
+    for v in variants:
+        smaller = f"{float_size / v['size_bytes']:.1f}x smaller" if float_size else ""
+        lines.append(
+            f"| {v['name']} | {100 * v['accuracy']:.2f}% | {_mib(v['size_bytes'])} | {smaller} | "
+            f"{v['latency_ms_b1']:.3f} ms | {v['latency_ms_b256']:.2f} ms | {v['speedup_b1']:.2f}x | "
+            f"{v['speedup_b256']:.2f}x | {'yes' if v['reload_identical'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def target_notes(variants: list[dict], failed: dict[str, str]) -> list[str]:
+    """The issue's targets, each marked met / MISSED with the numbers that decide it."""
+    by = {v["name"]: v for v in variants}
+    notes = []
+    ref = by.get("float32")
+    if ref is None:
+        return ["no float32 baseline: targets not evaluated"]
+
+    def drop(name):
+        return 100 * (ref["accuracy"] - by[name]["accuracy"])
+
+    for name, limit in (("pruned-90", 0.5), ("int8", 0.5), ("pruned-90+int8", 1.0)):
+        if name in by:
+            d = drop(name)
+            notes.append(
+                f"{name}: accuracy drop {d:.2f} pt (target <= {limit} pt): {'met' if d <= limit else 'MISSED'}"
+            )
+    if "pruned-90+int8" in by:
+        ratio = ref["size_bytes"] / by["pruned-90+int8"]["size_bytes"]
+        notes.append(
+            f"pruned-90+int8: {ratio:.1f}x smaller on disk (target >= 8x): {'met' if ratio >= 8 else 'MISSED'}"
+        )
+    others = [v for v in variants if v["name"] != "float32"]
+    if others:
+        best = max(others, key=lambda v: v["speedup_b256"])
+        ok = best["speedup_b256"] >= 2
+        notes.append(
+            f"fastest at batch 256: {best['name']} {best['speedup_b256']:.2f}x float32 (target >= 2x): "
+            f"{'met' if ok else 'MISSED'}"
+        )
+    not_identical = [v["name"] for v in variants if not v["reload_identical"]]
+    if not_identical:
+        notes.append(f"reload NOT identical for: {', '.join(not_identical)}")
+    for name, why in failed.items():
+        notes.append(f"{name}: not measured: {why}")
+    return notes
+
+
+def plot(variants: list[dict], path: str) -> None:
+    """tradeoffs.png: accuracy vs size on disk and vs latency at batch 256, one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    panels = (
+        (axes[0], "size_bytes", 1 / 2**20, "size on disk (MiB, log scale)"),
+        (axes[1], "latency_ms_b256", 1.0, "latency at batch 256 (ms, log scale)"),
+    )
+    for ax, key, scale, label in panels:
+        for i, v in enumerate(variants):
+            x, y = v[key] * scale, 100 * v["accuracy"]
+            ax.scatter([x], [y], s=60, color=f"C{i}", zorder=3)
+            ax.annotate(v["name"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("accuracy vs size")
+    axes[1].set_title("accuracy vs latency")
+    fig.suptitle("pyopt demo: CNN on sklearn digits — up and to the left is better")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(results: dict, failed: dict[str, str], cfg, seconds: float) -> None:
+    variants = results["variants"]
+    notes = target_notes(variants, failed)
+    text = table(variants) if variants else "(no variant measured)"
+    print()
+    print(text)
+    print()
+    for n in notes:
+        print(" - " + n)
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(cfg.out, "results.md"), "w") as f:
+        f.write(f"# pyopt demo results on {results['machine']}\n\n")
+        f.write(
+            f"torch {results['torch']}, pyopt {results['pyopt']}; CNN width {cfg.width}, hidden {cfg.hidden}, "
+            f"input {cfg.size}x{cfg.size}, {cfg.epochs} epochs (+{cfg.finetune_epochs} fine-tune), "
+            f"seed {cfg.seed}; whole run {seconds:.0f} s.\n"
+            "Latency: median of interleaved runs after warm-up, torch.inference_mode, one process. "
+            "Size: the file written by pyopt.save. Reload: pyopt.load into a fresh float model, "
+            "outputs compared bit for bit.\n\n"
+        )
+        f.write(text + "\n\n")
+        f.write("Targets:\n\n" + "".join(f"- {n}\n" for n in notes))
+    if variants:
+        plot(variants, os.path.join(cfg.out, "tradeoffs.png"))
+    print(f"\n[demo] {seconds:.0f} s; wrote {cfg.out}/results.json, results.md, tradeoffs.png")

@@ -1,0 +1,216 @@
+"""`pyopt compress`: prune and/or quantise your own model and save it with pyopt.save.
+
+    pyopt compress --model mypkg.models:make_net --weights net.safetensors \\
+        --prune 0.9 [--pattern 2:4] [--quantize dynamic|weight_only|binary] -o net-small.safetensors \\
+        [--eval mypkg.evaluate:accuracy]
+
+1. `--model pkg.module:factory`: the module is imported and `factory()` called with no arguments; it must
+   return the float `nn.Module` (the same one you trained).
+2. `--weights`: a safetensors file, or a `torch.save`d state_dict (read with `torch.load(weights_only=True)`:
+   no pickled code runs); loaded strictly, so missing, unexpected or mis-shaped tensors are an error.
+3. The recipe: `pyopt.prune(model, AMOUNT, pattern=...)`; then either `pyopt.quantize(model, mode=...)` or,
+   without --quantize, `pyopt.sparsify(model)` (compressed sparse weights for inference). Each step's
+   per-layer report is printed.
+4. `pyopt.save(model, OUT)`. Reload it later with `pyopt.load(factory(), OUT)`.
+
+`--eval module:fn` calls `fn(model)` before and after (a number, or a dict of numbers) and prints both.
+`--calib data.pt` is accepted for recipes that need calibration data; none of the current modes does
+(dynamic quantisation computes activation scales per token at run time, weight-only and binary quantise
+weights only), so it is checked to exist and otherwise not used — the command says so.
+
+Errors (bad factory path, weights that do not match the model, a model without supported layers, an
+option a layer cannot take) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import pyopt
+
+QUANT_MODES = ("dynamic", "weight_only", "binary")
+
+
+class CompressError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def resolve(spec: str, flag: str) -> Callable:
+    """'pkg.module:attr' -> the object (attr may be dotted: 'module:Class.create')."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CompressError(f"{flag} {spec!r}: expected 'package.module:function'")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CompressError(f"{flag} {spec!r}: cannot import module {module_name!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CompressError(f"{flag} {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CompressError(f"{flag} {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def build_model(spec: str) -> nn.Module:
+    factory = resolve(spec, "--model")
+    try:
+        model = factory()
+    except Exception as e:
+        raise CompressError(f"--model {spec!r}: the factory raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise CompressError(
+            f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CompressError(f"--weights {path!r}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CompressError(
+            f"--weights {path!r}: not a safetensors file or a weights-only state_dict "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a checkpoint dict
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CompressError(f"--weights {path!r}: expected a dict of tensors (a state_dict)")
+    return state
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Strict load, with one readable line naming what does not match."""
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch {_few(shapes)}")
+    if problems:
+        raise CompressError(f"--weights {path!r} do not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def supported_layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def apply_recipe(model: nn.Module, args) -> nn.Module:
+    if not supported_layers(model):
+        kinds = sorted({type(m).__name__ for m in model.modules() if not list(m.children())})
+        raise CompressError(
+            f"the model has no nn.Linear or nn.Conv2d layer, nothing to compress (its layers: {', '.join(kinds)})"
+        )
+    exclude = [s for s in (args.exclude or "").split(",") if s] or None
+    try:
+        if args.prune is not None:
+            model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude)
+            print(report)
+            if args.quantize is None:
+                model, report = pyopt.sparsify(model)
+                print(report)
+        if args.quantize is not None:
+            model, report = pyopt.quantize(model, mode=args.quantize, exclude=exclude)
+            print(report)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        step = "--quantize" if args.prune is None else "--prune/--quantize"
+        raise CompressError(f"{step}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def evaluate(fn: Callable, model: nn.Module, when: str) -> None:
+    with torch.inference_mode():
+        result = fn(model.eval())
+    if isinstance(result, dict):
+        text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+    else:
+        text = f"{result:.4g}" if isinstance(result, float) else str(result)
+    print(f"eval {when}: {text}")
+
+
+def run(args) -> None:
+    if args.prune is None and args.quantize is None:
+        raise CompressError("nothing to do: give --prune AMOUNT and/or --quantize MODE")
+    if args.prune is not None and not 0.0 <= args.prune < 1.0:
+        raise CompressError(f"--prune {args.prune}: the fraction of weights to remove must be in [0, 1)")
+    if args.pattern != "unstructured" and args.prune is None:
+        raise CompressError(f"--pattern {args.pattern}: needs --prune")
+    eval_fn = resolve(args.eval, "--eval") if args.eval else None
+    if args.calib is not None:
+        if not os.path.isfile(args.calib):
+            raise CompressError(f"--calib {args.calib!r}: no such file")
+        print(
+            f"note: --calib is not needed for --quantize {args.quantize or '(none)'}: activation scales are "
+            "computed per token at run time (dynamic), or only weights are quantised; the file is not used"
+        )
+    model = build_model(args.model)
+    load_weights(model, read_state_dict(args.weights), args.weights)
+    model.eval()
+    if eval_fn:
+        evaluate(eval_fn, model, "before")
+    model = apply_recipe(model, args)
+    if eval_fn:
+        evaluate(eval_fn, model, "after")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    pyopt.save(model, args.output)
+    before, after = os.path.getsize(args.weights), os.path.getsize(args.output)
+    print(
+        f"saved {args.output}: {after / 2**20:.2f} MiB ({before / after:.1f}x smaller than --weights); "
+        f"reload with pyopt.load({args.model.split(':')[1]}(), {args.output!r})"
+    )
+
+
+def main(args) -> int:
+    try:
+        run(args)
+    except CompressError as e:
+        print(f"pyopt compress: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="pkg.module:factory returning the float nn.Module")
+    parser.add_argument(
+        "--weights", required=True, help="state_dict: .safetensors or torch.save (weights only)"
+    )
+    parser.add_argument(
+        "--prune", type=float, default=None, metavar="AMOUNT", help="fraction to prune, e.g. 0.9"
+    )
+    parser.add_argument(
+        "--pattern", default="unstructured", help="unstructured (default), 2:4 or N:M, channel"
+    )
+    parser.add_argument("--quantize", choices=QUANT_MODES, default=None, help="quantisation mode")
+    parser.add_argument("--exclude", default=None, help="comma-separated layer names to leave as they are")
+    parser.add_argument("--calib", default=None, help="calibration data (accepted; no current mode needs it)")
+    parser.add_argument("--eval", default=None, metavar="MODULE:FN", help="fn(model) -> metric, before/after")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors (written by pyopt.save)")

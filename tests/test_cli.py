@@ -1,0 +1,241 @@
+"""CLI tests: `pyopt compress` (recipes and every error message) and `pyopt bench --quick`."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import pyopt
+from pyopt import cli
+
+USER_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def make():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16))
+
+    def make_other():
+        return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 16))
+
+    def make_odd():  # in_features 30: not a multiple of 4, so no 2:4 pattern fits
+        return nn.Sequential(nn.Linear(30, 16))
+
+    def make_no_layers():
+        return nn.Sequential(nn.ReLU(), nn.Dropout())
+
+    def not_a_module():
+        return 42
+
+    def broken():
+        raise RuntimeError("boom")
+
+    NOT_CALLABLE = 3
+
+    def score(model):
+        x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+        return {"mean_output": float(model(x).mean())}
+    """
+)
+
+
+@pytest.fixture
+def user(tmp_path, monkeypatch):
+    """A user's package on sys.path (usermodels.py) and its trained weights in both file formats."""
+    (tmp_path / "usermodels.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    sys.modules.pop("usermodels", None)
+    mod = importlib.import_module("usermodels")
+    state = mod.make().state_dict()
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pt")
+    save_file(mod.make_odd().state_dict(), str(tmp_path / "odd.safetensors"))
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    return tmp_path
+
+
+def compress(capsys, *argv):
+    rc = cli.main(["compress", *map(str, argv)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def expect_error(capsys, fragment, *argv):
+    rc, _, err = compress(capsys, *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyopt compress: error: "), err
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("usermodels", "expected 'package.module:function'"),
+        ("usermodels:", "expected 'package.module:function'"),
+        ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+        ("usermodels:nope", "has no attribute 'nope'"),
+        ("usermodels:NOT_CALLABLE", "is not callable"),
+        ("usermodels:not_a_module", "returned int, not an nn.Module"),
+        ("usermodels:broken", "the factory raised RuntimeError: boom"),
+    ],
+)
+def test_compress_bad_factory(user, capsys, spec, fragment):
+    expect_error(
+        capsys,
+        fragment,
+        "--model",
+        spec,
+        "--weights",
+        user / "w.safetensors",
+        "--quantize",
+        "dynamic",
+        "-o",
+        user / "o.safetensors",
+    )
+
+
+def test_compress_bad_weights(user, capsys):
+    args = ["--model", "usermodels:make_other", "--quantize", "dynamic", "-o", user / "o.safetensors"]
+    expect_error(
+        capsys, "shape mismatch 0.weight (128, 64) vs model (96, 64)", *args, "--weights", user / "w.pt"
+    )
+    expect_error(
+        capsys, "missing 0.weight, 0.bias, 2.weight (+1 more)", *args, "--weights", user / "empty.safetensors"
+    )
+    expect_error(capsys, "no such file", *args, "--weights", user / "missing.safetensors")
+    (user / "junk.pt").write_bytes(b"not a checkpoint")
+    expect_error(
+        capsys, "not a safetensors file or a weights-only state_dict", *args, "--weights", user / "junk.pt"
+    )
+    assert not (user / "o.safetensors").exists()
+
+
+def test_compress_bad_recipe(user, capsys):
+    base = ["--model", "usermodels:make", "--weights", user / "w.safetensors", "-o", user / "o.safetensors"]
+    expect_error(capsys, "nothing to do", *base)
+    expect_error(capsys, "must be in [0, 1)", *base, "--prune", "1.5")
+    expect_error(capsys, "needs --prune", *base, "--pattern", "2:4", "--quantize", "dynamic")
+    expect_error(capsys, "--calib", *base, "--quantize", "dynamic", "--calib", user / "none.pt")
+    expect_error(
+        capsys, "has no attribute 'nope'", *base, "--quantize", "dynamic", "--eval", "usermodels:nope"
+    )
+    no_layers = ["--model", "usermodels:make_no_layers", "--weights", user / "empty.safetensors"]
+    expect_error(
+        capsys,
+        "no nn.Linear or nn.Conv2d layer",
+        *no_layers,
+        "--quantize",
+        "dynamic",
+        "-o",
+        user / "o.safetensors",
+    )
+    # a layer that cannot take the option: 2:4 needs in_features divisible by 4
+    odd = [
+        "--model",
+        "usermodels:make_odd",
+        "--weights",
+        user / "odd.safetensors",
+        "-o",
+        user / "o.safetensors",
+    ]
+    expect_error(capsys, "--prune/--quantize: ", *odd, "--prune", "0.5", "--pattern", "2:4")
+    with pytest.raises(SystemExit) as e:  # argparse: an unknown mode
+        cli.main(["compress", *map(str, base), "--quantize", "int3"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        ["--quantize", "dynamic"],
+        ["--quantize", "weight_only"],
+        ["--quantize", "binary"],
+        ["--prune", "0.9"],
+        ["--prune", "0.5", "--pattern", "2:4"],
+        ["--prune", "0.9", "--quantize", "dynamic"],
+    ],
+    ids=lambda r: " ".join(r),
+)
+def test_compress_recipes_reload_identical(user, capsys, recipe):
+    import usermodels
+
+    out = user / "small.safetensors"
+    weights = user / ("w.pt" if "binary" in recipe else "w.safetensors")
+    rc, printed, err = compress(
+        capsys,
+        "--model",
+        "usermodels:make",
+        "--weights",
+        weights,
+        *recipe,
+        "-o",
+        out,
+        "--eval",
+        "usermodels:score",
+    )
+    assert rc == 0, err
+    assert "eval before: mean_output" in printed and "eval after: mean_output" in printed
+    assert f"saved {out}" in printed
+    assert out.stat().st_size < (user / "w.safetensors").stat().st_size
+    reloaded = pyopt.load(usermodels.make(), str(out))
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        once, twice = reloaded.eval()(x), pyopt.load(usermodels.make(), str(out)).eval()(x)
+    assert torch.equal(once, twice)
+
+
+def test_compress_calib_is_accepted_and_explained(user, capsys):
+    torch.save(torch.randn(8, 64), user / "calib.pt")
+    rc, printed, err = compress(
+        capsys,
+        "--model",
+        "usermodels:make",
+        "--weights",
+        user / "w.safetensors",
+        "--quantize",
+        "dynamic",
+        "--calib",
+        user / "calib.pt",
+        "-o",
+        user / "o.safetensors",
+    )
+    assert rc == 0, err
+    assert "--calib is not needed" in printed
+
+
+TINY_BENCH = textwrap.dedent(
+    """
+    import harness
+    import torch
+
+    def run(quick):
+        x = torch.randn(64, 64)
+        return [
+            harness.compare("tiny", f"add n={n}", lambda: x + x, "torch.mul", lambda: x * 2.0,
+                            target=0.01, repeat=3, min_time=0.0)
+            for n in (1, 2)
+        ]
+    """
+)
+
+
+def test_bench_quick_writes_results_and_plots(tmp_path, monkeypatch, capsys):
+    """`pyopt bench --quick` end to end with a tiny family (the real families' quick runs take a minute)."""
+    (tmp_path / "bench_tiny.py").write_text(TINY_BENCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stem = tmp_path / "results" / "here"
+    assert cli.main(["bench", "--quick", "--op", "tiny", "--out", str(stem)]) == 0
+    printed = capsys.readouterr()
+    assert "| tiny | add n=1 |" in printed.out and "(1/1) tiny" in printed.err
+    data = json.loads(stem.with_suffix(".json").read_text())
+    assert data["quick"] is True and [r["case"] for r in data["rows"]] == ["add n=1", "add n=2"]
+    assert "![tiny](here-tiny.png)" in stem.with_suffix(".md").read_text()
+    assert (tmp_path / "results" / "here-tiny.png").read_bytes()[:4] == b"\x89PNG"
