@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numbers
 
+import torch
 from torch import nn
 
+from ..nn._base import get_param_mask
 from . import masks as M
 
 
@@ -47,6 +49,23 @@ def sparsity_schedule(step, final_sparsity, begin_step, end_step, initial_sparsi
     return s_f + (s_i - s_f) * (1.0 - (t - begin) / (end - begin)) ** 3
 
 
+def mask_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero the optimizer state (momentum, Adam moments) of every masked-out parameter entry.
+
+    Without it a momentum buffer filled before a weight was pruned moves the weight off zero at the next step
+    (the masked gradient is zero, the momentum is not). Uses the set_param_mask protocol, so it covers every
+    pyopt sparse layer. pyopt.optim.FusedSGD does this itself inside its step.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            mask = get_param_mask(param)
+            if mask is None:
+                continue
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.masked_fill_(~mask, 0)
+
+
 class GradualPruner:
     """Re-prune `model` at the scheduled sparsity as training goes; call .step() once per training step.
 
@@ -58,6 +77,8 @@ class GradualPruner:
     Each re-prune intersects with the current masks, so the pruned set only grows. The first prune swaps the
     layers for SparseLinear / SparseConv2d; these reuse the dense layers' parameters if from_dense does (as
     SparseConv2d does), so an optimizer built before keeps working. `self.model` is the (possibly new) model.
+    optimizer: if given, its state at newly pruned entries is zeroed after each prune (mask_optimizer_state),
+    so momentum cannot move pruned weights off zero.
     """
 
     def __init__(
@@ -68,6 +89,7 @@ class GradualPruner:
         end_step,
         frequency=1,
         initial_amount=0.0,
+        optimizer=None,
         **prune_kwargs,
     ):
         if not isinstance(model, nn.Module):
@@ -81,6 +103,7 @@ class GradualPruner:
         self.model = model
         self.final_amount, self.initial_amount = final_amount, initial_amount
         self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
+        self.optimizer = optimizer
         self.prune_kwargs = prune_kwargs
         self.step_count = 0
         self.applied: float | None = None  # the sparsity of the last prune, None before the first
@@ -107,4 +130,6 @@ class GradualPruner:
             return None
         self.model, self.report = prune(self.model, target, **self.prune_kwargs)
         self.applied = target
+        if self.optimizer is not None:
+            mask_optimizer_state(self.optimizer)
         return self.report
