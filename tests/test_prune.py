@@ -10,14 +10,13 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.nn.utils.prune as tprune
+from tolerances import tol
 from torch import nn
 
 import pyopt
 from pyopt.nn import SparseConv2d
 from pyopt.nn._base import MODULES, get_param_mask
-from tolerances import tol
 
 SparseLinear = getattr(pyopt.nn, "SparseLinear", None)
 needs_sparse_linear = pytest.mark.skipif(
@@ -77,7 +76,10 @@ def test_random_layer_masks_equal_torch_random_unstructured(kind, shape):
 
 def test_random_uses_generator():
     model = one_layer("linear", (16, 32))
-    masks = [pyopt.prune_masks(model, 0.5, method="random", generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    masks = [
+        pyopt.prune_masks(model, 0.5, method="random", generator=torch.Generator().manual_seed(s))
+        for s in (7, 7, 8)
+    ]
     assert torch.equal(masks[0]["0"], masks[1]["0"])
     assert not torch.equal(masks[0]["0"], masks[2]["0"])
     assert int((~masks[0]["0"]).sum()) == 256
@@ -118,7 +120,9 @@ def test_nm_keeps_n_largest_of_every_m(nm, kind, shape):
 
 def test_nm_random_and_errors():
     model = one_layer("linear", (6, 16))
-    mask = pyopt.prune_masks(model, None, method="random", pattern="2:4", generator=torch.Generator().manual_seed(0))["0"]
+    mask = pyopt.prune_masks(
+        model, None, method="random", pattern="2:4", generator=torch.Generator().manual_seed(0)
+    )["0"]
     assert (mask.reshape(6, 4, 4).sum(-1) == 2).all()
     with pytest.raises(ValueError, match="pattern='2:4'.*does not divide the input dimension 13"):
         pyopt.prune_masks(one_layer("linear", (3, 13)), None, pattern="2:4")
@@ -166,7 +170,9 @@ def test_block_global_and_errors():
 
 def test_block_random_keeps_whole_blocks():
     model = nn.Sequential(nn.Linear(16, 8))
-    mask = pyopt.prune_masks(model, 0.5, pattern=(2, 4), method="random", generator=torch.Generator().manual_seed(1))["0"]
+    mask = pyopt.prune_masks(
+        model, 0.5, pattern=(2, 4), method="random", generator=torch.Generator().manual_seed(1)
+    )["0"]
     blocks = mask.reshape(4, 2, 4, 4).permute(0, 2, 1, 3).reshape(16, 8)
     assert ((blocks.all(1)) | (~blocks.any(1))).all() and int(blocks.all(1).sum()) == 8
 
@@ -178,8 +184,10 @@ def test_prune_conv_model_swaps_layers_and_reports():
     model, report = pyopt.prune(model, 0.6, exclude=[nn.Linear])
     assert [type(m) for m in model] == [SparseConv2d, nn.ReLU, SparseConv2d, nn.ReLU, nn.Flatten, nn.Linear]
     assert [row["layer"] for row in report] == ["0", "2"]
-    assert all(row["sparsity"] == pytest.approx(1 - round(0.4 * row["params"]) / row["params"], abs=1e-9)
-               for row in report)
+    assert all(
+        row["sparsity"] == pytest.approx(1 - round(0.4 * row["params"]) / row["params"], abs=1e-9)
+        for row in report
+    )
     total = sum(r["params"] for r in report)
     assert report.summary["sparsity"] == pytest.approx(1 - sum(r["nonzero"] for r in report) / total)
     assert "sparsity" in str(report) and json.loads(report.to_json())["rows"]
@@ -204,7 +212,9 @@ def test_reprune_intersects_and_reaches_target():
 
 
 def test_include_exclude():
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)), nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)), nn.Flatten(), nn.Linear(4, 2)
+    )
     assert list(pyopt.prune_masks(model, 0.5, include="0.*")) == ["0.0", "0.1"]
     assert list(pyopt.prune_masks(model, 0.5, include=["0.1", nn.Linear])) == ["0.1", "2"]
     assert list(pyopt.prune_masks(model, 0.5, exclude=["*.0", nn.Linear])) == ["0.1"]
@@ -329,10 +339,14 @@ def test_sparse_conv_gradcheck():
     )
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
-    lambda p: torch.optim.AdamW(p, lr=0.1),
-], ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
+        lambda p: torch.optim.AdamW(p, lr=0.1),
+    ],
+    ids=["sgd", "adamw"],
+)
 def test_sparse_conv_pruned_weights_stay_zero_in_training(make_opt):
     layer, _, mask = sparse_conv(CONVS[0])
     opt = make_opt(layer.parameters())
