@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn.utils.prune as tprune
 from tolerances import tol
 from torch import nn
@@ -283,6 +284,40 @@ def test_prune_linear_swaps_to_sparse_linear():
     model, _ = pyopt.prune(model, 0.9, pattern="unstructured")
     assert not (model[0].mask & ~before).any() and report[0]["type"] == "Linear"
     assert 1 - model[0].mask.float().mean().item() == pytest.approx(round(0.9 * 117) / 117)
+
+
+class ContractSparseLinear(nn.Module):
+    """The API.md contract of pyopt.nn.SparseLinear, minimal: exercises prune's Linear path without it."""
+
+    def __init__(self, linear, mask):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.register_buffer("mask", mask.clone())
+        with torch.no_grad():
+            self.weight.mul_(mask)
+
+    @classmethod
+    def from_dense(cls, linear, mask):
+        return cls(linear, mask)
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def test_prune_linear_path_against_the_contract(monkeypatch):
+    monkeypatch.setattr("pyopt.pruning.api._sparse_linear_cls", lambda: ContractSparseLinear)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 4)))
+    weight = model[0].weight
+    masks = pyopt.prune_masks(model, 0.5, pattern=(2, 4))
+    model, report = pyopt.prune(model, 0.5, pattern=(2, 4))
+    assert type(model[0]) is ContractSparseLinear and type(model[2][0]) is ContractSparseLinear
+    assert torch.equal(model[0].mask, masks["0"]) and torch.equal(model[2][0].mask, masks["2.0"])
+    before = model[0].mask.clone()
+    model, report = pyopt.prune(model, 0.75, pattern=(2, 4))  # re-prune: rebuilt around the same tensors
+    assert model[0].weight is weight and not (model[0].mask & ~before).any()
+    assert report[0]["type"] == "Linear" and report[0]["nonzero"] == 24
+    assert model(torch.randn(3, 12)).shape == (3, 4)
 
 
 def test_prune_linear_without_sparse_linear_is_clear(monkeypatch):

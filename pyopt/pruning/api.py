@@ -221,7 +221,7 @@ def prune(
         report.add(
             name,
             "pruned",
-            type=type(old).__name__.replace("Sparse", ""),
+            type="Linear" if _kind(old) == "linear" else "Conv2d",
             pattern=str(pat),
             method=method,
             params=numel,
