@@ -322,8 +322,10 @@ def test_prune_linear_path_against_the_contract(monkeypatch):
 
 def test_prune_linear_without_sparse_linear_is_clear(monkeypatch):
     monkeypatch.setattr("pyopt.pruning.api._sparse_linear_cls", lambda: None)
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Flatten(), nn.Linear(4, 4))
     with pytest.raises(RuntimeError, match="needs pyopt.nn.SparseLinear"):
-        pyopt.prune(nn.Sequential(nn.Linear(4, 4)), 0.5)
+        pyopt.prune(model, 0.5)
+    assert type(model[0]) is nn.Conv2d  # nothing changed
 
 
 # ---------------------------------------------------------------- SparseConv2d

@@ -159,11 +159,6 @@ def _apply_mask(name: str, layer: nn.Module, mask: torch.Tensor) -> nn.Module:
         layer.set_mask(mask)
         return layer
     sparse_linear = _sparse_linear_cls()
-    if sparse_linear is None:
-        raise RuntimeError(
-            f"pruning nn.Linear layer '{name}' needs pyopt.nn.SparseLinear, which this build "
-            "lacks; exclude Linear layers (exclude=[torch.nn.Linear]) or install the sparse family"
-        )
     dense = layer
     if type(layer) is not nn.Linear:  # an already-pruned SparseLinear: rebuild it around the same tensors
         dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
@@ -212,6 +207,12 @@ def prune(
         return prune_channels(model, amount, method, include, exclude, generator, channel_norm)
     layers = select_layers(model, include, exclude)
     new_masks = _layer_masks(layers, amount, method, scope, pat, generator)
+    dense_linear = [name for name, layer in layers if type(layer) is nn.Linear]
+    if dense_linear and _sparse_linear_cls() is None:  # checked before anything changes
+        raise RuntimeError(
+            f"pruning nn.Linear layer '{dense_linear[0]}' needs pyopt.nn.SparseLinear, which this build "
+            "lacks; exclude Linear layers (exclude=[torch.nn.Linear]) or install the sparse family"
+        )
     report = Report("prune")
     kept = total = 0
     for (name, old), mask in zip(layers, new_masks, strict=True):
