@@ -117,7 +117,7 @@ def _scores(weight, mask, method, generator) -> torch.Tensor:
 def _prune_k(scores: torch.Tensor, k: int, method: str) -> torch.Tensor:
     """Bool keep-vector for flat `scores`: False at the k entries torch.nn.utils.prune would prune."""
     keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    if k > 0:  # topk with k=0 is fine, but torch skips it; keep the same code path
+    if k > 0:  # as torch: k=0 prunes nothing
         keep[torch.topk(scores, k, largest=(method == "random")).indices] = False
     return keep
 
