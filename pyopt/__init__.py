@@ -9,3 +9,6 @@ from ._backend import available_backends, implementations, use_backend, use_isa 
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "implementations", "use_backend", "use_isa", "__version__"]
+from .pruning import GradualPruner, prune, prune_masks, sparsity_schedule  # noqa: E402
+
+__all__ += ["GradualPruner", "prune", "prune_masks", "sparsity_schedule"]

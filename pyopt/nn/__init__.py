@@ -1,0 +1,1 @@
+from .sparse_conv import SparseConv2d  # noqa: E402,F401

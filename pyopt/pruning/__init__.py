@@ -1,0 +1,6 @@
+"""Pruning: pyopt.prune (masks or channel removal), pyopt.prune_masks, the gradual schedule."""
+
+from .api import prune, prune_masks, select_layers
+from .schedule import GradualPruner, sparsity_schedule
+
+__all__ = ["GradualPruner", "prune", "prune_masks", "select_layers", "sparsity_schedule"]

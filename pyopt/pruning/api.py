@@ -1,0 +1,238 @@
+"""pyopt.prune / pyopt.prune_masks: pick the layers, compute their masks, swap in the sparse layers, report."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+
+from ..report import Report
+from . import masks as M
+
+
+def _sparse_linear_cls():
+    """pyopt.nn.SparseLinear if that family is built in (imported lazily: it is optional for prune itself)."""
+    from .. import nn as pnn
+
+    return getattr(pnn, "SparseLinear", None)
+
+
+def _sparse_conv_cls():
+    from ..nn.sparse_conv import SparseConv2d
+
+    return SparseConv2d
+
+
+def _kind(module: nn.Module) -> str | None:
+    """'linear' / 'conv' for prunable layers (dense or already pruned), else None.
+
+    Exact types only: subclasses of nn.Linear (e.g. MultiheadAttention's out_proj) are read through .weight by
+    their owners, which a swapped-in layer would silently bypass.
+    """
+    sparse_linear = _sparse_linear_cls()
+    if type(module) is nn.Linear or (sparse_linear is not None and type(module) is sparse_linear):
+        return "linear"
+    if type(module) in (nn.Conv2d, _sparse_conv_cls()):
+        return "conv"
+    return None
+
+
+def _patterns(arg, name: str) -> list:
+    if arg is None:
+        return []
+    items = [arg] if isinstance(arg, (str, type)) else arg
+    try:
+        items = list(items)
+    except TypeError:
+        items = [None]
+    for item in items:
+        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
+            raise TypeError(
+                f"{name} must be a glob pattern (str), an nn.Module type, or a list of them; got {arg!r}"
+            )
+    return items
+
+
+def _matches(qualname: str, module: nn.Module, patterns: list) -> bool:
+    return any(
+        fnmatch.fnmatchcase(qualname, p) if isinstance(p, str) else isinstance(module, p) for p in patterns
+    )
+
+
+def select_layers(model: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Module]]:
+    """(qualified name, layer) of every prunable layer that `include` selects and `exclude` does not.
+
+    include / exclude: None, or a glob pattern on the qualified module name (fnmatch: `*` also matches dots,
+    e.g. "encoder.*", "*.fc?"), an nn.Module subclass (matched with isinstance), or a list mixing both.
+    include=None selects every nn.Linear / nn.Conv2d (and already-pruned SparseLinear / SparseConv2d);
+    exclude wins over include. The model itself has the name "".
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    return [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if _kind(mod) and (include is None or _matches(name, mod, inc)) and not _matches(name, mod, exc)
+    ]
+
+
+def _current_mask(name: str, layer: nn.Module) -> torch.Tensor:
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(
+            f"layer '{name}' ({type(layer).__name__}) has no dense weight (compressed?): prune it "
+            "before pyopt.sparsify"
+        )
+    mask = getattr(layer, "mask", None)
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == weight.shape:
+        return mask
+    return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+
+
+def _check_args(amount, method, scope, pattern, generator):
+    pat = M.parse_pattern(pattern)
+    M.check_choice("method", method, M.METHODS)
+    M.check_choice("scope", scope, M.SCOPES)
+    M.check_generator(generator)
+    if pat.kind == "nm":
+        implied = 1 - pat.n / pat.m
+        if amount is not None and not (isinstance(amount, float) and abs(amount - implied) < 1e-9):
+            raise ValueError(
+                f"amount={amount!r}: pattern='{pat}' fixes the sparsity at {implied:g}; pass "
+                f"amount=None or {implied:g}"
+            )
+        if scope != "layer":
+            raise ValueError(
+                f"scope={scope!r}: pattern='{pat}' is defined per group of {pat.m}, use scope='layer'"
+            )
+    else:
+        amount = M.check_amount(amount)
+    return amount, pat
+
+
+def prune_masks(
+    model: nn.Module,
+    amount,
+    method="magnitude",
+    scope="layer",
+    pattern="unstructured",
+    include=None,
+    exclude=None,
+    generator=None,
+) -> dict[str, torch.Tensor]:
+    """The masks pyopt.prune would apply, {qualified layer name: bool mask (True = keep)}; changes nothing.
+
+    Each mask already includes the layer's current mask (for SparseLinear / SparseConv2d layers).
+    """
+    amount, pat = _check_args(amount, method, scope, pattern, generator)
+    if pat.kind == "channel":
+        raise ValueError("pattern='channel' removes channels instead of masking them: use pyopt.prune")
+    layers = select_layers(model, include, exclude)
+    return dict(
+        zip([n for n, _ in layers], _layer_masks(layers, amount, method, scope, pat, generator), strict=True)
+    )
+
+
+def _layer_masks(layers, amount, method, scope, pat, generator) -> list[torch.Tensor]:
+    names = [n for n, _ in layers]
+    weights = [layer.weight for _, layer in layers]
+    current = [_current_mask(n, layer) for n, layer in layers]
+    with torch.no_grad():
+        return M.compute_masks(names, weights, current, amount, method, scope, pat, generator)
+
+
+def _set_module(model: nn.Module, qualname: str, new: nn.Module) -> nn.Module:
+    if qualname == "":
+        return new
+    parent, _, attr = qualname.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+    return model
+
+
+def _apply_mask(name: str, layer: nn.Module, mask: torch.Tensor) -> nn.Module:
+    """Swap a dense layer for its sparse twin, or update a sparse layer's mask; returns the layer to keep."""
+    if type(layer) is nn.Conv2d:
+        return _sparse_conv_cls().from_dense(layer, mask)
+    if hasattr(layer, "set_mask"):  # SparseConv2d (and SparseLinear if it offers it): in place
+        layer.set_mask(mask)
+        return layer
+    sparse_linear = _sparse_linear_cls()
+    dense = layer
+    if type(layer) is not nn.Linear:  # an already-pruned SparseLinear: rebuild it around the same tensors
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        dense.weight, dense.bias = layer.weight, layer.bias
+    return sparse_linear.from_dense(dense, mask)
+
+
+def prune(
+    model: nn.Module,
+    amount,
+    method="magnitude",
+    scope="layer",
+    pattern="unstructured",
+    include=None,
+    exclude=None,
+    generator=None,
+    channel_norm=1,
+):
+    """Prune the weights of model's nn.Linear / nn.Conv2d layers; returns (model, Report).
+
+    amount:  float in [0, 1] = target fraction of each layer's weights (scope="layer") or of all selected
+             weights together (scope="global") that are zero afterwards, counting already-pruned ones; int =
+             count of weights (blocks for a block pattern, channels for "channel"). round() as torch does.
+             None or 1 - N/M for an N:M pattern (the pattern fixes it).
+    method:  "magnitude" (smallest |w|, block L2 norm, channel L1/L2 norm) or "random" (draws from `generator`).
+    scope:   "layer" or "global" (rank across every selected layer; not for N:M or "channel").
+    pattern: "unstructured"; "N:M" such as "2:4", "1:4", "4:8" (keep the N largest |w| of every M consecutive
+             weights along the input dim, for conv the flattened in_channels/groups*kh*kw dim); (bh, bw) blocks
+             of the (out, in) weight matrix; "channel" (physically remove output channels: see
+             pyopt.pruning.channel.prune_channels; channel_norm picks L1 or L2 for it).
+    include / exclude: see select_layers.
+
+    Dense layers are replaced (nn.Linear -> pyopt.nn.SparseLinear.from_dense, nn.Conv2d ->
+    pyopt.nn.SparseConv2d.from_dense); already-pruned layers get the intersection of old and new mask, so
+    calling prune again with a larger amount prunes gradually. The model is changed in place and returned
+    (the returned object differs only when the model itself is a single layer).
+    """
+    amount, pat = _check_args(amount, method, scope, pattern, generator)
+    if pat.kind == "channel":
+        from .channel import prune_channels
+
+        if scope != "layer":
+            raise ValueError(
+                f"scope={scope!r}: pattern='channel' prunes each layer's channels, use scope='layer'"
+            )
+        return prune_channels(model, amount, method, include, exclude, generator, channel_norm)
+    layers = select_layers(model, include, exclude)
+    new_masks = _layer_masks(layers, amount, method, scope, pat, generator)
+    dense_linear = [name for name, layer in layers if type(layer) is nn.Linear]
+    if dense_linear and _sparse_linear_cls() is None:  # checked before anything changes
+        raise RuntimeError(
+            f"pruning nn.Linear layer '{dense_linear[0]}' needs pyopt.nn.SparseLinear, which this build "
+            "lacks; exclude Linear layers (exclude=[torch.nn.Linear]) or install the sparse family"
+        )
+    report = Report("prune")
+    kept = total = 0
+    for (name, old), mask in zip(layers, new_masks, strict=True):
+        model = _set_module(model, name, _apply_mask(name, old, mask))
+        nnz, numel = int(mask.sum()), mask.numel()
+        kept, total = kept + nnz, total + numel
+        report.add(
+            name,
+            "pruned",
+            type="Linear" if _kind(old) == "linear" else "Conv2d",
+            pattern=str(pat),
+            method=method,
+            params=numel,
+            nonzero=nnz,
+            sparsity=1 - nnz / max(numel, 1),
+        )
+    report.summary = {
+        "layers": len(layers),
+        "params": total,
+        "nonzero": kept,
+        "sparsity": 1 - kept / total if total else 0.0,
+    }
+    return model, report
