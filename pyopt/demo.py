@@ -342,7 +342,14 @@ def config_from_args(args) -> Config:
         cfg = dataclasses.replace(cfg, epochs=4, finetune_epochs=1, hidden=1024, latency_min_time=0.3)
     if getattr(args, "smoke", False):  # the test suite's run: a tiny model, seconds
         cfg = dataclasses.replace(
-            cfg, epochs=1, finetune_epochs=1, width=4, hidden=64, size=8, latency_min_time=0.01
+            cfg,
+            epochs=1,
+            finetune_epochs=1,
+            width=4,
+            hidden=128,
+            size=8,
+            latency_min_time=0.01,  # fc 128x128: the
+            # smallest layer pyopt.quantize converts by default
         )
     for field in ("out", "seed", "epochs", "finetune_epochs", "width", "hidden", "size"):
         value = getattr(args, field, None)

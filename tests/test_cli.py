@@ -17,10 +17,10 @@ USER_MODULE = textwrap.dedent(
 
     def make():
         torch.manual_seed(1)
-        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16))
+        return nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 16))  # 256x256: big enough for int8 to pay
 
     def make_other():
-        return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 16))
+        return nn.Sequential(nn.Linear(256, 96), nn.ReLU(), nn.Linear(96, 16))
 
     def make_odd():  # in_features 30: not a multiple of 4, so no 2:4 pattern fits
         return nn.Sequential(nn.Linear(30, 16))
@@ -37,7 +37,7 @@ USER_MODULE = textwrap.dedent(
     NOT_CALLABLE = 3
 
     def score(model):
-        x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(32, 256, generator=torch.Generator().manual_seed(0))
         return {"mean_output": float(model(x).mean())}
     """
 )
@@ -105,7 +105,7 @@ def test_compress_bad_factory(user, capsys, spec, fragment):
 def test_compress_bad_weights(user, capsys):
     args = ["--model", "usermodels:make_other", "--quantize", "dynamic", "-o", user / "o.safetensors"]
     expect_error(
-        capsys, "shape mismatch 0.weight (128, 64) vs model (96, 64)", *args, "--weights", user / "w.pt"
+        capsys, "shape mismatch 0.weight (256, 256) vs model (96, 256)", *args, "--weights", user / "w.pt"
     )
     expect_error(
         capsys, "missing 0.weight, 0.bias, 2.weight (+1 more)", *args, "--weights", user / "empty.safetensors"
@@ -184,16 +184,17 @@ def test_compress_recipes_reload_identical(user, capsys, recipe):
     assert rc == 0, err
     assert "eval before: mean_output" in printed and "eval after: mean_output" in printed
     assert f"saved {out}" in printed
-    assert out.stat().st_size < (user / "w.safetensors").stat().st_size
+    if "2:4" not in recipe:  # 2:4 may stay dense on CPU (the dispatcher never picks a slower format)
+        assert out.stat().st_size < (user / "w.safetensors").stat().st_size
     reloaded = pyopt.load(usermodels.make(), str(out))
-    x = torch.randn(5, 64)
+    x = torch.randn(5, 256)
     with torch.inference_mode():
         once, twice = reloaded.eval()(x), pyopt.load(usermodels.make(), str(out)).eval()(x)
     assert torch.equal(once, twice)
 
 
 def test_compress_calib_is_accepted_and_explained(user, capsys):
-    torch.save(torch.randn(8, 64), user / "calib.pt")
+    torch.save(torch.randn(8, 256), user / "calib.pt")
     rc, printed, err = compress(
         capsys,
         "--model",
