@@ -31,8 +31,10 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SRCS)
 	@touch $@
 build: $(VENV)/.built
 
+# The demo writes pyopt-demo-out/; its table and picture are also copied to docs/demo/ (shown in the README).
 demo: build
-	$(VPY) -m pyopt demo
+	$(VPY) -m pyopt demo --out pyopt-demo-out
+	@mkdir -p docs/demo && cp pyopt-demo-out/results.md pyopt-demo-out/results.json pyopt-demo-out/tradeoffs.png docs/demo/
 
 test: lint check-cuda pytest
 
