@@ -8,9 +8,10 @@
    return the float `nn.Module` (the same one you trained).
 2. `--weights`: a safetensors file, or a `torch.save`d state_dict (read with `torch.load(weights_only=True)`:
    no pickled code runs); loaded strictly, so missing, unexpected or mis-shaped tensors are an error.
-3. The recipe: `pyopt.prune(model, AMOUNT, pattern=...)`; then either `pyopt.quantize(model, mode=...)` or,
-   without --quantize, `pyopt.sparsify(model)` (compressed sparse weights for inference). Each step's
-   per-layer report is printed.
+3. The recipe: `pyopt.prune(model, AMOUNT, pattern=...)` then `pyopt.sparsify(model)` (pruned layers get
+   the inference format the dispatcher measured fastest, compressed or dense); then
+   `pyopt.quantize(model, mode=...)`, which converts the layers still dense. Each step's per-layer
+   report is printed.
 4. `pyopt.save(model, OUT)`. Reload it later with `pyopt.load(factory(), OUT)`.
 
 `--eval module:fn` calls `fn(model)` before and after (a number, or a dict of numbers) and prints both.
@@ -135,9 +136,9 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
         if args.prune is not None:
             model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude)
             print(report)
-            if args.quantize is None:
-                model, report = pyopt.sparsify(model)
-                print(report)
+            # the pruned layers' inference format (before quantize, which leaves sparse layers alone)
+            model, report = pyopt.sparsify(model)
+            print(report)
         if args.quantize is not None:
             model, report = pyopt.quantize(model, mode=args.quantize, exclude=exclude)
             print(report)
