@@ -320,6 +320,7 @@ def run(cfg: Config) -> dict:
         lat = measure_latency(models, x, cfg.latency_min_time)
         for name, ms in lat.items():
             rows[name][f"latency_ms_b{batch}"] = ms
+    load = (os.getloadavg()[0], os.cpu_count() or 1)  # a busy machine makes the latencies unreliable
     for r in rows.values():
         for batch in (1, 256):
             base_ms = rows["float32"][f"latency_ms_b{batch}"] if "float32" in rows else float("nan")
@@ -332,7 +333,7 @@ def run(cfg: Config) -> dict:
         "pyopt": pyopt.__version__,
         "variants": [{k: rows[n][k] for k in keys} for n in names if n in rows],
     }
-    _demo_report.write_all(results, failed, cfg, time.perf_counter() - t_start)
+    _demo_report.write_all(results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load)
     return {"results": results, "failed": failed}
 
 
