@@ -1,0 +1,1 @@
+from .binary_linear import BinaryLinear  # noqa: F401

@@ -1,0 +1,261 @@
+// BinaryLinear on CPU: y = x @ (alpha * sign(W))^T + b computed straight from the packed sign bits.
+//
+// Packed layout (shared by every backend, see pyopt/ops/binary_linear.py): packed[n, j] is one byte whose
+// bit b (LSB first) is 1 iff W[n, 8j + b] >= 0; K is padded to a multiple of 8 per row and the padding bits
+// are ignored by every kernel (they are written as 0).
+//
+// Float activations (XNOR-Net BWN): with s_k = +1 for bit 1 and -1 for bit 0,
+//     sum_k s_k x_k = 2 * sum_{bit=1} x_k - sum_k x_k,
+// so each output needs only a *masked add* of x (AVX-512: 16 bits of the packed row are directly a
+// __mmask16 for _mm512_mask_add_ps) and one per-row sum of x. No float weight is ever formed.
+// Blocking: 4 rows of x x 4 output channels per register tile (16 accumulators), so each x load is
+// reused 4 times and each mask load 4 times.
+//
+// Binary activations (XNOR + popcount): sign(x) is packed per row the same way, beta = mean|x|, and
+//     sum_k s_k t_k = K - 2 * popcount(xbits XOR wbits),   y = alpha * beta * that + b.
+#include <ATen/ATen.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "cpu/cpu_isa.h"
+
+namespace {
+
+constexpr int64_t kTileM = 4;
+constexpr int64_t kTileN = 4;
+
+struct Problem {
+  const float* x;        // (M, K) contiguous
+  const uint8_t* w;      // (N, KB) contiguous
+  const float* alpha;    // (N)
+  const float* bias;     // (N) or nullptr
+  const float* row_sum;  // (M): sum_k x[m, k]
+  float* y;              // (M, N)
+  int64_t M, N, K, KB;
+};
+
+inline float epilogue(const Problem& p, int64_t m, int64_t n, float masked_sum) {
+  float v = p.alpha[n] * (2.0f * masked_sum - p.row_sum[m]);
+  return p.bias ? v + p.bias[n] : v;
+}
+
+// --- scalar -------------------------------------------------------------------------------------------
+void tile_scalar(const Problem& p, int64_t m0, int64_t n0) {
+  const int64_t m1 = std::min(m0 + kTileM, p.M), n1 = std::min(n0 + kTileN, p.N);
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* xr = p.x + m * p.K;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* wr = p.w + n * p.KB;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < p.K; ++k) acc += ((wr[k >> 3] >> (k & 7)) & 1) ? xr[k] : 0.0f;
+      p.y[m * p.N + n] = epilogue(p, m, n, acc);
+    }
+  }
+}
+
+#if PYOPT_X86
+// --- AVX-512: 16 packed bits are a lane mask ----------------------------------------------------------
+PYOPT_TARGET_AVX512 inline __mmask16 load_bits16(const uint8_t* row, int64_t k, int64_t K) {
+  // Bits k..k+15 of the row; only the bytes that exist are read (the row has ceil(K/8) bytes).
+  int64_t valid = std::min<int64_t>(16, K - k);
+  uint32_t bits = row[k >> 3];
+  if (valid > 8) bits |= static_cast<uint32_t>(row[(k >> 3) + 1]) << 8;
+  return static_cast<__mmask16>(bits & ((1u << valid) - 1u));  // drop padding bits
+}
+
+PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
+  const int64_t tm = std::min(kTileM, p.M - m0), tn = std::min(kTileN, p.N - n0);
+  __m512 acc[kTileM][kTileN];
+  for (int i = 0; i < kTileM; ++i)
+    for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* xr[kTileM];
+  const uint8_t* wr[kTileN];
+  for (int i = 0; i < kTileM; ++i) xr[i] = p.x + (m0 + std::min<int64_t>(i, tm - 1)) * p.K;
+  for (int j = 0; j < kTileN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  const int64_t k_full = p.K & ~int64_t(15);
+  for (int64_t k = 0; k < p.K; k += 16) {
+    __mmask16 mk[kTileN];
+    __m512 xv[kTileM];
+    if (k < k_full) {
+      for (int j = 0; j < kTileN; ++j) {
+        uint16_t b;
+        std::memcpy(&b, wr[j] + (k >> 3), 2);
+        mk[j] = _cvtu32_mask16(b);
+      }
+      for (int i = 0; i < kTileM; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
+    } else {
+      __mmask16 tail = static_cast<__mmask16>((1u << (p.K - k)) - 1u);
+      for (int j = 0; j < kTileN; ++j) mk[j] = load_bits16(wr[j], k, p.K);
+      for (int i = 0; i < kTileM; ++i) xv[i] = _mm512_maskz_loadu_ps(tail, xr[i] + k);
+    }
+    for (int i = 0; i < kTileM; ++i)
+      for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv[i]);
+  }
+  for (int i = 0; i < tm; ++i)
+    for (int j = 0; j < tn; ++j)
+      p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, _mm512_reduce_add_ps(acc[i][j]));
+}
+
+// --- AVX2: expand 8 bits into a lane mask with one compare ---------------------------------------------
+PYOPT_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t m0, int64_t n0) {
+  const int64_t tm = std::min(kTileM, p.M - m0), tn = std::min(kTileN, p.N - n0);
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  __m256 acc[kTileM][kTileN];
+  for (int i = 0; i < kTileM; ++i)
+    for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm256_setzero_ps();
+  const float* xr[kTileM];
+  const uint8_t* wr[kTileN];
+  for (int i = 0; i < kTileM; ++i) xr[i] = p.x + (m0 + std::min<int64_t>(i, tm - 1)) * p.K;
+  for (int j = 0; j < kTileN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  for (int64_t k = 0; k < p.K; k += 8) {
+    const int64_t valid = std::min<int64_t>(8, p.K - k);
+    const uint32_t keep = (1u << valid) - 1u;  // drop padding bits of the last byte
+    __m256 xv[kTileM];
+    if (valid == 8) {
+      for (int i = 0; i < kTileM; ++i) xv[i] = _mm256_loadu_ps(xr[i] + k);
+    } else {
+      __m256i tail = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(keep), lane_bit), lane_bit);
+      for (int i = 0; i < kTileM; ++i) xv[i] = _mm256_maskload_ps(xr[i] + k, tail);
+    }
+    for (int j = 0; j < kTileN; ++j) {
+      __m256i b = _mm256_set1_epi32(static_cast<int>(wr[j][k >> 3] & keep));
+      __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, lane_bit), lane_bit));
+      for (int i = 0; i < kTileM; ++i) acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_and_ps(mask, xv[i]));
+    }
+  }
+  for (int i = 0; i < tm; ++i)
+    for (int j = 0; j < tn; ++j) {
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
+      s = _mm_hadd_ps(s, s);
+      s = _mm_hadd_ps(s, s);
+      p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, _mm_cvtss_f32(s));
+    }
+}
+
+PYOPT_TARGET_AVX2 int64_t mismatches_popcnt(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
+  int64_t count = 0, j = 0;
+  for (; j + 8 <= KB - 1; j += 8) {  // the last byte is handled apart (its padding bits are dropped)
+    uint64_t u, v;
+    std::memcpy(&u, a + j, 8);
+    std::memcpy(&v, b + j, 8);
+    count += _mm_popcnt_u64(u ^ v);
+  }
+  for (; j < KB - 1; ++j) count += _mm_popcnt_u32(static_cast<uint32_t>(a[j] ^ b[j]));
+  return count + _mm_popcnt_u32(static_cast<uint32_t>((a[KB - 1] ^ b[KB - 1]) & last_keep));
+}
+#endif
+
+int64_t mismatches_scalar(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < KB; ++j) {
+    uint32_t d = static_cast<uint32_t>(a[j] ^ b[j]) & (j == KB - 1 ? last_keep : 0xFFu);
+    while (d) {
+      d &= d - 1;
+      ++count;
+    }
+  }
+  return count;
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
+                const std::optional<at::Tensor>& bias, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && alpha.device().is_cpu(),
+              "binary_linear (cpu): x, packed_weight and alpha must be CPU tensors");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "binary_linear (cpu): x must be a contiguous 2-D float32 tensor, got ", x.sizes(), " ",
+              x.scalar_type());
+  TORCH_CHECK(K >= 0 && x.size(1) == K, "binary_linear (cpu): x.size(1) must equal in_features=", K, ", got ",
+              x.size(1));
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous(),
+              "binary_linear (cpu): packed_weight must be a contiguous 2-D uint8 tensor");
+  TORCH_CHECK(packed.size(1) == (K + 7) / 8, "binary_linear (cpu): packed_weight.size(1) must be ceil(",
+              K, "/8)=", (K + 7) / 8, ", got ", packed.size(1));
+  const int64_t N = packed.size(0);
+  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == N && alpha.scalar_type() == at::kFloat &&
+                  alpha.is_contiguous(),
+              "binary_linear (cpu): alpha must be a contiguous float32 tensor of shape (", N, ",)");
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.device().is_cpu() && b.dim() == 1 && b.size(0) == N && b.scalar_type() == at::kFloat &&
+                    b.is_contiguous(),
+                "binary_linear (cpu): bias must be a contiguous float32 CPU tensor of shape (", N, ",)");
+  }
+}
+
+// x: (M, K) float32, packed_weight: (N, ceil(K/8)) uint8, alpha: (N) float32, bias: (N) float32 or None.
+// Returns float32 (M, N).
+at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& alpha,
+                         const std::optional<at::Tensor>& bias, int64_t in_features, bool binary_activations,
+                         int64_t isa_request) {
+  check_args(x, packed_weight, alpha, bias, in_features);
+  const int64_t M = x.size(0), N = packed_weight.size(0), K = in_features, KB = packed_weight.size(1);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  if (K == 0) {
+    if (bias.has_value()) y.copy_(bias->unsqueeze(0).expand({M, N}));
+    else y.zero_();
+    return y;
+  }
+  const pyopt::Isa isa = pyopt::select_isa(isa_request);
+  const bool parallel = M * N * K >= (int64_t(1) << 16);  // below this OpenMP start-up costs more than it saves
+  const float* bias_ptr = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* py = y.data_ptr<float>();
+  const float* pa = alpha.data_ptr<float>();
+  const uint8_t* pw = packed_weight.data_ptr<uint8_t>();
+
+  if (binary_activations) {
+    // Pack sign(x) per row exactly like the weights, and beta = mean|x| per row.
+    at::Tensor xbits = at::zeros({M, KB}, packed_weight.options());
+    std::vector<float> beta(M);
+    uint8_t* pxb = xbits.data_ptr<uint8_t>();
+    const float* px = x.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      double abs_sum = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        float v = px[m * K + k];
+        abs_sum += std::fabs(v);
+        if (v >= 0.0f) pxb[m * KB + (k >> 3)] |= static_cast<uint8_t>(1u << (k & 7));
+      }
+      beta[m] = static_cast<float>(abs_sum / K);
+    }
+    const uint8_t last_keep = static_cast<uint8_t>((K & 7) ? (1u << (K & 7)) - 1u : 0xFFu);
+    const bool use_popcnt = PYOPT_X86 && isa != pyopt::Isa::Scalar;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const uint8_t* a = pxb + m * KB;
+        const uint8_t* b = pw + n * KB;
+#if PYOPT_X86
+        int64_t diff = use_popcnt ? mismatches_popcnt(a, b, KB, last_keep) : mismatches_scalar(a, b, KB, last_keep);
+#else
+        int64_t diff = mismatches_scalar(a, b, KB, last_keep);
+        (void)use_popcnt;
+#endif
+        float v = pa[n] * beta[m] * static_cast<float>(K - 2 * diff);
+        py[m * N + n] = bias_ptr ? v + bias_ptr[n] : v;
+      }
+    return y;
+  }
+
+  at::Tensor row_sum = x.sum(1);  // sum_k x[m, k], the "- sum_k x_k" term
+  Problem p{x.data_ptr<float>(), pw, pa, bias_ptr, row_sum.data_ptr<float>(), py, M, N, K, KB};
+  const int64_t tiles_m = (M + kTileM - 1) / kTileM, tiles_n = (N + kTileN - 1) / kTileN;
+  auto tile = tile_scalar;
+#if PYOPT_X86
+  if (isa >= pyopt::Isa::Avx512) tile = tile_avx512;
+  else if (isa == pyopt::Isa::Avx2) tile = tile_avx2;
+#endif
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+  for (int64_t tm = 0; tm < tiles_m; ++tm)
+    for (int64_t tn = 0; tn < tiles_n; ++tn) tile(p, tm * kTileM, tn * kTileN);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("binary_linear", &binary_linear); }
