@@ -26,8 +26,6 @@
 
 namespace {
 
-constexpr int64_t kTileM = 4;
-constexpr int64_t kTileN = 4;
 
 struct Problem {
   const float* x;        // (M, K) contiguous
@@ -45,8 +43,8 @@ inline float epilogue(const Problem& p, int64_t m, int64_t n, float masked_sum) 
 }
 
 // --- scalar -------------------------------------------------------------------------------------------
-void tile_scalar(const Problem& p, int64_t m0, int64_t n0) {
-  const int64_t m1 = std::min(m0 + kTileM, p.M), n1 = std::min(n0 + kTileN, p.N);
+void tile_scalar(const Problem& p, int64_t m0, int64_t n0, int64_t rows, int64_t cols) {
+  const int64_t m1 = m0 + rows, n1 = std::min(n0 + cols, p.N);
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = p.x + m * p.K;
     for (int64_t n = n0; n < n1; ++n) {
@@ -60,75 +58,80 @@ void tile_scalar(const Problem& p, int64_t m0, int64_t n0) {
 
 #if PYOPT_X86
 // --- AVX-512: 16 packed bits are a lane mask ----------------------------------------------------------
-PYOPT_TARGET_AVX512 inline __mmask16 load_bits16(const uint8_t* row, int64_t k, int64_t K) {
-  // Bits k..k+15 of the row; only the bytes that exist are read (the row has ceil(K/8) bytes).
-  int64_t valid = std::min<int64_t>(16, K - k);
-  uint32_t bits = row[k >> 3];
-  if (valid > 8) bits |= static_cast<uint32_t>(row[(k >> 3) + 1]) << 8;
-  return static_cast<__mmask16>(bits & ((1u << valid) - 1u));  // drop padding bits
-}
-
+// TM rows of x (all present) x TN output channels (the last tile repeats its final channel, not stored).
+template <int TM, int TN>
 PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
-  const int64_t tm = std::min(kTileM, p.M - m0), tn = std::min(kTileN, p.N - n0);
-  __m512 acc[kTileM][kTileN];
-  for (int i = 0; i < kTileM; ++i)
-    for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_setzero_ps();
-  const float* xr[kTileM];
-  const uint8_t* wr[kTileN];
-  for (int i = 0; i < kTileM; ++i) xr[i] = p.x + (m0 + std::min<int64_t>(i, tm - 1)) * p.K;
-  for (int j = 0; j < kTileN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
-  const int64_t k_full = p.K & ~int64_t(15);
-  for (int64_t k = 0; k < p.K; k += 16) {
-    __mmask16 mk[kTileN];
-    __m512 xv[kTileM];
-    if (k < k_full) {
-      for (int j = 0; j < kTileN; ++j) {
-        uint16_t b;
-        std::memcpy(&b, wr[j] + (k >> 3), 2);
-        mk[j] = _cvtu32_mask16(b);
-      }
-      for (int i = 0; i < kTileM; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
-    } else {
-      __mmask16 tail = static_cast<__mmask16>((1u << (p.K - k)) - 1u);
-      for (int j = 0; j < kTileN; ++j) mk[j] = load_bits16(wr[j], k, p.K);
-      for (int i = 0; i < kTileM; ++i) xv[i] = _mm512_maskz_loadu_ps(tail, xr[i] + k);
-    }
-    for (int i = 0; i < kTileM; ++i)
-      for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv[i]);
+  const int64_t tn = std::min<int64_t>(TN, p.N - n0);
+  __m512 acc[TM][TN];
+  const float* xr[TM];
+  const uint8_t* wr[TN];
+  for (int i = 0; i < TM; ++i) {
+    xr[i] = p.x + (m0 + i) * p.K;
+    for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_setzero_ps();
   }
-  for (int i = 0; i < tm; ++i)
+  for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  int64_t k = 0;
+  for (; k + 16 <= p.K; k += 16) {
+    __mmask16 mk[TN];
+    for (int j = 0; j < TN; ++j) {
+      uint16_t b;
+      std::memcpy(&b, wr[j] + (k >> 3), 2);  // bits k..k+15, LSB = lane 0
+      mk[j] = _cvtu32_mask16(b);
+    }
+    for (int i = 0; i < TM; ++i) {
+      const __m512 xv = _mm512_loadu_ps(xr[i] + k);
+      for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv);
+    }
+  }
+  if (k < p.K) {  // 1..15 columns left: read only the bytes that exist, drop the padding bits
+    const int64_t valid = p.K - k;
+    const uint32_t keep = (1u << valid) - 1u;
+    __mmask16 mk[TN];
+    for (int j = 0; j < TN; ++j) {
+      uint32_t bits = wr[j][k >> 3];
+      if (valid > 8) bits |= static_cast<uint32_t>(wr[j][(k >> 3) + 1]) << 8;
+      mk[j] = _cvtu32_mask16(bits & keep);
+    }
+    for (int i = 0; i < TM; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(_cvtu32_mask16(keep), xr[i] + k);
+      for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv);
+    }
+  }
+  for (int i = 0; i < TM; ++i)
     for (int j = 0; j < tn; ++j)
       p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, _mm512_reduce_add_ps(acc[i][j]));
 }
 
-// --- AVX2: expand 8 bits into a lane mask with one compare ---------------------------------------------
+// --- AVX2: expand 8 bits into a lane mask with one compare (16 ymm registers: at most 2x4 accumulators) --
+template <int TM, int TN>
 PYOPT_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t m0, int64_t n0) {
-  const int64_t tm = std::min(kTileM, p.M - m0), tn = std::min(kTileN, p.N - n0);
+  const int64_t tn = std::min<int64_t>(TN, p.N - n0);
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  __m256 acc[kTileM][kTileN];
-  for (int i = 0; i < kTileM; ++i)
-    for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm256_setzero_ps();
-  const float* xr[kTileM];
-  const uint8_t* wr[kTileN];
-  for (int i = 0; i < kTileM; ++i) xr[i] = p.x + (m0 + std::min<int64_t>(i, tm - 1)) * p.K;
-  for (int j = 0; j < kTileN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  __m256 acc[TM][TN];
+  const float* xr[TM];
+  const uint8_t* wr[TN];
+  for (int i = 0; i < TM; ++i) {
+    xr[i] = p.x + (m0 + i) * p.K;
+    for (int j = 0; j < TN; ++j) acc[i][j] = _mm256_setzero_ps();
+  }
+  for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
   for (int64_t k = 0; k < p.K; k += 8) {
     const int64_t valid = std::min<int64_t>(8, p.K - k);
     const uint32_t keep = (1u << valid) - 1u;  // drop padding bits of the last byte
-    __m256 xv[kTileM];
+    __m256 xv[TM];
     if (valid == 8) {
-      for (int i = 0; i < kTileM; ++i) xv[i] = _mm256_loadu_ps(xr[i] + k);
+      for (int i = 0; i < TM; ++i) xv[i] = _mm256_loadu_ps(xr[i] + k);
     } else {
       __m256i tail = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(keep), lane_bit), lane_bit);
-      for (int i = 0; i < kTileM; ++i) xv[i] = _mm256_maskload_ps(xr[i] + k, tail);
+      for (int i = 0; i < TM; ++i) xv[i] = _mm256_maskload_ps(xr[i] + k, tail);
     }
-    for (int j = 0; j < kTileN; ++j) {
+    for (int j = 0; j < TN; ++j) {
       __m256i b = _mm256_set1_epi32(static_cast<int>(wr[j][k >> 3] & keep));
       __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, lane_bit), lane_bit));
-      for (int i = 0; i < kTileM; ++i) acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_and_ps(mask, xv[i]));
+      for (int i = 0; i < TM; ++i) acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_and_ps(mask, xv[i]));
     }
   }
-  for (int i = 0; i < tm; ++i)
+  for (int i = 0; i < TM; ++i)
     for (int j = 0; j < tn; ++j) {
       __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
       s = _mm_hadd_ps(s, s);
@@ -244,15 +247,32 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, c
 
   at::Tensor row_sum = x.sum(1);  // sum_k x[m, k], the "- sum_k x_k" term
   Problem p{x.data_ptr<float>(), pw, pa, bias_ptr, row_sum.data_ptr<float>(), py, M, N, K, KB};
-  const int64_t tiles_m = (M + kTileM - 1) / kTileM, tiles_n = (N + kTileN - 1) / kTileN;
-  auto tile = tile_scalar;
-#if PYOPT_X86
-  if (isa >= pyopt::Isa::Avx512) tile = tile_avx512;
-  else if (isa == pyopt::Isa::Avx2) tile = tile_avx2;
-#endif
+  // Register tiles (rows x channels): M == 1 uses 1x8 (8 independent add chains hide the add latency);
+  // otherwise 4x4 on AVX-512 (16 accumulators of 32 zmm) and 2x4 on AVX2 (8 of 16 ymm).
+  const int64_t tile_m = (isa >= pyopt::Isa::Avx512) ? 4 : (isa == pyopt::Isa::Avx2 ? 2 : 4);
+  const int64_t tile_n = (M == 1 && isa >= pyopt::Isa::Avx512) ? 8 : 4;
+  const int64_t tiles_m = (M + tile_m - 1) / tile_m, tiles_n = (N + tile_n - 1) / tile_n;
 #pragma omp parallel for collapse(2) schedule(static) if (parallel)
   for (int64_t tm = 0; tm < tiles_m; ++tm)
-    for (int64_t tn = 0; tn < tiles_n; ++tn) tile(p, tm * kTileM, tn * kTileN);
+    for (int64_t tn = 0; tn < tiles_n; ++tn) {
+      const int64_t m0 = tm * tile_m, n0 = tn * tile_n, rows = std::min(tile_m, M - m0);
+#if PYOPT_X86
+      if (isa >= pyopt::Isa::Avx512) {
+        if (tile_n == 8) tile_avx512<1, 8>(p, m0, n0);
+        else if (rows == 4) tile_avx512<4, 4>(p, m0, n0);
+        else if (rows == 3) tile_avx512<3, 4>(p, m0, n0);
+        else if (rows == 2) tile_avx512<2, 4>(p, m0, n0);
+        else tile_avx512<1, 4>(p, m0, n0);
+        continue;
+      }
+      if (isa == pyopt::Isa::Avx2) {
+        if (rows == 2) tile_avx2<2, 4>(p, m0, n0);
+        else tile_avx2<1, 4>(p, m0, n0);
+        continue;
+      }
+#endif
+      tile_scalar(p, m0, n0, rows, tile_n);
+    }
   return y;
 }
 
