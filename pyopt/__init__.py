@@ -9,3 +9,8 @@ from ._backend import available_backends, implementations, use_backend, use_isa 
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "implementations", "use_backend", "use_isa", "__version__"]
+from .onnx_export import export_onnx  # noqa: E402
+from .quantize import quantize  # noqa: E402
+from .serialization import load, save  # noqa: E402
+
+__all__ += ["export_onnx", "load", "quantize", "save"]

@@ -57,6 +57,17 @@ class BinaryLinear(nn.Module):
         """alpha * sign(W) as a float32 (out_features, in_features) matrix (for export and inspection)."""
         return unpack_signs(self.packed_weight, self.in_features) * self.alpha[:, None]
 
+    def onnx_qdq(self) -> dict:
+        """Export spec (pyopt/onnx_export.py): int8 {-1, +1} weights dequantised with scale alpha (exact)."""
+        signs = unpack_signs(self.packed_weight, self.in_features, torch.int8)
+        return {
+            "kind": "linear",
+            "weight_q": signs,
+            "weight_scale": self.alpha,
+            "bias": self.bias,
+            "activation": "binary" if self.binary_activations else "float",
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got {tuple(x.shape)}")
