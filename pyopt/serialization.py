@@ -125,7 +125,8 @@ def _device(module: nn.Module) -> torch.device:
     return t.device if t is not None else torch.device("cpu")
 
 
-def _swap_modules(model: nn.Module, modules: dict, path) -> None:
+def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
+    """Swap in the saved module types; appends (parent, child name, old module) to `undo` per swap."""
     for name, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".")):  # parents first
         if not (isinstance(entry, dict) and isinstance(entry.get("type"), str) and isinstance(entry.get("config"), dict)):
             raise _bad(path, f"module entry for {name!r} must be {{'type': str, 'config': dict}}")
@@ -145,8 +146,21 @@ def _swap_modules(model: nn.Module, modules: dict, path) -> None:
             new = cls.from_config(entry["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise _bad(path, f"invalid config for {name!r} ({entry['type']}): {e}") from e
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new.to(_device(old)))
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, new.to(_device(old)))
+        undo.append((parent, child, old))
+
+
+def _check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path) -> None:
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise _bad(path, f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for key in sorted(tensors):
+        t, want = tensors[key], expected[key]
+        if t.shape != want.shape or t.dtype != want.dtype:
+            raise _bad(path, f"{key!r} is {t.dtype}{list(t.shape)} in the file but {want.dtype}{list(want.shape)} "
+                       "in the model")
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -160,16 +174,13 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if target not in tensors:
             raise _bad(path, f"alias {name!r} -> {target!r} names a tensor the file does not hold")
         tensors[name] = tensors[target]
-    _swap_modules(model, modules, path)
-
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise _bad(path, f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    for key, t in tensors.items():
-        want = expected[key]
-        if t.shape != want.shape or t.dtype != want.dtype:
-            raise _bad(path, f"{key!r} is {t.dtype}{list(t.shape)} in the file but {want.dtype}{list(want.shape)} "
-                       "in the model")
+    undo: list = []
+    try:
+        _swap_modules(model, modules, path, undo)
+        _check_state(model.state_dict(), tensors, path)
+    except ValueError:
+        for parent, child, old in reversed(undo):  # leave the caller's model as it was
+            setattr(parent, child, old)
+        raise
     model.load_state_dict(tensors, strict=True)
     return model
