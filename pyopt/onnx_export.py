@@ -137,11 +137,17 @@ class _ExportLayer(nn.Module):
         self.kind, self.activation = spec["kind"], spec["activation"]
         wq = spec["weight_q"].detach().cpu().to(torch.int8).contiguous()
         self.register_buffer("weight_q", wq)
-        self.register_buffer("weight_scale", spec["weight_scale"].detach().cpu().float().reshape(-1).contiguous())
+        self.register_buffer(
+            "weight_scale", spec["weight_scale"].detach().cpu().float().reshape(-1).contiguous()
+        )
         bias = spec.get("bias")
-        self.register_buffer("bias", torch.zeros(wq.shape[0]) if bias is None else bias.detach().cpu().float())
-        self.conv = tuple(tuple(int(v) for v in _pair(spec.get(k, 1 if k != "padding" else 0)))
-                          for k in ("stride", "padding", "dilation"))
+        self.register_buffer(
+            "bias", torch.zeros(wq.shape[0]) if bias is None else bias.detach().cpu().float()
+        )
+        self.conv = tuple(
+            tuple(int(v) for v in _pair(spec.get(k, 1 if k != "padding" else 0)))
+            for k in ("stride", "padding", "dilation")
+        )
 
     def forward(self, x):
         x = x.float()
@@ -160,16 +166,27 @@ def _pair(v):
 
 def _duck_spec(module: nn.Module) -> dict:
     """Read a quantised layer's tensors by convention (see the module docstring)."""
-    weight_q = next((b for _, b in module.named_buffers(recurse=False) if b.dtype == torch.int8 and b.dim() in (2, 4)), None)
+    weight_q = next(
+        (b for _, b in module.named_buffers(recurse=False) if b.dtype == torch.int8 and b.dim() in (2, 4)),
+        None,
+    )
     if weight_q is None:
-        raise TypeError(f"pyopt.export_onnx: {type(module).__name__} defines no onnx_qdq() and has no int8 weight buffer")
+        raise TypeError(
+            f"pyopt.export_onnx: {type(module).__name__} defines no onnx_qdq() and has no int8 weight buffer"
+        )
     channels = weight_q.shape[0]
     scale = next(
-        (b for n, b in module.named_buffers(recurse=False) if "scale" in n and b.is_floating_point() and b.numel() == channels),
+        (
+            b
+            for n, b in module.named_buffers(recurse=False)
+            if "scale" in n and b.is_floating_point() and b.numel() == channels
+        ),
         None,
     )
     if scale is None:
-        raise TypeError(f"pyopt.export_onnx: {type(module).__name__}: no per-channel float '*scale*' buffer found")
+        raise TypeError(
+            f"pyopt.export_onnx: {type(module).__name__}: no per-channel float '*scale*' buffer found"
+        )
     spec = {
         "kind": "linear" if weight_q.dim() == 2 else "conv2d",
         "weight_q": weight_q,
@@ -202,6 +219,7 @@ def export_onnx(model: nn.Module, example_input, path: str | os.PathLike, *, ops
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed")
         torch.onnx.export(
             twin,
             tuple(t.cpu() for t in inputs),

@@ -59,13 +59,19 @@ def _int8_class(kind: str):
 def _convert(name: str, module: nn.Module, mode: str, min_weights: int) -> tuple[nn.Module | None, str]:
     """(new module, "") or (None, reason it is skipped)."""
     if type(module) not in (nn.Linear, nn.Conv2d):
-        return None, f"subclass {type(module).__name__} of {type(module).__mro__[1].__name__}: its parent may use .weight"
+        return (
+            None,
+            f"subclass {type(module).__name__} of {type(module).__mro__[1].__name__}: its parent may use .weight",
+        )
     if isinstance(module, nn.Conv2d) and mode == "binary":
         return None, "binary mode converts nn.Linear only"
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         return None, f"groups={module.groups} (depthwise/grouped conv) is not supported by Int8Conv2d"
     if module.weight.numel() < min_weights:
-        return None, f"too small for quantisation to pay ({module.weight.numel()} < min_weights={min_weights} weights)"
+        return (
+            None,
+            f"too small for quantisation to pay ({module.weight.numel()} < min_weights={min_weights} weights)",
+        )
     if isinstance(module, nn.Linear):
         if mode == "binary":
             from .nn.binary_linear import BinaryLinear

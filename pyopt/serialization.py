@@ -103,8 +103,11 @@ def _read(path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     if not metadata or metadata.get("format") != FORMAT:
         raise _bad(path, "not written by pyopt.save (no pyopt metadata header)")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise _bad(path, f"format_version {metadata.get('format_version')!r} is not supported (this pyopt "
-                   f"reads {FORMAT_VERSION!r})")
+        raise _bad(
+            path,
+            f"format_version {metadata.get('format_version')!r} is not supported (this pyopt "
+            f"reads {FORMAT_VERSION!r})",
+        )
     if _digest(tensors) != metadata.get("sha256"):
         raise _bad(path, "checksum mismatch: tensor data or names were modified or corrupted")
     return metadata, tensors
@@ -128,12 +131,19 @@ def _device(module: nn.Module) -> torch.device:
 def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
     """Swap in the saved module types; appends (parent, child name, old module) to `undo` per swap."""
     for name, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".")):  # parents first
-        if not (isinstance(entry, dict) and isinstance(entry.get("type"), str) and isinstance(entry.get("config"), dict)):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("type"), str)
+            and isinstance(entry.get("config"), dict)
+        ):
             raise _bad(path, f"module entry for {name!r} must be {{'type': str, 'config': dict}}")
         cls = MODULES.get(entry["type"])
         if cls is None:
-            raise _bad(path, f"unknown module type {entry['type']!r} for {name!r} (registered: {sorted(MODULES)}); "
-                       "import the package that defines it first")
+            raise _bad(
+                path,
+                f"unknown module type {entry['type']!r} for {name!r} (registered: {sorted(MODULES)}); "
+                "import the package that defines it first",
+            )
         try:
             old = model.get_submodule(name)
         except AttributeError as e:
@@ -141,7 +151,9 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
         if type(old) is cls and old.extra_config() == entry["config"]:
             continue
         if not name:
-            raise _bad(path, f"the model itself must be a {entry['type']} (the root module cannot be swapped)")
+            raise _bad(
+                path, f"the model itself must be a {entry['type']} (the root module cannot be swapped)"
+            )
         try:
             new = cls.from_config(entry["config"])
         except (KeyError, TypeError, ValueError) as e:
@@ -155,12 +167,18 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
 def _check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path) -> None:
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise _bad(path, f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        raise _bad(
+            path,
+            f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}",
+        )
     for key in sorted(tensors):
         t, want = tensors[key], expected[key]
         if t.shape != want.shape or t.dtype != want.dtype:
-            raise _bad(path, f"{key!r} is {t.dtype}{list(t.shape)} in the file but {want.dtype}{list(want.shape)} "
-                       "in the model")
+            raise _bad(
+                path,
+                f"{key!r} is {t.dtype}{list(t.shape)} in the file but {want.dtype}{list(want.shape)} "
+                "in the model",
+            )
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:

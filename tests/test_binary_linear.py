@@ -3,14 +3,13 @@ layer with alpha * sign(W)."""
 
 import pytest
 import torch
+from conftest import backend_params, isa_params
 from tolerances import tol
 from torch import nn
 
 import pyopt
 from pyopt.nn import BinaryLinear
 from pyopt.ops.binary_linear import binarize_weight, pack_signs, unpack_signs
-
-from conftest import backend_params, isa_params
 
 OP = torch.ops.pyopt.binary_linear
 
@@ -118,7 +117,9 @@ def test_module_matches_float_layer_with_sign_weights():
     w_bin = lin.weight.abs().mean(1, keepdim=True) * torch.where(lin.weight >= 0, 1.0, -1.0)
     torch.testing.assert_close(mod.dequantized_weight(), w_bin.detach())
     x = torch.randn(2, 7, 45)
-    torch.testing.assert_close(mod(x), nn.functional.linear(x, w_bin, lin.bias).detach(), **tol(torch.float32))
+    torch.testing.assert_close(
+        mod(x), nn.functional.linear(x, w_bin, lin.bias).detach(), **tol(torch.float32)
+    )
 
 
 def test_module_binary_activations_matches_float_formula():
@@ -159,7 +160,9 @@ def test_opcheck(binact):
 
 
 def test_compile_fullgraph():
-    model = nn.Sequential(BinaryLinear.from_float(nn.Linear(33, 20)), nn.ReLU(), BinaryLinear.from_float(nn.Linear(20, 5)))
+    model = nn.Sequential(
+        BinaryLinear.from_float(nn.Linear(33, 20)), nn.ReLU(), BinaryLinear.from_float(nn.Linear(20, 5))
+    )
     x = torch.randn(4, 33)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x), model(x))

@@ -10,7 +10,9 @@ import pyopt
 from pyopt.nn import BinaryLinear
 
 HAS_INT8 = hasattr(pyopt.nn, "Int8Linear") and hasattr(pyopt.nn, "Int8Conv2d")
-needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="pyopt.nn.Int8Linear / Int8Conv2d are not in this build yet")
+needs_int8 = pytest.mark.skipif(
+    not HAS_INT8, reason="pyopt.nn.Int8Linear / Int8Conv2d are not in this build yet"
+)
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -46,7 +48,11 @@ def test_binary_mode_report():
     model, report = pyopt.quantize(model, mode="binary", min_weights=2000)
     r = rows(report)
     assert isinstance(model.big, BinaryLinear) and isinstance(model.head, BinaryLinear)
-    assert r["big"]["action"] == "quantized" and r["big"]["to"] == "BinaryLinear" and r["big"]["mode"] == "binary"
+    assert (
+        r["big"]["action"] == "quantized"
+        and r["big"]["to"] == "BinaryLinear"
+        and r["big"]["mode"] == "binary"
+    )
     assert r["big"]["bytes_after"] < r["big"]["bytes_before"] / 20  # 1 bit + alpha vs 32 bits per weight
     assert r["tiny"]["action"] == "skipped" and "too small" in r["tiny"]["reason"]
     assert "Linear only" in r["conv"]["reason"] and type(model.conv) is nn.Conv2d
@@ -63,7 +69,9 @@ def test_binary_matches_sign_weights():
     expected = []
     for lin in (ref[0], ref[2]):
         expected.append(lin.weight.abs().mean(1, keepdim=True) * torch.where(lin.weight >= 0, 1.0, -1.0))
-    out_ref = nn.functional.linear(torch.relu(nn.functional.linear(x, expected[0], ref[0].bias)), expected[1], ref[2].bias)
+    out_ref = nn.functional.linear(
+        torch.relu(nn.functional.linear(x, expected[0], ref[0].bias)), expected[1], ref[2].bias
+    )
     model, _ = pyopt.quantize(model, mode="binary", min_weights=0)
     torch.testing.assert_close(model(x), out_ref.detach(), **tol(torch.float32))
 
@@ -93,8 +101,15 @@ def test_bad_arguments():
 @needs_int8
 @pytest.mark.parametrize("mode,min_db", [("dynamic", 25.0), ("weight_only", 35.0)])
 def test_int8_modes(mode, min_db):
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=16), nn.Flatten(),
-                          nn.Linear(16 * 6 * 6, 200), nn.ReLU(), nn.Linear(200, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, groups=16),
+        nn.Flatten(),
+        nn.Linear(16 * 6 * 6, 200),
+        nn.ReLU(),
+        nn.Linear(200, 10),
+    )
     x = torch.randn(4, 3, 8, 8)
     ref = model(x).detach()
     model, report = pyopt.quantize(model, mode=mode, min_weights=0)

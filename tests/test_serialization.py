@@ -33,7 +33,11 @@ def test_roundtrip_into_float_model_is_bit_identical(saved):
     model, path = saved
     fresh = mlp()  # other random weights, float layers
     pyopt.load(fresh, path)
-    assert isinstance(fresh[0], BinaryLinear) and isinstance(fresh[2], BinaryLinear) and type(fresh[4]) is nn.Linear
+    assert (
+        isinstance(fresh[0], BinaryLinear)
+        and isinstance(fresh[2], BinaryLinear)
+        and type(fresh[4]) is nn.Linear
+    )
     x = torch.randn(7, 40)
     assert torch.equal(fresh(x), model(x))
     meta, tensors = read(path)
@@ -58,7 +62,9 @@ def test_binary_activations_config_roundtrip(tmp_path):
     assert torch.equal(fresh(x), model(x))
 
 
-@pytest.mark.skipif(not hasattr(pyopt.nn, "Int8Linear"), reason="pyopt.nn.Int8Linear is not in this build yet")
+@pytest.mark.skipif(
+    not hasattr(pyopt.nn, "Int8Linear"), reason="pyopt.nn.Int8Linear is not in this build yet"
+)
 @pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
 def test_int8_roundtrip(tmp_path, mode):
     model, _ = pyopt.quantize(mlp(), mode=mode, min_weights=0)
@@ -69,7 +75,9 @@ def test_int8_roundtrip(tmp_path, mode):
     assert torch.equal(fresh(x), model(x))
 
 
-@pytest.mark.skipif(not hasattr(pyopt.nn, "SparseLinear"), reason="pyopt.nn.SparseLinear is not in this build yet")
+@pytest.mark.skipif(
+    not hasattr(pyopt.nn, "SparseLinear"), reason="pyopt.nn.SparseLinear is not in this build yet"
+)
 def test_sparse_roundtrip(tmp_path):
     lin = nn.Linear(40, 30)
     model = nn.Sequential(pyopt.nn.SparseLinear.from_dense(lin, torch.rand(30, 40) > 0.7))

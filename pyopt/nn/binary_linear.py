@@ -18,14 +18,18 @@ from ._base import register_module
 
 @register_module
 class BinaryLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, binary_activations: bool = False):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, binary_activations: bool = False
+    ):
         super().__init__()
         if in_features < 0 or out_features < 0:
             raise ValueError(f"in_features and out_features must be >= 0, got {in_features}, {out_features}")
         self.in_features = in_features
         self.out_features = out_features
         self.binary_activations = bool(binary_activations)
-        self.register_buffer("packed_weight", torch.zeros(out_features, (in_features + 7) // 8, dtype=torch.uint8))
+        self.register_buffer(
+            "packed_weight", torch.zeros(out_features, (in_features + 7) // 8, dtype=torch.uint8)
+        )
         self.register_buffer("alpha", torch.zeros(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
 
@@ -70,7 +74,9 @@ class BinaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1:] != (self.in_features,):
-            raise ValueError(f"x must have last dimension in_features={self.in_features}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have last dimension in_features={self.in_features}, got {tuple(x.shape)}"
+            )
         return torch.ops.pyopt.binary_linear(
             x, self.packed_weight, self.alpha, self.bias, self.in_features, self.binary_activations
         )
