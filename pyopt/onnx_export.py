@@ -19,8 +19,9 @@ Layer protocol: a pyopt module exports if it has `onnx_qdq() -> dict` with keys
     kind "linear" | "conv2d", weight_q (int8, (N, K) or (O, I, kh, kw)), weight_scale (float, N elements),
     bias (float tensor or None), activation "float" | "dynamic" | "binary",
     and for conv2d: stride, padding, dilation (pairs of ints).
-Modules without it are read by duck typing (an int8 weight buffer, a float "*scale*" buffer with one value
-per output channel, `mode`, and conv stride/padding/dilation attributes); anything else is an error.
+Modules without it are read by duck typing: in_features/out_features (or in_channels/out_channels/kernel_size,
+stride, padding, dilation), an int8 buffer of the float weight's shape, a float "*scale*" buffer with one
+value per output channel, `bias`, and `mode` ("dynamic" -> int8 activations); anything else is an error.
 """
 
 from __future__ import annotations
@@ -165,38 +166,44 @@ def _pair(v):
 
 
 def _duck_spec(module: nn.Module) -> dict:
-    """Read a quantised layer's tensors by convention (see the module docstring)."""
-    weight_q = next(
-        (b for _, b in module.named_buffers(recurse=False) if b.dtype == torch.int8 and b.dim() in (2, 4)),
-        None,
-    )
-    if weight_q is None:
+    """Read a quantised layer's tensors by convention (see the module docstring); strict about shapes."""
+    name = type(module).__name__
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        kind, shape = "linear", (module.out_features, module.in_features)
+    elif hasattr(module, "in_channels") and hasattr(module, "kernel_size"):
+        kind = "conv2d"
+        shape = (module.out_channels, module.in_channels, *_pair(module.kernel_size))
+    else:
         raise TypeError(
-            f"pyopt.export_onnx: {type(module).__name__} defines no onnx_qdq() and has no int8 weight buffer"
+            f"pyopt.export_onnx: {name} defines no onnx_qdq() and is neither linear nor conv-like"
         )
-    channels = weight_q.shape[0]
+    buffers = dict(module.named_buffers(recurse=False))
+    weight_q = next((b for b in buffers.values() if b.dtype == torch.int8 and tuple(b.shape) == shape), None)
     scale = next(
-        (
-            b
-            for n, b in module.named_buffers(recurse=False)
-            if "scale" in n and b.is_floating_point() and b.numel() == channels
-        ),
+        (b for n, b in buffers.items() if "scale" in n and b.is_floating_point() and b.numel() == shape[0]),
         None,
     )
-    if scale is None:
+    if weight_q is None or scale is None:
         raise TypeError(
-            f"pyopt.export_onnx: {type(module).__name__}: no per-channel float '*scale*' buffer found"
+            f"pyopt.export_onnx: {name} defines no onnx_qdq() and has no int8 weight buffer of shape {shape} "
+            f"with a per-channel float '*scale*' buffer"
         )
     spec = {
-        "kind": "linear" if weight_q.dim() == 2 else "conv2d",
+        "kind": kind,
         "weight_q": weight_q,
         "weight_scale": scale,
         "bias": getattr(module, "bias", None),
         "activation": "dynamic" if getattr(module, "mode", "weight_only") == "dynamic" else "float",
     }
-    for key in ("stride", "padding", "dilation"):
-        if hasattr(module, key):
-            spec[key] = getattr(module, key)
+    if kind == "conv2d":
+        if getattr(module, "groups", 1) != 1:
+            raise ValueError(f"pyopt.export_onnx: {name}: only groups=1 convolutions are exported")
+        for key in ("stride", "padding", "dilation"):
+            spec[key] = getattr(module, key, 0 if key == "padding" else 1)
+        if isinstance(spec["padding"], str):
+            raise ValueError(
+                f"pyopt.export_onnx: {name}: padding={spec['padding']!r} is not supported; use ints"
+            )
     return spec
 
 
