@@ -50,12 +50,15 @@ def test_binary_model(tmp_path, binact):
 
 
 @register_module
-class _W8A8Reference(nn.Module):
+class _W8A8Duck(nn.Module):
     """A stand-in W8A8 layer written from the API contract (per-token int8 activations, per-channel int8
-    weights) to test the dynamic-activation export path on its own."""
+    weights), read by export_onnx's duck typing, to test the dynamic-activation export path on its own."""
+
+    mode = "dynamic"
 
     def __init__(self, weight_q, weight_scale, bias):
         super().__init__()
+        self.out_features, self.in_features = weight_q.shape
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
@@ -73,6 +76,9 @@ class _W8A8Reference(nn.Module):
             x_fake_quant, self.weight_q.float() * self.weight_scale[:, None], self.bias
         )
 
+
+@register_module
+class _W8A8WithSpec(_W8A8Duck):
     def onnx_qdq(self):
         return {
             "kind": "linear",
@@ -83,10 +89,11 @@ class _W8A8Reference(nn.Module):
         }
 
 
-def test_dynamic_activation_qdq(tmp_path):
+@pytest.mark.parametrize("cls", [_W8A8Duck, _W8A8WithSpec])
+def test_dynamic_activation_qdq(tmp_path, cls):
     w = torch.randn(24, 40)
     scale = w.abs().amax(1) / 127
-    layer = _W8A8Reference(torch.round(w / scale[:, None]).to(torch.int8), scale, torch.randn(24))
+    layer = cls(torch.round(w / scale[:, None]).to(torch.int8), scale, torch.randn(24))
     model = nn.Sequential(layer, nn.ReLU())
     path = tmp_path / "d.onnx"
     pyopt.export_onnx(model, torch.randn(2, 3, 40), path)
