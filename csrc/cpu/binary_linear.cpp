@@ -57,7 +57,19 @@ void tile_scalar(const Problem& p, int64_t m0, int64_t n0, int64_t rows, int64_t
 }
 
 #if PYOPT_X86
+// Fully unrolled register-tile loops: without this GCC keeps the accumulator array in memory and stores
+// it on every iteration of the K loop (seen in the disassembly).
+#define PYOPT_UNROLL _Pragma("GCC unroll 16")
+
 // --- AVX-512: 16 packed bits are a lane mask ----------------------------------------------------------
+// kmovw k, m16 is a load-port uop; compilers lower _load_mask16 / _cvtu32_mask16 to a GPR load + kmovd,
+// which costs a port-5 uop per mask, competing with the masked adds (measured ~2x slower at M=1).
+PYOPT_TARGET_AVX512 inline __mmask16 load_mask16(const uint8_t* p) {
+  __mmask16 m;
+  asm("kmovw %1, %0" : "=Yk"(m) : "m"(*reinterpret_cast<const uint16_t*>(p)));
+  return m;
+}
+
 // TM rows of x (all present) x TN output channels (the last tile repeats its final channel, not stored).
 template <int TM, int TN>
 PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
@@ -65,41 +77,31 @@ PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
   __m512 acc[TM][TN];
   const float* xr[TM];
   const uint8_t* wr[TN];
-  for (int i = 0; i < TM; ++i) {
+  PYOPT_UNROLL for (int i = 0; i < TM; ++i) {
     xr[i] = p.x + (m0 + i) * p.K;
-    for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_setzero_ps();
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_setzero_ps();
   }
-  for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
-  int64_t k = 0;
-  for (; k + 16 <= p.K; k += 16) {
-    __mmask16 mk[TN];
-    for (int j = 0; j < TN; ++j) {
-      uint16_t b;
-      std::memcpy(&b, wr[j] + (k >> 3), 2);  // bits k..k+15, LSB = lane 0
-      mk[j] = _cvtu32_mask16(b);
-    }
-    for (int i = 0; i < TM; ++i) {
-      const __m512 xv = _mm512_loadu_ps(xr[i] + k);
-      for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv);
+  PYOPT_UNROLL for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  const int64_t k_full = p.K & ~int64_t(15);
+  for (int64_t k = 0; k < k_full; k += 16) {
+    __m512 xv[TM];
+    PYOPT_UNROLL for (int i = 0; i < TM; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) {  // one mask live at a time: there are only 7 usable mask registers
+      const __mmask16 mk = load_mask16(wr[j] + (k >> 3));  // bits k..k+15, LSB = lane 0
+      PYOPT_UNROLL for (int i = 0; i < TM; ++i) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk, acc[i][j], xv[i]);
     }
   }
-  if (k < p.K) {  // 1..15 columns left: read only the bytes that exist, drop the padding bits
-    const int64_t valid = p.K - k;
-    const uint32_t keep = (1u << valid) - 1u;
-    __mmask16 mk[TN];
-    for (int j = 0; j < TN; ++j) {
-      uint32_t bits = wr[j][k >> 3];
-      if (valid > 8) bits |= static_cast<uint32_t>(wr[j][(k >> 3) + 1]) << 8;
-      mk[j] = _cvtu32_mask16(bits & keep);
-    }
-    for (int i = 0; i < TM; ++i) {
-      const __m512 xv = _mm512_maskz_loadu_ps(_cvtu32_mask16(keep), xr[i] + k);
-      for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_mask_add_ps(acc[i][j], mk[j], acc[i][j], xv);
-    }
-  }
-  for (int i = 0; i < TM; ++i)
-    for (int j = 0; j < tn; ++j)
-      p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, _mm512_reduce_add_ps(acc[i][j]));
+  // Reduce first, then the 0..15 leftover columns in scalar code (a vector tail here also made the compiler
+  // keep acc in memory).
+  float sums[TM][TN];
+  PYOPT_UNROLL for (int i = 0; i < TM; ++i)
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) sums[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+  for (int64_t k = k_full; k < p.K; ++k)
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j)
+      if ((wr[j][k >> 3] >> (k & 7)) & 1)
+        PYOPT_UNROLL for (int i = 0; i < TM; ++i) sums[i][j] += xr[i][k];
+  PYOPT_UNROLL for (int i = 0; i < TM; ++i)
+    PYOPT_UNROLL for (int j = 0; j < tn; ++j) p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, sums[i][j]);
 }
 
 // --- AVX2: expand 8 bits into a lane mask with one compare (16 ymm registers: at most 2x4 accumulators) --
@@ -110,29 +112,30 @@ PYOPT_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t m0, int64_t n0) {
   __m256 acc[TM][TN];
   const float* xr[TM];
   const uint8_t* wr[TN];
-  for (int i = 0; i < TM; ++i) {
+  PYOPT_UNROLL for (int i = 0; i < TM; ++i) {
     xr[i] = p.x + (m0 + i) * p.K;
-    for (int j = 0; j < TN; ++j) acc[i][j] = _mm256_setzero_ps();
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) acc[i][j] = _mm256_setzero_ps();
   }
-  for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
+  PYOPT_UNROLL for (int j = 0; j < TN; ++j) wr[j] = p.w + (n0 + std::min<int64_t>(j, tn - 1)) * p.KB;
   for (int64_t k = 0; k < p.K; k += 8) {
     const int64_t valid = std::min<int64_t>(8, p.K - k);
     const uint32_t keep = (1u << valid) - 1u;  // drop padding bits of the last byte
     __m256 xv[TM];
     if (valid == 8) {
-      for (int i = 0; i < TM; ++i) xv[i] = _mm256_loadu_ps(xr[i] + k);
+      PYOPT_UNROLL for (int i = 0; i < TM; ++i) xv[i] = _mm256_loadu_ps(xr[i] + k);
     } else {
       __m256i tail = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(keep), lane_bit), lane_bit);
-      for (int i = 0; i < TM; ++i) xv[i] = _mm256_maskload_ps(xr[i] + k, tail);
+      PYOPT_UNROLL for (int i = 0; i < TM; ++i) xv[i] = _mm256_maskload_ps(xr[i] + k, tail);
     }
-    for (int j = 0; j < TN; ++j) {
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) {
       __m256i b = _mm256_set1_epi32(static_cast<int>(wr[j][k >> 3] & keep));
       __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, lane_bit), lane_bit));
-      for (int i = 0; i < TM; ++i) acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_and_ps(mask, xv[i]));
+      PYOPT_UNROLL for (int i = 0; i < TM; ++i) acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_and_ps(mask, xv[i]));
     }
   }
-  for (int i = 0; i < TM; ++i)
-    for (int j = 0; j < tn; ++j) {
+  PYOPT_UNROLL for (int i = 0; i < TM; ++i)
+    PYOPT_UNROLL for (int j = 0; j < TN; ++j) {
+      if (j >= tn) continue;
       __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
       s = _mm_hadd_ps(s, s);
       s = _mm_hadd_ps(s, s);
