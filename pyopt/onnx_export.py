@@ -8,7 +8,7 @@ model exports as usual). Each quantised layer becomes
     weights: int8 initializer -> DequantizeLinear(per-channel scale, axis 0) -> MatMul / Conv (+ Add bias)
     dynamic (W8A8) activations, per token (last dim):  scale = max|x| / 127 (0 -> 1);
         QuantizeLinear(x, scale, int8 0, axis 0) -> DequantizeLinear  (x viewed as (tokens, features))
-    dynamic conv activations, per tensor:  scale = max|x| / 127, same Q/DQ pair with a scalar scale
+    dynamic conv activations, per sample:  scale = max|x[n]| / 127 per batch element, same Q/DQ pair
     binary activations: Where(x >= 0, 1, -1) * ReduceMean(|x|) (BinaryLinear(binary_activations=True))
 
 BinaryLinear exports exactly as int8 {-1, +1} weights with its alpha as the DequantizeLinear scale.
@@ -43,11 +43,12 @@ def _const(g, value):
     return g.op("Constant", value_t=torch.as_tensor(value))
 
 
-def _qdq(g, x2, scale, axis: int | None):
-    """QuantizeLinear -> DequantizeLinear of x2 with a symmetric int8 scale (per axis 0, or per tensor)."""
+def _qdq(g, x2, scale, axis: int):
+    """QuantizeLinear -> DequantizeLinear of x2 with a symmetric int8 scale per index of `axis`."""
     zp = g.op("Cast", g.op("Mul", scale, _const(g, 0.0)), to_i=_INT8)
-    kw = {} if axis is None else {"axis_i": axis}
-    return g.op("DequantizeLinear", g.op("QuantizeLinear", x2, scale, zp, **kw), scale, zp, **kw)
+    return g.op(
+        "DequantizeLinear", g.op("QuantizeLinear", x2, scale, zp, axis_i=axis), scale, zp, axis_i=axis
+    )
 
 
 def _symmetric_scale(g, x, **reduce_kw):
@@ -76,15 +77,19 @@ class _PerTokenQDQ(torch.autograd.Function):
         return g.op("Reshape", _qdq(g, x2, scale, axis=0), shape)
 
 
-class _PerTensorQDQ(torch.autograd.Function):
+class _PerSampleQDQ(torch.autograd.Function):
+    """Per-sample symmetric int8 fake quantisation (conv activations: one scale per batch element)."""
+
     @staticmethod
     def forward(ctx, x):
-        scale = _torch_scale(x.abs().amax())
+        scale = _torch_scale(x.abs().amax(dim=tuple(range(1, x.dim())), keepdim=True))
         return torch.clamp(torch.round(x / scale), -127, 127) * scale
 
     @staticmethod
     def symbolic(g, x):
-        return _qdq(g, x, _symmetric_scale(g, x, keepdims_i=0), axis=None)
+        x2 = g.op("Reshape", x, _const(g, [0, -1]))  # (batch, everything else); 0 copies the batch dim
+        scale = g.op("Reshape", _symmetric_scale(g, x2, axes_i=[-1], keepdims_i=1), _const(g, [-1]))
+        return g.op("Reshape", _qdq(g, x2, scale, axis=0), g.op("Shape", x))
 
 
 def _dq_weight(g, weight_q, weight_scale):
@@ -155,7 +160,7 @@ class _ExportLayer(nn.Module):
         if self.activation == "binary":
             x = torch.where(x >= 0, 1.0, -1.0) * x.abs().mean(-1, keepdim=True)
         elif self.activation == "dynamic":
-            x = (_PerTokenQDQ if self.kind == "linear" else _PerTensorQDQ).apply(x)
+            x = (_PerTokenQDQ if self.kind == "linear" else _PerSampleQDQ).apply(x)
         if self.kind == "linear":
             return _DQLinear.apply(x, self.weight_q, self.weight_scale, self.bias)
         return _DQConv2d.apply(x, self.weight_q, self.weight_scale, self.bias, *self.conv)
