@@ -33,6 +33,7 @@ def _binary_linear_kernel(
     N,
     K: tl.constexpr,
     KB: tl.constexpr,
+    inv_k,
     HAS_BIAS: tl.constexpr,
     BINARY_ACT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -64,7 +65,7 @@ def _binary_linear_kernel(
     alpha = tl.load(alpha_ptr + rn, mask=n_ok, other=0.0)
     y = acc * alpha[None, :]
     if BINARY_ACT:
-        beta = abs_sum / tl.maximum(K, 1).to(tl.float32)
+        beta = abs_sum * inv_k  # mean|x| over the K columns
         y = y * beta[:, None]
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
@@ -96,6 +97,7 @@ def binary_linear(
         n,
         in_features,
         packed_weight.shape[1],
+        1.0 / max(in_features, 1),
         HAS_BIAS=bias is not None,
         BINARY_ACT=binary_activations,
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

@@ -106,7 +106,13 @@ def test_empty(device, backend):
     _, packed, alpha, b = make(5, 9, device=device)
     with pyopt.use_backend(backend):
         assert OP(torch.randn(0, 9, device=device), packed, alpha, b, 9, False).shape == (0, 5)
-        y = OP(torch.randn(2, 3, 0, device=device), *binarize_weight(torch.randn(4, 0)), b[:4], 0, False)
+        y = OP(
+            torch.randn(2, 3, 0, device=device),
+            *binarize_weight(torch.randn(4, 0, device=device)),
+            b[:4],
+            0,
+            False,
+        )
     assert torch.equal(y, b[:4].expand(2, 3, 4))
 
 
