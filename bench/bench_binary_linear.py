@@ -33,9 +33,9 @@ def run(quick: bool) -> list[harness.Row]:
                     harness.compare(
                         "binary_linear",
                         f"BinaryLinear{' xnor' if binact else ''} M={m} {k}x{n}",
-                        lambda layer=layer: layer(x),
+                        lambda layer=layer, x=x: layer(x),
                         "F.linear fp32",
-                        lambda: torch.nn.functional.linear(x, linear.weight, linear.bias),
+                        lambda x=x, w=linear.weight, b=linear.bias: torch.nn.functional.linear(x, w, b),
                         target=None if binact else target,
                         nbytes=nbytes,
                         repeat=repeat,
