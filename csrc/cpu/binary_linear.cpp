@@ -8,8 +8,8 @@
 //     sum_k s_k x_k = 2 * sum_{bit=1} x_k - sum_k x_k,
 // so each output needs only a *masked add* of x (AVX-512: 16 bits of the packed row are directly a
 // __mmask16 for _mm512_mask_add_ps) and one per-row sum of x. No float weight is ever formed.
-// Blocking: 4 rows of x x 4 output channels per register tile (16 accumulators), so each x load is
-// reused 4 times and each mask load 4 times.
+// Register tiles of rows x output channels: 4x4 on AVX-512 (each x load and each mask load reused 4 times),
+// 1x8 at M=1 (8 independent add chains), 2x4 on AVX2; OpenMP over the tiles.
 //
 // Binary activations (XNOR + popcount): sign(x) is packed per row the same way, beta = mean|x|, and
 //     sum_k s_k t_k = K - 2 * popcount(xbits XOR wbits),   y = alpha * beta * that + b.
@@ -25,7 +25,6 @@
 #include "cpu/cpu_isa.h"
 
 namespace {
-
 
 struct Problem {
   const float* x;        // (M, K) contiguous
@@ -220,6 +219,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, c
     std::vector<float> beta(M);
     uint8_t* pxb = xbits.data_ptr<uint8_t>();
     const float* px = x.data_ptr<float>();
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t m = 0; m < M; ++m) {
       double abs_sum = 0.0;
       for (int64_t k = 0; k < K; ++k) {
