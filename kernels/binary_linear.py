@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 64
+BLOCK_M = 64  # 16 (the smallest tl.dot tile) when M <= 16: decode-style calls waste less of each dot
 BLOCK_N = 64
 BLOCK_K = 64
 
@@ -86,7 +86,8 @@ def binary_linear(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y
-    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+    block_m = 16 if m <= 16 else BLOCK_M
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
     _binary_linear_kernel[grid](
         x,
         packed_weight,
@@ -101,7 +102,7 @@ def binary_linear(
         HAS_BIAS=bias is not None,
         BINARY_ACT=binary_activations,
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        BLOCK_M=BLOCK_M,
+        BLOCK_M=block_m,
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
     )
