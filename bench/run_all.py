@@ -8,7 +8,7 @@ import sys
 
 import harness
 
-FAMILIES = ["quant", "int8_linear", "sparse", "sgd"]
+FAMILIES = ["quant", "int8_linear", "binary_linear", "sparse", "sgd"]
 
 
 def main(ops: list[str] | None = None, quick: bool = False, out: str | None = None) -> int:
