@@ -12,3 +12,8 @@ __all__ = ["available_backends", "implementations", "use_backend", "use_isa", "_
 from .pruning import GradualPruner, prune, prune_masks, sparsity_schedule  # noqa: E402
 
 __all__ += ["GradualPruner", "prune", "prune_masks", "sparsity_schedule"]
+from .onnx_export import export_onnx  # noqa: E402
+from .quantize import quantize  # noqa: E402
+from .serialization import load, save  # noqa: E402
+
+__all__ += ["export_onnx", "load", "quantize", "save"]

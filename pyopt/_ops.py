@@ -93,6 +93,41 @@ QUANTIZE_PER_TENSOR = defop(
 # (section owned by the int8/binary layer family)
 
 
+# binary_linear: 1-bit sign weights packed 8 per byte (LSB first, bit 1 <=> W >= 0; rows padded to a whole
+# byte, padding bits ignored), alpha = mean|W| per output channel (XNOR-Net BWN). With
+# binary_activations=True the input is binarised too: sign(x) * mean|x| per row (XNOR + popcount).
+# Output dtype = x.dtype; alpha and bias are float32. Implementations: pyopt/ops/binary_linear.py
+def _check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations=False):
+    check_float_input("x", x)
+    if in_features < 0:
+        raise ValueError(f"in_features must be >= 0, got {in_features}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have last dimension in_features={in_features}, got shape {tuple(x.shape)}")
+    if not isinstance(packed_weight, torch.Tensor) or packed_weight.dtype != torch.uint8:
+        raise TypeError("packed_weight must be a torch.uint8 tensor")
+    if packed_weight.dim() != 2 or packed_weight.shape[1] != (in_features + 7) // 8:
+        raise ValueError(
+            f"packed_weight must have shape (out_features, ceil(in_features/8)={(in_features + 7) // 8}), "
+            f"got {tuple(packed_weight.shape)}"
+        )
+    n = packed_weight.shape[0]
+    if not isinstance(alpha, torch.Tensor) or alpha.dtype != torch.float32 or alpha.shape != (n,):
+        raise ValueError(f"alpha must be a float32 tensor of shape ({n},)")
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,)):
+        raise ValueError(f"bias must be None or a float32 tensor of shape ({n},)")
+
+
+BINARY_LINEAR = defop(
+    "binary_linear(Tensor x, Tensor packed_weight, Tensor alpha, Tensor? bias, int in_features, "
+    "bool binary_activations=False) -> Tensor",
+    lambda x, packed_weight, alpha, bias, in_features, binary_activations=False: (
+        _check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations),
+        x.new_empty((*x.shape[:-1], packed_weight.shape[0])),
+    )[1],
+    _check_binary_linear,
+)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # sparse masked matmul (issue: pruning). Implementations: pyopt/ops/sparse.py
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""pyopt.quantize(model, mode=...): swap nn.Linear / nn.Conv2d for pyopt's quantised layers, in place.
+
+Modes:
+    "dynamic"      Int8Linear / Int8Conv2d in W8A8 mode (per-token int8 activations, per-channel int8 weights)
+    "weight_only"  Int8Linear / Int8Conv2d with int8 weights and float activations
+    "binary"       BinaryLinear (1-bit sign weights, alpha = mean|W| per channel); Conv2d layers are kept
+
+Which layers are skipped, and why (each appears in the report with its reason):
+    - excluded by `include` / `exclude` (fnmatch patterns on qualified module names, e.g. "encoder.*")
+    - too small: fewer than `min_weights` weights (default MIN_WEIGHTS = 128*128). Below that a layer's
+      float matmul takes a few microseconds and the per-call cost of quantising activations and launching
+      a custom op is the same order, so int8 cannot pay (and the memory saved is a few KB).
+    - subclasses of nn.Linear / nn.Conv2d (e.g. MultiheadAttention's out_proj, whose parent reads
+      .weight directly), which a swap would break
+    - convolutions the int8 layer does not support (groups != 1: depthwise / grouped), and every Conv2d in
+      "binary" mode (BinaryLinear is linear only)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+from torch import nn
+
+from .report import Report
+
+MODES = ("dynamic", "weight_only", "binary")
+MIN_WEIGHTS = 128 * 128
+
+
+def _patterns(name: str, value) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise TypeError(f"{name} must be None, a pattern string or a list of pattern strings, got {value!r}")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _int8_class(kind: str):
+    from . import nn as pnn  # lazily: the int8 layers are an optional part of the build
+
+    cls = getattr(pnn, kind, None)
+    if cls is None:
+        raise RuntimeError(f"pyopt.nn.{kind} is not available in this build; mode 'binary' is")
+    return cls
+
+
+def _convert(name: str, module: nn.Module, mode: str, min_weights: int) -> tuple[nn.Module | None, str]:
+    """(new module, "") or (None, reason it is skipped)."""
+    if type(module) not in (nn.Linear, nn.Conv2d):
+        return (
+            None,
+            f"subclass {type(module).__name__} of {type(module).__mro__[1].__name__}: its parent may use .weight",
+        )
+    if isinstance(module, nn.Conv2d) and mode == "binary":
+        return None, "binary mode converts nn.Linear only"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return None, f"groups={module.groups} (depthwise/grouped conv) is not supported by Int8Conv2d"
+    if module.weight.numel() < min_weights:
+        return (
+            None,
+            f"too small for quantisation to pay ({module.weight.numel()} < min_weights={min_weights} weights)",
+        )
+    if isinstance(module, nn.Linear):
+        if mode == "binary":
+            from .nn.binary_linear import BinaryLinear
+
+            return BinaryLinear.from_float(module), ""
+        return _int8_class("Int8Linear").from_float(module, mode=mode), ""
+    try:
+        return _int8_class("Int8Conv2d").from_float(module, mode=mode), ""
+    except ValueError as e:  # a conv configuration Int8Conv2d rejects (documented there)
+        return None, str(e)
+
+
+def quantize(
+    model: nn.Module,
+    mode: str = "dynamic",
+    include=None,
+    exclude=None,
+    *,
+    min_weights: int = MIN_WEIGHTS,
+) -> tuple[nn.Module, Report]:
+    """Replace the model's nn.Linear (and nn.Conv2d, int8 modes) by quantised pyopt layers, in place.
+
+    include / exclude: fnmatch patterns (a string or a list) on qualified module names; a layer is
+    converted when it matches some include pattern (all layers if include is None) and no exclude pattern.
+    Returns (model, report): one report row per Linear/Conv2d with action "quantized" or "skipped", the
+    mode, the new type, its bytes before/after and, for skipped layers, the reason.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(min_weights, int) or min_weights < 0:
+        raise ValueError(f"min_weights must be an int >= 0, got {min_weights!r}")
+    inc, exc = _patterns("include", include), _patterns("exclude", exclude)
+
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        raise ValueError("model must contain the layers to quantise (wrap a single layer in nn.Sequential)")
+    report = Report(f"pyopt.quantize(mode={mode!r})")
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    before = after = 0
+    for name, module in targets:
+        row = {"type": type(module).__name__, "mode": mode}
+        if (inc is not None and not _matches(name, inc)) or (exc is not None and _matches(name, exc)):
+            report.add(name, "skipped", **row, reason="excluded by include/exclude")
+            continue
+        new, reason = _convert(name, module, mode, min_weights)
+        if new is None:
+            report.add(name, "skipped", **row, reason=reason)
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+        b0, b1 = _nbytes(module), _nbytes(new)
+        before, after = before + b0, after + b1
+        report.add(name, "quantized", **row, to=type(new).__name__, bytes_before=b0, bytes_after=b1)
+    report.summary = {
+        "quantized": sum(r["action"] == "quantized" for r in report),
+        "skipped": sum(r["action"] == "skipped" for r in report),
+        "bytes_before": before,
+        "bytes_after": after,
+    }
+    return model, report
