@@ -262,6 +262,17 @@ def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, min_time: flo
     return {k: 1e3 * statistics.median(v) for k, v in samples.items()}
 
 
+def describe(model: nn.Module) -> str:
+    """Which pyopt layers a variant is made of, e.g. "fc1, fc2: SparseLinear (csr); out: Int8Linear"."""
+    groups: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("pyopt."):
+            fmt = getattr(module, "format", None)
+            kind = type(module).__name__ + (f" ({fmt})" if isinstance(fmt, str) else "")
+            groups.setdefault(kind, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {kind}" for kind, names in groups.items()) or "torch layers only"
+
+
 def save_and_reload(name: str, model: nn.Module, data: Data, out_dir: str, size: int) -> tuple[int, bool]:
     """pyopt.save the variant; pyopt.load it into a fresh float model of the same architecture; compare."""
     path = os.path.join(out_dir, "models", name.replace(":", "_").replace("+", "_") + ".safetensors")
@@ -304,7 +315,7 @@ def run(cfg: Config) -> dict:
             print(f"[demo] {name}: FAILED ({failed[name]})", file=sys.stderr)
 
     print("[demo] measuring accuracy, size on disk, reload, latency ...", file=sys.stderr, flush=True)
-    rows = {}
+    rows, layers = {}, {}
     for name, model in list(models.items()):
         try:
             size_bytes, identical = save_and_reload(name, model, data, cfg.out, cfg.size)
@@ -315,6 +326,7 @@ def run(cfg: Config) -> dict:
             continue
         rows[name] = {"name": name, "accuracy": accuracy(model, data), "size_bytes": size_bytes}
         rows[name]["reload_identical"] = identical
+        layers[name] = describe(model)
     for batch in (1, 256) if models else ():
         x = data.x_test[:batch]
         lat = measure_latency(models, x, cfg.latency_min_time)
@@ -333,7 +345,9 @@ def run(cfg: Config) -> dict:
         "pyopt": pyopt.__version__,
         "variants": [{k: rows[n][k] for k in keys} for n in names if n in rows],
     }
-    _demo_report.write_all(results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load)
+    _demo_report.write_all(
+        results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load, layers
+    )
     return {"results": results, "failed": failed}
 
 
