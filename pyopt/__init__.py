@@ -9,3 +9,24 @@ from ._backend import available_backends, implementations, use_backend, use_isa 
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "implementations", "use_backend", "use_isa", "__version__"]
+from .quant import (  # noqa: E402
+    choose_qparams,
+    dequantize_per_channel,
+    dequantize_per_group,
+    dequantize_per_tensor,
+    quantize_per_channel,
+    quantize_per_group,
+    quantize_per_tensor,
+    quantize_per_token,
+)
+
+__all__ += [
+    "choose_qparams",
+    "dequantize_per_channel",
+    "dequantize_per_group",
+    "dequantize_per_tensor",
+    "quantize_per_channel",
+    "quantize_per_group",
+    "quantize_per_tensor",
+    "quantize_per_token",
+]

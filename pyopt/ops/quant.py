@@ -1,22 +1,147 @@
-"""quant family: reference, cpu, triton and cuda implementations of the pyopt:: quantize ops."""
+"""quant family: reference, cpu, triton and cuda implementations of the pyopt:: quantize / dequantize ops.
+
+The rules every backend follows (measured against torch 2.13 on CPU, see README "Quantize / dequantize"):
+
+  per-tensor quantize   q = clamp(rne(fma(x, inv, zp)))          inv = 1.0f / float32(scale); NaN -> qmax
+  per-channel/-group    q = clamp(rne(float32(x * inv) + zp))    the product is rounded first; NaN -> 0
+  per-token             q = clamp(rne(float32(x * inv)), -127, 127), inv = 1.0f / (amax / 127)
+  dequantize            (float32(q) - zp) * float32(scale)       per-channel: in float64, then rounded
+
+rne = round half to even; all arithmetic in float32 (fp16/bf16 inputs are widened exactly first).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .._backend import register, requested_isa
+from .._ops import QRANGE
+
+F32_EPS = torch.finfo(torch.float32).eps  # torch.ao observers clamp scales to at least this
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference (pure torch): the fallback on every device and the oracle of the tests
+# ----------------------------------------------------------------------------------------------------------
+def fma_f32(x: torch.Tensor, inv: torch.Tensor, zp: torch.Tensor | float) -> torch.Tensor:
+    """float32 fma(x, inv, zp) with a single rounding, in pure torch.
+
+    x*inv is exact in float64 (24+24 bit significands); the sum is rounded to float64 with round-to-odd
+    (TwoSum error term -> sticky bit), which makes the final rounding to float32 correct (53 >= 2*24+2).
+    """
+    p = x.double() * inv.double()
+    z = torch.as_tensor(zp, dtype=torch.float64, device=x.device).expand_as(p)
+    s = p + z
+    b = s - p
+    err = (p - (s - b)) + (z - b)
+    odd = (s.view(torch.int64) | (err != 0).to(torch.int64)).view(torch.float64)
+    return torch.where(torch.isfinite(s), odd, s).float()
+
+
+def div_f32(a: torch.Tensor, b: float) -> torch.Tensor:
+    """a / b in float32 as a true elementwise division on every device (CUDA turns a/scalar into a*(1/b))."""
+    return a / torch.full_like(a, b)
+
+
+def reciprocal_f32(s: torch.Tensor) -> torch.Tensor:
+    """1.0f / s, correctly rounded (what torch's quantizers compute as the inverse scale)."""
+    return torch.ones_like(s) / s
+
+
+def round_clamp(v: torch.Tensor, lo: int, hi: int, nan_value: int, dtype) -> torch.Tensor:
+    v = torch.where(torch.isnan(v), float(nan_value), v)
+    return v.round().clamp_(lo, hi).to(dtype)
+
+
+def channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast along `axis` of an ndim-d tensor."""
+    return t.reshape((-1,) + (1,) * (ndim - 1 - axis))
+
+
+def qparams_from_minmax(mn, mx, dtype, symmetric: bool, reduce_range: bool = False):
+    """torch.ao.quantization observers' _calculate_qparams (MinMax / PerChannelMinMax), float32 math.
+
+    The range is widened to include 0; scales are at least float32 eps. Symmetric: scale = amax /
+    ((qmax - qmin) / 2), zero point 0 (int8) or 128 (uint8). Affine: scale = (max - min) / (qmax - qmin),
+    zp = clamp(qmin - rne(min / scale)). NaN in a min/max gives scale NaN and (affine) zero point 0.
+    """
+    qmin, qmax = QRANGE[dtype]
+    if reduce_range:
+        qmin, qmax = qmin // 2, qmax // 2
+    min_neg = torch.minimum(mn, torch.zeros_like(mn))
+    max_pos = torch.maximum(mx, torch.zeros_like(mx))
+    eps = torch.full_like(mn, F32_EPS)
+    if symmetric:
+        scale = torch.maximum(div_f32(torch.maximum(-min_neg, max_pos), (qmax - qmin) / 2), eps)
+        zp = torch.full(mn.shape, 128 if dtype == torch.uint8 else 0, dtype=torch.int64, device=mn.device)
+    else:
+        scale = torch.maximum(div_f32(max_pos - min_neg, float(qmax - qmin)), eps)
+        zpf = qmin - torch.round(min_neg / scale)
+        zp = torch.where(torch.isnan(zpf), 0.0, zpf).clamp(qmin, qmax).to(torch.int64)
+    return scale, zp
 
 
 @register("quantize_per_tensor", "reference")
 def quantize_per_tensor_ref(x, scale, zero_point, dtype):
-    lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
-    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
-    v = torch.addcmul(torch.tensor(float(zero_point)), x.float(), inv)  # placeholder
-    return v.round().clamp(lo, hi).to(dtype)
+    inv = reciprocal_f32(torch.tensor(scale, dtype=torch.float32, device=x.device))
+    lo, hi = QRANGE[dtype]
+    return round_clamp(fma_f32(x.float(), inv, float(zero_point)), lo, hi, hi, dtype)
 
 
-@register("quantize_per_tensor", "cpu")
-def quantize_per_tensor_cpu(x, scale, zero_point, dtype):
-    out = torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
-    torch.ops.pyopt_cpu.quantize_per_tensor(x.contiguous(), out, scale, zero_point, requested_isa())
-    return out
+def quantize_rounded_product(xf, inv, zp, lo, hi, dtype):
+    """clamp(rne(float32(x * inv) + zp)): the per-channel / per-group / per-token rule; NaN -> 0."""
+    return round_clamp(xf * inv + zp, lo, hi, 0, dtype)
+
+
+@register("quantize_per_channel", "reference")
+def quantize_per_channel_ref(x, scales, zero_points, axis, dtype):
+    axis = axis % x.dim()
+    inv = channel_view(reciprocal_f32(scales.to(torch.float32)), axis, x.dim())
+    zp = channel_view(zero_points.to(torch.float32), axis, x.dim())
+    return quantize_rounded_product(x.float(), inv, zp, *QRANGE[dtype], dtype)
+
+
+@register("quantize_per_token", "reference")
+def quantize_per_token_ref(x, dtype):
+    xf = x.float()
+    if x.shape[-1] == 0:
+        return torch.empty_like(x, dtype=dtype), torch.ones((*x.shape[:-1], 1), device=x.device)
+    scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
+    scales = torch.where(scales == 0, 1.0, scales)
+    q = quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype)
+    return q, scales
+
+
+@register("quantize_per_group", "reference")
+def quantize_per_group_ref(x, group_size, dtype, symmetric):
+    xg = x.float().reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    if xg.numel() == 0:
+        mn = mx = xg.new_zeros(xg.shape[:-1])
+    else:
+        mn, mx = torch.aminmax(xg, dim=-1)
+    scales, zps = qparams_from_minmax(mn, mx, dtype, symmetric)
+    inv = reciprocal_f32(scales).unsqueeze(-1)
+    q = quantize_rounded_product(xg, inv, zps.unsqueeze(-1).float(), *QRANGE[dtype], dtype)
+    return q.reshape(x.shape), scales, zps
+
+
+@register("dequantize_per_tensor", "reference")
+def dequantize_per_tensor_ref(q, scale, zero_point, out_dtype):
+    s32 = float(torch.tensor(scale, dtype=torch.float32))
+    return ((q.float() - float(zero_point)) * s32).to(out_dtype)
+
+
+@register("dequantize_per_channel", "reference")
+def dequantize_per_channel_ref(q, scales, zero_points, axis, out_dtype):
+    # torch computes (q - zp) * scale in float64 (scales are float64 there) and rounds once to float32.
+    axis = axis % q.dim()
+    s = channel_view(scales.double(), axis, q.dim())
+    zp = channel_view(zero_points.double(), axis, q.dim())
+    return ((q.double() - zp) * s).float().to(out_dtype)
+
+
+@register("dequantize_per_group", "reference")
+def dequantize_per_group_ref(q, scales, zero_points, group_size, out_dtype):
+    qg = q.float().reshape(*q.shape[:-1], q.shape[-1] // group_size, group_size)
+    out = (qg - zero_points.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
+    return out.reshape(q.shape).to(out_dtype)
