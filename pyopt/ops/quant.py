@@ -48,6 +48,11 @@ def reciprocal_f32(s: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(s) / s
 
 
+def canonical_nan(t: torch.Tensor) -> torch.Tensor:
+    """NaN scales as the one quiet NaN 0x7fc00000 (every backend writes that one, whatever the input's NaN)."""
+    return torch.where(torch.isnan(t), float("nan"), t)
+
+
 def round_clamp(v: torch.Tensor, lo: int, hi: int, nan_value: int, dtype) -> torch.Tensor:
     v = torch.where(torch.isnan(v), float(nan_value), v)
     return v.round().clamp_(lo, hi).to(dtype)
@@ -74,10 +79,12 @@ def qparams_from_minmax(mn, mx, dtype, symmetric: bool, reduce_range: bool = Fal
     if symmetric:
         scale = torch.maximum(div_f32(torch.maximum(-min_neg, max_pos), (qmax - qmin) / 2), eps)
         zp = torch.full(mn.shape, 128 if dtype == torch.uint8 else 0, dtype=torch.int64, device=mn.device)
+        scale = canonical_nan(scale)
     else:
         scale = torch.maximum(div_f32(max_pos - min_neg, float(qmax - qmin)), eps)
         zpf = qmin - torch.round(min_neg / scale)
         zp = torch.where(torch.isnan(zpf), 0.0, zpf).clamp(qmin, qmax).to(torch.int64)
+        scale = canonical_nan(scale)
     return scale, zp
 
 
@@ -107,7 +114,7 @@ def quantize_per_token_ref(x, dtype):
     if x.shape[-1] == 0:
         return torch.empty_like(x, dtype=dtype), torch.ones((*x.shape[:-1], 1), device=x.device)
     scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
-    scales = torch.where(scales == 0, 1.0, scales)
+    scales = canonical_nan(torch.where(scales == 0, 1.0, scales))
     q = quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype)
     return q, scales
 
@@ -115,10 +122,7 @@ def quantize_per_token_ref(x, dtype):
 @register("quantize_per_group", "reference")
 def quantize_per_group_ref(x, group_size, dtype, symmetric):
     xg = x.float().reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
-    if xg.numel() == 0:
-        mn = mx = xg.new_zeros(xg.shape[:-1])
-    else:
-        mn, mx = torch.aminmax(xg, dim=-1)
+    mn, mx = torch.aminmax(xg, dim=-1)
     scales, zps = qparams_from_minmax(mn, mx, dtype, symmetric)
     inv = reciprocal_f32(scales).unsqueeze(-1)
     q = quantize_rounded_product(xg, inv, zps.unsqueeze(-1).float(), *QRANGE[dtype], dtype)
@@ -145,3 +149,41 @@ def dequantize_per_group_ref(q, scales, zero_points, group_size, out_dtype):
     qg = q.float().reshape(*q.shape[:-1], q.shape[-1] // group_size, group_size)
     out = (qg - zero_points.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
     return out.reshape(q.shape).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cpu: C++ (csrc/cpu/quant.cpp), AVX-512 / AVX2 / scalar chosen at run time, OpenMP over chunks
+# ----------------------------------------------------------------------------------------------------------
+@register("quantize_per_tensor", "cpu")
+def quantize_per_tensor_cpu(x, scale, zero_point, dtype):
+    return torch.ops.pyopt_cpu.quantize_per_tensor(x, scale, zero_point, dtype, requested_isa())
+
+
+@register("quantize_per_channel", "cpu")
+def quantize_per_channel_cpu(x, scales, zero_points, axis, dtype):
+    return torch.ops.pyopt_cpu.quantize_per_channel(x, scales, zero_points, axis, dtype, requested_isa())
+
+
+@register("quantize_per_token", "cpu")
+def quantize_per_token_cpu(x, dtype):
+    return torch.ops.pyopt_cpu.quantize_per_token(x, dtype, requested_isa())
+
+
+@register("quantize_per_group", "cpu")
+def quantize_per_group_cpu(x, group_size, dtype, symmetric):
+    return torch.ops.pyopt_cpu.quantize_per_group(x, group_size, dtype, symmetric, requested_isa())
+
+
+@register("dequantize_per_tensor", "cpu")
+def dequantize_per_tensor_cpu(q, scale, zero_point, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_tensor(q, scale, zero_point, out_dtype, requested_isa())
+
+
+@register("dequantize_per_channel", "cpu")
+def dequantize_per_channel_cpu(q, scales, zero_points, axis, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_channel(q, scales, zero_points, axis, out_dtype, requested_isa())
+
+
+@register("dequantize_per_group", "cpu")
+def dequantize_per_group_cpu(q, scales, zero_points, group_size, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_group(q, scales, zero_points, group_size, out_dtype, requested_isa())
