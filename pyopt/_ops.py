@@ -110,7 +110,12 @@ def check_qparams_meta(x, scales, zero_points, shape: tuple[int, ...], what: str
             raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
     if scales.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"scales must be float32 or float64, got {scales.dtype}")
-    if scales.is_complex() or zero_points.is_floating_point() or zero_points.is_complex() or zero_points.dtype == torch.bool:
+    if (
+        scales.is_complex()
+        or zero_points.is_floating_point()
+        or zero_points.is_complex()
+        or zero_points.dtype == torch.bool
+    ):
         raise TypeError(f"zero_points must be an integer tensor, got {zero_points.dtype}")
 
 

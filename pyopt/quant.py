@@ -27,7 +27,9 @@ def _scalar(name: str, value, kind):
     """A Python float/int from a number or a one-element tensor (e.g. what choose_qparams returns)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}"
+            )
         value = value.item()
     if kind is int and isinstance(value, float):
         if not value.is_integer():
@@ -95,7 +97,9 @@ def dequantize_per_tensor(q: torch.Tensor, scale, zero_point, out_dtype=torch.fl
     return torch.ops.pyopt.dequantize_per_tensor(q, scale, zero_point, out_dtype)
 
 
-def dequantize_per_channel(q: torch.Tensor, scales, zero_points, axis: int, out_dtype=torch.float32) -> torch.Tensor:
+def dequantize_per_channel(
+    q: torch.Tensor, scales, zero_points, axis: int, out_dtype=torch.float32
+) -> torch.Tensor:
     """float32((q - zp[c]) * scales[c]) computed in float64 (as torch's .dequantize()), then out_dtype."""
     scales = _as_tensor("scales", scales, q, torch.float64)
     zero_points = _as_tensor("zero_points", zero_points, q, torch.int64)
@@ -110,13 +114,18 @@ def dequantize_per_group(
 
 
 def choose_qparams(
-    x: torch.Tensor, axis: int | None = None, dtype=torch.int8, symmetric: bool = False, reduce_range: bool = False
+    x: torch.Tensor,
+    axis: int | None = None,
+    dtype=torch.int8,
+    symmetric: bool = False,
+    reduce_range: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero_point) as torch.ao's MinMaxObserver (axis=None) / PerChannelMinMaxObserver(ch_axis=axis).
 
     Returns a 0-d float32 scale and 0-d int64 zero point per tensor, or 1-d tensors of length
     x.shape[axis] per channel. The range always includes 0; scales are at least float32 eps; an empty
-    input (or channel) gives scale 1.0, zero point 0, as the observers do.
+    input gives scale 1.0, zero point 0 (per channel: for each of the x.shape[axis] channels, where the
+    observer returns a single default pair).
     """
     check_quant_input("x", x)
     check_quant_dtype("dtype", dtype)
@@ -127,7 +136,8 @@ def choose_qparams(
         ax = check_axis("axis", axis, x.dim())
         if x.dim() == 0:
             raise ValueError("x must have at least 1 dimension for per-channel qparams")
-        y = xf.movedim(ax, 0).reshape(x.shape[ax], -1)
+        C = x.shape[ax]
+        y = xf.movedim(ax, 0).reshape(C, x.numel() // C if C else 0)
     if y.shape[1] == 0:
         scale = torch.ones(y.shape[0], dtype=torch.float32, device=x.device)
         zp = torch.zeros(y.shape[0], dtype=torch.int64, device=x.device)
@@ -137,4 +147,3 @@ def choose_qparams(
     if axis is None:
         return scale[0], zp[0]
     return scale, zp
-

@@ -13,6 +13,9 @@
 #include <limits>
 #include <tuple>
 #include <vector>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "cpu/cpu_isa.h"
 #include "cpu/quant_simd.h"
@@ -26,6 +29,19 @@ constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of
 // C * inner elements so the kernel runs on long spans; at or above this inner extent they are broadcast.
 constexpr int64_t kBroadcastInner = 64;
 constexpr int64_t kMaxPeriod = 1 << 16;  // ... or when that period would be long (no repetition to exploit)
+
+// A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
+// 16k page faults, which on the 2-core machines here take longer than the kernel itself (madvise only marks
+// the mapping; it is a hint, harmless where transparent huge pages are off).
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t{1} << 21, p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
+  if (t.nbytes() >= 4 * huge && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+  return t;
+}
 
 // f(begin, end) on [0, n) in kGrain chunks, in parallel when there is more than one chunk.
 template <class F>
@@ -159,7 +175,7 @@ at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_
   const float inv = 1.0f / checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
   check_zero_point(zero_point, range, "zero_point");
   const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const Isa isa = pyopt::select_isa(isa_req);
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -185,7 +201,7 @@ at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, 
   std::vector<float> inv(C);
   for (int64_t c = 0; c < C; ++c) inv[c] = 1.0f / p.scale32[c];
   const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const Isa isa = pyopt::select_isa(isa_req);
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   const float lo = range.first, hi = range.second;
@@ -215,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   TORCH_CHECK(dtype == at::kChar, "dtype must be torch.int8 (per-token quantization is symmetric), got ", dtype);
   TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
   const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   std::vector<int64_t> sshape(x.sizes().begin(), x.sizes().end());
   const int64_t K = sshape.back();
   sshape.back() = 1;
@@ -266,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
   TORCH_CHECK(group_size >= 1 && x_.size(-1) % group_size == 0, "group_size (", group_size,
               ") must be positive and divide the last dim of x (", x_.size(-1), ")");
   const at::Tensor x = x_.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   std::vector<int64_t> gshape(x.sizes().begin(), x.sizes().end());
   gshape.back() /= group_size;
   at::Tensor scales = at::empty(gshape, x.options().dtype(at::kFloat));
@@ -316,7 +332,7 @@ at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zer
   const float s = checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
   check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
   const at::Tensor q = q_.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(out_dtype));
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   const Isa isa = pyopt::select_isa(isa_req);
   dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
@@ -338,7 +354,7 @@ at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales
   std::tie(outer, C, inner) = around_axis(q_, axis, "q");
   ChannelParams p = channel_params(scales, zero_points, C, qrange(q_.scalar_type(), "q.dtype"));
   const at::Tensor q = q_.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(out_dtype));
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   // torch computes (q - zp) * scale in float64 and rounds once. With float32-representable scales the
   // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
@@ -381,7 +397,7 @@ at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, 
   const int64_t groups = q_.numel() / std::max<int64_t>(group_size, 1);
   ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
   const at::Tensor q = q_.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(out_dtype));
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   const Isa isa = pyopt::select_isa(isa_req);
   dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {

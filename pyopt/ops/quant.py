@@ -181,9 +181,13 @@ def dequantize_per_tensor_cpu(q, scale, zero_point, out_dtype):
 
 @register("dequantize_per_channel", "cpu")
 def dequantize_per_channel_cpu(q, scales, zero_points, axis, out_dtype):
-    return torch.ops.pyopt_cpu.dequantize_per_channel(q, scales, zero_points, axis, out_dtype, requested_isa())
+    return torch.ops.pyopt_cpu.dequantize_per_channel(
+        q, scales, zero_points, axis, out_dtype, requested_isa()
+    )
 
 
 @register("dequantize_per_group", "cpu")
 def dequantize_per_group_cpu(q, scales, zero_points, group_size, out_dtype):
-    return torch.ops.pyopt_cpu.dequantize_per_group(q, scales, zero_points, group_size, out_dtype, requested_isa())
+    return torch.ops.pyopt_cpu.dequantize_per_group(
+        q, scales, zero_points, group_size, out_dtype, requested_isa()
+    )
