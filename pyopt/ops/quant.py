@@ -12,6 +12,8 @@ rne = round half to even; all arithmetic in float32 (fp16/bf16 inputs are widene
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._backend import register, requested_isa
@@ -108,22 +110,32 @@ def quantize_per_channel_ref(x, scales, zero_points, axis, dtype):
     return quantize_rounded_product(x.float(), inv, zp, *QRANGE[dtype], dtype)
 
 
+def per_token_scales(xf: torch.Tensor) -> torch.Tensor:
+    """amax|x| / 127 per row of the last dim (float32, keepdim); 0 -> 1.0."""
+    if xf.shape[-1] == 0:
+        return torch.ones((*xf.shape[:-1], 1), device=xf.device)
+    scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
+    return canonical_nan(torch.where(scales == 0, 1.0, scales))
+
+
 @register("quantize_per_token", "reference")
 def quantize_per_token_ref(x, dtype):
     xf = x.float()
-    if x.shape[-1] == 0:
-        return torch.empty_like(x, dtype=dtype), torch.ones((*x.shape[:-1], 1), device=x.device)
-    scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
-    scales = canonical_nan(torch.where(scales == 0, 1.0, scales))
-    q = quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype)
-    return q, scales
+    scales = per_token_scales(xf)
+    return quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype), scales
+
+
+def per_group_qparams(xf: torch.Tensor, group_size: int, dtype, symmetric: bool):
+    """(scales, zero_points) of each group of the last dim: the observer rules on the group's min/max."""
+    mn, mx = torch.aminmax(xf.reshape(*xf.shape[:-1], xf.shape[-1] // group_size, group_size), dim=-1)
+    return qparams_from_minmax(mn, mx, dtype, symmetric)
 
 
 @register("quantize_per_group", "reference")
 def quantize_per_group_ref(x, group_size, dtype, symmetric):
-    xg = x.float().reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
-    mn, mx = torch.aminmax(xg, dim=-1)
-    scales, zps = qparams_from_minmax(mn, mx, dtype, symmetric)
+    xf = x.float()
+    scales, zps = per_group_qparams(xf, group_size, dtype, symmetric)
+    xg = xf.reshape(*scales.shape, group_size)
     inv = reciprocal_f32(scales).unsqueeze(-1)
     q = quantize_rounded_product(xg, inv, zps.unsqueeze(-1).float(), *QRANGE[dtype], dtype)
     return q.reshape(x.shape), scales, zps
@@ -191,3 +203,81 @@ def dequantize_per_group_cpu(q, scales, zero_points, group_size, out_dtype):
     return torch.ops.pyopt_cpu.dequantize_per_group(
         q, scales, zero_points, group_size, out_dtype, requested_isa()
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# triton: kernels/quant.py (pyopt.kernels.quant), imported on first use; qparams of per-token / per-group
+# come from the torch code above (reductions), the elementwise pass from the kernel
+# ----------------------------------------------------------------------------------------------------------
+def _tq():
+    from ..kernels import quant as triton_quant
+
+    return triton_quant
+
+
+def _scalar_params(scale: float, zero_point: int, device):
+    s32 = torch.tensor([scale], dtype=torch.float32, device=device)
+    return s32, torch.tensor([float(zero_point)], dtype=torch.float32, device=device)
+
+
+def _around_axis(shape, axis: int) -> tuple[int, int]:
+    """(C, inner) of a tensor viewed as (outer, C, inner) around `axis`."""
+    axis = axis % len(shape)
+    return shape[axis], math.prod(shape[axis + 1 :])
+
+
+@register("quantize_per_tensor", "triton")
+def quantize_per_tensor_triton(x, scale, zero_point, dtype):
+    s32, zp = _scalar_params(scale, zero_point, x.device)
+    return _tq().quantize(x, reciprocal_f32(s32), zp, *QRANGE[dtype], dtype, fma_rule=True)
+
+
+@register("quantize_per_channel", "triton")
+def quantize_per_channel_triton(x, scales, zero_points, axis, dtype):
+    C, inner = _around_axis(x.shape, axis)
+    inv = reciprocal_f32(scales.to(torch.float32))
+    return _tq().quantize(x, inv, zero_points, *QRANGE[dtype], dtype, fma_rule=False, C=C, inner=inner)
+
+
+@register("quantize_per_token", "triton")
+def quantize_per_token_triton(x, dtype):
+    scales = per_token_scales(x.float())
+    inv = reciprocal_f32(scales)
+    zp = torch.zeros_like(inv)
+    q = _tq().quantize(
+        x, inv, zp, -127, 127, dtype, fma_rule=False, C=max(scales.numel(), 1), inner=x.shape[-1]
+    )
+    return q, scales
+
+
+@register("quantize_per_group", "triton")
+def quantize_per_group_triton(x, group_size, dtype, symmetric):
+    scales, zps = per_group_qparams(x.float(), group_size, dtype, symmetric)
+    q = _tq().quantize(
+        x,
+        reciprocal_f32(scales),
+        zps,
+        *QRANGE[dtype],
+        dtype,
+        fma_rule=False,
+        C=max(scales.numel(), 1),
+        inner=group_size,
+    )
+    return q, scales, zps
+
+
+@register("dequantize_per_tensor", "triton")
+def dequantize_per_tensor_triton(q, scale, zero_point, out_dtype):
+    return _tq().dequantize(q, *_scalar_params(scale, zero_point, q.device), out_dtype)
+
+
+@register("dequantize_per_channel", "triton")
+def dequantize_per_channel_triton(q, scales, zero_points, axis, out_dtype):
+    C, inner = _around_axis(q.shape, axis)
+    return _tq().dequantize(q, scales, zero_points, out_dtype, C=C, inner=inner)
+
+
+@register("dequantize_per_group", "triton")
+def dequantize_per_group_triton(q, scales, zero_points, group_size, out_dtype):
+    C = max(scales.numel(), 1)
+    return _tq().dequantize(q, scales.to(torch.float32), zero_points, out_dtype, C=C, inner=group_size)
