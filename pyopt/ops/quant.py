@@ -281,3 +281,41 @@ def dequantize_per_channel_triton(q, scales, zero_points, axis, out_dtype):
 def dequantize_per_group_triton(q, scales, zero_points, group_size, out_dtype):
     C = max(scales.numel(), 1)
     return _tq().dequantize(q, scales.to(torch.float32), zero_points, out_dtype, C=C, inner=group_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cuda: csrc/cuda/quant.cu through csrc/cuda/quant_bind.cpp (pyopt._C_cuda, loaded on first CUDA use)
+# ----------------------------------------------------------------------------------------------------------
+@register("quantize_per_tensor", "cuda")
+def quantize_per_tensor_cuda(x, scale, zero_point, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_tensor(x, scale, zero_point, dtype)
+
+
+@register("quantize_per_channel", "cuda")
+def quantize_per_channel_cuda(x, scales, zero_points, axis, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_channel(x, scales, zero_points, axis, dtype)
+
+
+@register("quantize_per_token", "cuda")
+def quantize_per_token_cuda(x, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_token(x, dtype)
+
+
+@register("quantize_per_group", "cuda")
+def quantize_per_group_cuda(x, group_size, dtype, symmetric):
+    return torch.ops.pyopt_cuda.quantize_per_group(x, group_size, dtype, symmetric)
+
+
+@register("dequantize_per_tensor", "cuda")
+def dequantize_per_tensor_cuda(q, scale, zero_point, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_tensor(q, scale, zero_point, out_dtype)
+
+
+@register("dequantize_per_channel", "cuda")
+def dequantize_per_channel_cuda(q, scales, zero_points, axis, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_channel(q, scales, zero_points, axis, out_dtype)
+
+
+@register("dequantize_per_group", "cuda")
+def dequantize_per_group_cuda(q, scales, zero_points, group_size, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_group(q, scales, zero_points, group_size, out_dtype)
