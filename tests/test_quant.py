@@ -201,6 +201,22 @@ def test_every_isa_matches_reference(isa, xdtype):
         run_ops("cpu", all_ops, x, torch.int8, 0)
 
 
+@pytest.mark.parametrize("isa", isa_params())
+def test_large_outputs_match_reference(isa):
+    """Outputs of >= 4 MB take the streaming-store path of the C++ kernels."""
+    if "cpu" not in pyopt.available_backends("cpu"):
+        pytest.skip("C++ CPU kernels not built")
+    x = make_x((1030, 4160), torch.float32, "cpu")
+    s, z = qparams(1030, torch.int8, "cpu", float64=False)
+
+    def ops(x):
+        q = pyopt.quantize_per_channel(x, s, z, 0)
+        return [q, pyopt.quantize_per_tensor(x, 0.03, 1), pyopt.dequantize_per_channel(q, s, z, 0)]
+
+    with pyopt.use_isa(isa):
+        run_ops("cpu", ops, x)
+
+
 @pytest.mark.parametrize("device,backend", backend_params("quantize_per_tensor"))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(

@@ -28,6 +28,8 @@ constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of
 // Per-channel along a short inner extent: the per-channel values are expanded along one period of
 // C * inner elements so the kernel runs on long spans; at or above this inner extent they are broadcast.
 constexpr int64_t kBroadcastInner = 64;
+// Outputs of at least this many bytes are written with streaming stores (they would not stay in cache).
+constexpr int64_t kStreamBytes = 4 << 20;
 constexpr int64_t kMaxPeriod = 1 << 16;  // ... or when that period would be long (no repetition to exploit)
 
 // A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
@@ -176,6 +178,7 @@ at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_
   check_zero_point(zero_point, range, "zero_point");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   const Isa isa = pyopt::select_isa(isa_req);
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -183,9 +186,9 @@ at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_
     const In* px = static_cast<const In*>(x.const_data_ptr());
     parallel_chunks(x.numel(), [&](int64_t b, int64_t e) {
       if (dtype == at::kChar)
-        quant_span<In, Rule::Fma, false, true>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second);
+        quant_span<In, Rule::Fma, false, true>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second, nt);
       else
-        quant_span<In, Rule::Fma, false, false>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second);
+        quant_span<In, Rule::Fma, false, false>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second, nt);
     });
   });
   return out;
@@ -202,6 +205,7 @@ at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, 
   for (int64_t c = 0; c < C; ++c) inv[c] = 1.0f / p.scale32[c];
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   const Isa isa = pyopt::select_isa(isa_req);
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   const float lo = range.first, hi = range.second;
@@ -213,10 +217,10 @@ at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, 
       per_channel_ranges(
           x.numel(), C, inner, inv, p.zp,
           [&](int64_t i, int64_t n, const float* a, const float* b) {
-            quant_span<In, Rule::Product, false, S>(isa, px + i, po + i, n, a, b, lo, hi);
+            quant_span<In, Rule::Product, false, S>(isa, px + i, po + i, n, a, b, lo, hi, nt);
           },
           [&](int64_t i, int64_t n, const float* a, const float* b) {
-            quant_span<In, Rule::Product, true, S>(isa, px + i, po + i, n, a, b, lo, hi);
+            quant_span<In, Rule::Product, true, S>(isa, px + i, po + i, n, a, b, lo, hi, nt);
           });
     };
     if (dtype == at::kChar) spans(std::true_type{});
@@ -232,6 +236,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   std::vector<int64_t> sshape(x.sizes().begin(), x.sizes().end());
   const int64_t K = sshape.back();
   sshape.back() = 1;
@@ -252,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
       if (scale == 0.0f) scale = 1.0f;
       const float inv = 1.0f / scale, zero = 0.0f;
       ps[r] = scale;
-      quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f);
+      quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f, nt);
     }
   });
   return {out, scales};
@@ -283,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
               ") must be positive and divide the last dim of x (", x_.size(-1), ")");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   std::vector<int64_t> gshape(x.sizes().begin(), x.sizes().end());
   gshape.back() /= group_size;
   at::Tensor scales = at::empty(gshape, x.options().dtype(at::kFloat));
@@ -306,9 +312,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
       ps[g] = scale;
       pz[g] = static_cast<int64_t>(zp);
       if (dtype == at::kChar)
-        quant_span<In, Rule::Product, false, true>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi);
+        quant_span<In, Rule::Product, false, true>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
       else
-        quant_span<In, Rule::Product, false, false>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi);
+        quant_span<In, Rule::Product, false, false>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
     }
   });
   return {out, scales, zps};
@@ -333,6 +339,7 @@ at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zer
   check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
   const at::Tensor q = q_.contiguous();
   at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   const Isa isa = pyopt::select_isa(isa_req);
   dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
@@ -340,7 +347,7 @@ at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zer
     constexpr bool S = decltype(is_signed)::value;
     Out* po = static_cast<Out*>(out.data_ptr());
     parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
-      dequant_span<Out, false, S>(isa, pq + b, po + b, e - b, &s, &zp);
+      dequant_span<Out, false, S>(isa, pq + b, po + b, e - b, &s, &zp, nt);
     });
   });
   return out;
@@ -355,6 +362,7 @@ at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales
   ChannelParams p = channel_params(scales, zero_points, C, qrange(q_.scalar_type(), "q.dtype"));
   const at::Tensor q = q_.contiguous();
   at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   // torch computes (q - zp) * scale in float64 and rounds once. With float32-representable scales the
   // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
@@ -377,10 +385,10 @@ at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales
     per_channel_ranges(
         q.numel(), C, inner, p.scale32, p.zp,
         [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b);
+          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
         },
         [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b);
+          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
         });
   });
   (void)outer;
@@ -398,6 +406,7 @@ at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, 
   ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
   const at::Tensor q = q_.contiguous();
   at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
   const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   const Isa isa = pyopt::select_isa(isa_req);
   dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
@@ -408,10 +417,10 @@ at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, 
     per_channel_ranges(
         q.numel(), groups, group_size, p.scale32, p.zp,
         [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b);
+          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
         },
         [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b);
+          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
         });
   });
   return out;

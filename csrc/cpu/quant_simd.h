@@ -4,6 +4,8 @@
 //   dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp)          n int8/uint8 -> float/half/bf16
 //   minmax_span<In>(x, n, &min, &max)                                 NaN-propagating min and max
 //
+// nt: the output is large (bigger than the caches): the AVX-512 path then writes it with streaming stores,
+// which skip the read-for-ownership of each destination line (results are identical).
 // PerElem: inv/zp/scale are arrays running along x (else one broadcast value). In/Out: float, at::Half,
 // at::BFloat16 (widened / narrowed in registers; narrowing rounds to nearest even, as torch does).
 // The rounding rules (README "Quantize / dequantize"; identical on every ISA, tests compare them bit for bit):
@@ -81,7 +83,8 @@ inline float quant_value(float x, float inv, float zp, float lo, float hi) {
 }
 
 template <class In, Rule R, bool PerElem, bool Signed>
-void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo, float hi) {
+void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo, float hi,
+                bool /*nt*/) {
   for (int64_t i = 0; i < n; ++i) {
     float v = quant_value<R>(to_float(x[i]), inv[PerElem ? i : 0], zp[PerElem ? i : 0], lo, hi);
     out[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
@@ -89,7 +92,7 @@ void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const fl
 }
 
 template <class Out, bool PerElem, bool Signed>
-void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp) {
+void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp, bool /*nt*/) {
   for (int64_t i = 0; i < n; ++i) {
     float qv = Signed ? static_cast<float>(static_cast<int8_t>(q[i])) : static_cast<float>(q[i]);
     out[i] = from_float<Out>((qv - zp[PerElem ? i : 0]) * scale[PerElem ? i : 0]);
@@ -165,7 +168,7 @@ PYOPT_TARGET_AVX2 void quant_block(const In* x, uint8_t* out, const float* inv, 
 
 template <class In, Rule R, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX2 void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp,
-                                  float lo, float hi) {
+                                  float lo, float hi, bool /*nt*/) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
     quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi);
@@ -203,7 +206,8 @@ PYOPT_TARGET_AVX2 void dequant_block(const uint8_t* q, Out* out, const float* sc
 }
 
 template <class Out, bool PerElem, bool Signed>
-PYOPT_TARGET_AVX2 void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp) {
+PYOPT_TARGET_AVX2 void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
+                                    bool /*nt*/) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
     dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp);
@@ -274,7 +278,7 @@ PYOPT_TARGET_AVX512 inline __m512i quant16(__m512 x, __m512 inv, __m512 zp, __m5
 
 template <class In, Rule R, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX512 void quant_block(const In* x, uint8_t* out, const float* inv, const float* zp, float lo,
-                                     float hi) {
+                                     float hi, bool nt = false) {
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   __m512i r[4];
   for (int j = 0; j < 4; ++j) {
@@ -286,15 +290,20 @@ PYOPT_TARGET_AVX512 void quant_block(const In* x, uint8_t* out, const float* inv
   __m512i b = Signed ? _mm512_packs_epi16(ab, cd) : _mm512_packus_epi16(ab, cd);
   // packs interleave per 128-bit lane: dword 4*l + k holds elements 16*k + 4*l .. +3 (vector k, lane l).
   b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
-  _mm512_storeu_si512(out, b);
+  if (nt)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(out), b);
+  else
+    _mm512_storeu_si512(out, b);
 }
 
 template <class In, Rule R, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX512 void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp,
-                                    float lo, float hi) {
+                                    float lo, float hi, bool nt) {
+  nt = nt && reinterpret_cast<uintptr_t>(out) % 64 == 0;  // every 64-byte block is then aligned
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi);
+    quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi, nt);
+  if (nt) _mm_sfence();
   if (i < n)
     run_tail<64, PerElem>(x + i, out + i, n - i, PerElem ? inv + i : inv, PerElem ? zp + i : zp,
                           [&](const In* xb, uint8_t* ob, const float* a, const float* b) {
@@ -302,36 +311,50 @@ PYOPT_TARGET_AVX512 void quant_span(const In* x, uint8_t* out, int64_t n, const 
                           });
 }
 
+PYOPT_TARGET_AVX512 inline void store256(void* p, __m256i v, bool nt) {
+  if (nt)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+  else
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+}
+
 template <class Out>
-PYOPT_TARGET_AVX512 inline void store16(Out* p, __m512 v) {
+PYOPT_TARGET_AVX512 inline void store16(Out* p, __m512 v, bool nt) {
   if constexpr (std::is_same_v<Out, float>) {
-    _mm512_storeu_ps(p, v);
+    if (nt)
+      _mm512_stream_ps(p, v);
+    else
+      _mm512_storeu_ps(p, v);
   } else if constexpr (std::is_same_v<Out, at::Half>) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    store256(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   } else {  // bf16, round to nearest even (dequantized values are never NaN)
     __m512i u = _mm512_castps_si512(v);
     __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     u = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(u));
+    store256(p, _mm512_cvtepi32_epi16(u), nt);
   }
 }
 
 template <class Out, bool PerElem, bool Signed>
-PYOPT_TARGET_AVX512 void dequant_block(const uint8_t* q, Out* out, const float* scale, const float* zp) {
+PYOPT_TARGET_AVX512 void dequant_block(const uint8_t* q, Out* out, const float* scale, const float* zp,
+                                       bool nt = false) {
   for (int j = 0; j < 4; ++j) {
     __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * j));
     __m512 qv = _mm512_cvtepi32_ps(Signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b));
     __m512 vs = PerElem ? _mm512_loadu_ps(scale + 16 * j) : _mm512_set1_ps(*scale);
     __m512 vz = PerElem ? _mm512_loadu_ps(zp + 16 * j) : _mm512_set1_ps(*zp);
-    store16(out + 16 * j, _mm512_mul_ps(_mm512_sub_ps(qv, vz), vs));
+    store16(out + 16 * j, _mm512_mul_ps(_mm512_sub_ps(qv, vz), vs), nt);
   }
 }
 
 template <class Out, bool PerElem, bool Signed>
-PYOPT_TARGET_AVX512 void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp) {
+PYOPT_TARGET_AVX512 void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
+                                      bool nt) {
+  nt = nt && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp);
+    dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp, nt);
+  if (nt) _mm_sfence();
   if (i < n)
     run_tail<64, PerElem>(q + i, out + i, n - i, PerElem ? scale + i : scale, PerElem ? zp + i : zp,
                           [&](const uint8_t* qb, Out* ob, const float* a, const float* b) {
@@ -366,21 +389,22 @@ PYOPT_TARGET_AVX512 void minmax_span(const In* x, int64_t n, float* mn, float* m
 // ---------------------------------------------------------------------------------------------------------
 template <class In, Rule R, bool PerElem, bool Signed>
 inline void quant_span(Isa isa, const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo,
-                       float hi) {
+                       float hi, bool nt = false) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi);
-  if (isa == Isa::Avx2) return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi);
+  if (isa >= Isa::Avx512) return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+  if (isa == Isa::Avx2) return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
 #endif
-  scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi);
+  scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
 }
 
 template <class Out, bool PerElem, bool Signed>
-inline void dequant_span(Isa isa, const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp) {
+inline void dequant_span(Isa isa, const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
+                         bool nt = false) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp);
-  if (isa == Isa::Avx2) return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp);
+  if (isa >= Isa::Avx512) return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+  if (isa == Isa::Avx2) return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
 #endif
-  scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp);
+  scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
 }
 
 template <class In>
