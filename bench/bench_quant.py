@@ -98,7 +98,55 @@ def run(quick: bool = False) -> list[harness.Row]:
             repeat=repeat,
         )
     )
+    if torch.cuda.is_available():
+        out += run_gpu(quick)
     return out
+
+
+def run_gpu(quick: bool = False) -> list[harness.Row]:
+    """The same cases on the GPU (cuda backend, else Triton): target 85% of the measured copy bandwidth."""
+    dev = "cuda"
+    n = 4096 if quick else 8192
+    x = torch.randn(n, n, device=dev)
+    scales = (torch.rand(n, device=dev) * 0.05 + 0.01).double()
+    zps = torch.randint(-10, 10, (n,), device=dev)
+    q = pyopt.quantize_per_tensor(x, 0.02, 3)
+    common = dict(device=dev, nbytes=x.numel() * 5, memcpy_target_pct=85.0, repeat=20)
+    shape = f"{n}x{n} fp32 (GPU)"
+    return [
+        harness.compare(
+            "quant",
+            f"quantize_per_channel axis=0 {shape}",
+            lambda: pyopt.quantize_per_channel(x, scales, zps, 0),
+            "torch.quantize_per_channel(...).int_repr()",
+            lambda: torch.quantize_per_channel(x, scales, zps, 0, torch.qint8).int_repr(),
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"quantize_per_tensor {shape}",
+            lambda: pyopt.quantize_per_tensor(x, 0.02, 3),
+            "torch.quantize_per_tensor(...).int_repr()",
+            lambda: torch.quantize_per_tensor(x, 0.02, 3, torch.qint8).int_repr(),
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"dequantize_per_tensor {n}x{n} int8 (GPU)",
+            lambda: pyopt.dequantize_per_tensor(q, 0.02, 3),
+            "(q.float() - zp) * scale",
+            lambda: (q.float() - 3) * 0.02,
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"quantize_per_token {shape}",
+            lambda: pyopt.quantize_per_token(x),
+            "torch amax/div/round/clamp",
+            lambda: _torch_per_token(x),
+            **common,
+        ),
+    ]
 
 
 def _torch_per_token(x):

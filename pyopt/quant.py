@@ -6,6 +6,8 @@ backend for the input's device (see pyopt/_backend.py). Rounding rules: README "
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ._ops import check_axis, check_quant_dtype, check_quant_input
@@ -31,12 +33,11 @@ def _scalar(name: str, value, kind):
                 f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}"
             )
         value = value.item()
-    if kind is int and isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"{name} must be an integer, got {value}")
-        value = int(value)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    if kind is int and not isinstance(value, numbers.Integral):
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be an integer, got {value}")
     return kind(value)
 
 

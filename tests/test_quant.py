@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import backend_params, isa_params
+from conftest import backend_params, isa_params, requires_cuda
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
@@ -408,3 +408,28 @@ def test_ties_match_torch_on_every_backend_and_isa(device, backend, isa):
         assert_bits_equal(
             pyopt.dequantize_per_channel(want.int_repr().to(device), scales, zps, 0), want.dequantize()
         )
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_gpu_matches_cpu_on_large_inputs(backend):
+    """The GPU paths (grid-stride loops, per-token blocks, per-group warps) on sizes the small cases miss."""
+    if backend not in pyopt.available_backends("cuda"):
+        pytest.skip(f"{backend} not available for CUDA tensors")
+    x = make_x((513, 4096), torch.float32, "cpu")
+    s, z = qparams(513, torch.int8, "cpu")
+    x_gpu, s_gpu, z_gpu = x.cuda(), s.cuda(), z.cuda()
+
+    def ops(x, s, z):
+        q = pyopt.quantize_per_channel(x, s, z, 0)
+        return [
+            q,
+            pyopt.quantize_per_tensor(x, 0.03, 1),
+            *pyopt.quantize_per_token(x),
+            *pyopt.quantize_per_group(x, 128, torch.uint8, False),
+            pyopt.dequantize_per_channel(q, s, z, 0),
+        ]
+
+    with pyopt.use_backend(backend):
+        got = ops(x_gpu, s_gpu, z_gpu)
+    assert_bits_equal(got, ops(x, s, z))
