@@ -18,11 +18,13 @@
 #endif
 
 #include "cpu/cpu_isa.h"
+#include "cpu/quant_args.h"
 #include "cpu/quant_simd.h"
 
 namespace {
 using pyopt::Isa;
 using namespace pyopt::quant;
+using namespace pyopt::quant_args;
 
 constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of the 64-element block)
 // Per-channel along a short inner extent: the per-channel values are expanded along one period of
@@ -83,23 +85,6 @@ void check_q_input(const at::Tensor& q) {
 void check_out_dtype(at::ScalarType t) {
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
               "out_dtype must be float32, float16 or bfloat16, got ", t);
-}
-
-std::pair<float, float> qrange(at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(dtype == at::kChar || dtype == at::kByte, name, " must be torch.int8 or torch.uint8, got ", dtype);
-  return dtype == at::kChar ? std::pair{-128.0f, 127.0f} : std::pair{0.0f, 255.0f};
-}
-
-float checked_scale(double scale, const char* name) {
-  const float s = static_cast<float>(scale);
-  TORCH_CHECK(std::isfinite(scale) && scale > 0 && std::isfinite(s) && s > 0, name,
-              " must be finite and > 0 (as float32), got ", scale);
-  return s;
-}
-
-void check_zero_point(int64_t zp, std::pair<float, float> range, const char* name) {
-  TORCH_CHECK(zp >= range.first && zp <= range.second, name, " must be in [", range.first, ", ", range.second,
-              "], got ", zp);
 }
 
 // float32 scales (converted exactly from float32/float64) and zero points, validated.

@@ -9,10 +9,12 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/quant_args.h"
 #include "cuda/quant.cuh"
 
 namespace {
 namespace cq = pyopt::cuda_quant;
+using namespace pyopt::quant_args;
 
 cq::FloatType float_type(at::ScalarType t, const char* name) {
   switch (t) {
@@ -25,22 +27,6 @@ cq::FloatType float_type(at::ScalarType t, const char* name) {
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
-}
-
-std::pair<float, float> qrange(at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(dtype == at::kChar || dtype == at::kByte, name, " must be torch.int8 or torch.uint8, got ", dtype);
-  return dtype == at::kChar ? std::pair{-128.0f, 127.0f} : std::pair{0.0f, 255.0f};
-}
-
-float checked_scale(double scale, const char* name) {
-  const float s = static_cast<float>(scale);
-  TORCH_CHECK(std::isfinite(scale) && scale > 0 && std::isfinite(s) && s > 0, name,
-              " must be finite and > 0 (as float32), got ", scale);
-  return s;
-}
-
-void check_zero_point(int64_t zp, std::pair<float, float> r, const char* name) {
-  TORCH_CHECK(zp >= r.first && zp <= r.second, name, " must be in [", r.first, ", ", r.second, "], got ", zp);
 }
 
 void check_cuda_error(cudaError_t err) { TORCH_CHECK(err == cudaSuccess, "pyopt quant CUDA kernel: ", cudaGetErrorString(err)); }

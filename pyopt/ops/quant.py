@@ -81,13 +81,11 @@ def qparams_from_minmax(mn, mx, dtype, symmetric: bool, reduce_range: bool = Fal
     if symmetric:
         scale = torch.maximum(div_f32(torch.maximum(-min_neg, max_pos), (qmax - qmin) / 2), eps)
         zp = torch.full(mn.shape, 128 if dtype == torch.uint8 else 0, dtype=torch.int64, device=mn.device)
-        scale = canonical_nan(scale)
     else:
         scale = torch.maximum(div_f32(max_pos - min_neg, float(qmax - qmin)), eps)
         zpf = qmin - torch.round(min_neg / scale)
         zp = torch.where(torch.isnan(zpf), 0.0, zpf).clamp(qmin, qmax).to(torch.int64)
-        scale = canonical_nan(scale)
-    return scale, zp
+    return canonical_nan(scale), zp
 
 
 @register("quantize_per_tensor", "reference")
