@@ -47,7 +47,8 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return t;
 }
 
-// f(begin, end) on [0, n) in kGrain chunks, in parallel when there is more than one chunk.
+// f(begin, end) on [0, n) in kGrain chunks, in parallel when there is more than one chunk. Chunks are handed
+// out dynamically: on a shared machine a descheduled thread then delays one chunk, not half the work.
 template <class F>
 void parallel_chunks(int64_t n, const F& f) {
   const int64_t chunks = (n + kGrain - 1) / kGrain;
@@ -55,7 +56,7 @@ void parallel_chunks(int64_t n, const F& f) {
     if (n > 0) f(int64_t{0}, n);
     return;
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) f(c * kGrain, std::min(n, (c + 1) * kGrain));
 }
 
@@ -233,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
-#pragma omp parallel for schedule(static) if (rows * K > kGrain)
+#pragma omp parallel for schedule(dynamic, 16) if (rows * K > kGrain)
     for (int64_t r = 0; r < rows; ++r) {
       float mn = 0.0f, mx = 0.0f;
       if (K > 0) minmax_span<In>(isa, px + r * K, K, &mn, &mx);
@@ -287,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
-#pragma omp parallel for schedule(static) if (groups * group_size > kGrain)
+#pragma omp parallel for schedule(dynamic, 16) if (groups * group_size > kGrain)
     for (int64_t g = 0; g < groups; ++g) {
       const In* xg = px + g * group_size;
       float mn, mx;
