@@ -120,15 +120,20 @@ def check_qparams_meta(x, scales, zero_points, shape: tuple[int, ...], what: str
 
 
 def check_qparams_values(scales: torch.Tensor, zero_points: torch.Tensor, dtype) -> None:
-    """Data-dependent checks (one device sync on GPU): every scale finite and > 0 in float32, zps in range."""
+    """Data-dependent checks (one device sync on GPU): every scale finite and > 0 in float32, zps in range.
+
+    One min/max reduction per tensor (aminmax propagates NaN, which then fails `min > 0`).
+    """
     if scales.numel() == 0:
         return
     s32 = scales.to(torch.float32)
-    if not bool(torch.isfinite(s32).all() & (s32 > 0).all()):
+    s_min, s_max = torch.aminmax(s32)
+    if not (s_min.item() > 0 and s_max.item() < math.inf):
         bad = scales[~(torch.isfinite(s32) & (s32 > 0))][0].item()
         raise ValueError(f"scales must all be finite and > 0 (as float32), got {bad}")
     lo, hi = QRANGE[dtype]
-    if not bool(((zero_points >= lo) & (zero_points <= hi)).all()):
+    z_min, z_max = torch.aminmax(zero_points)
+    if not (z_min.item() >= lo and z_max.item() <= hi):
         bad = zero_points[(zero_points < lo) | (zero_points > hi)][0].item()
         raise ValueError(f"zero_points must be in [{lo}, {hi}] for {dtype}, got {bad}")
 

@@ -199,6 +199,7 @@ def test_every_isa_matches_reference(isa, xdtype):
     x = make_x((3, 70001), torch.float32, "cpu")
     with pyopt.use_isa(isa):
         run_ops("cpu", all_ops, x, torch.int8, 0)
+        run_ops("cpu", all_ops, x, torch.uint8, 1)  # 70001 channels of 1 element: a long channel period
 
 
 @pytest.mark.parametrize("isa", isa_params())
@@ -211,7 +212,16 @@ def test_large_outputs_match_reference(isa):
 
     def ops(x):
         q = pyopt.quantize_per_channel(x, s, z, 0)
-        return [q, pyopt.quantize_per_tensor(x, 0.03, 1), pyopt.dequantize_per_channel(q, s, z, 0)]
+        qg, sg, zg = pyopt.quantize_per_group(x.nan_to_num(), 32)  # groups shorter than a vector block
+        return [
+            q,
+            pyopt.quantize_per_tensor(x, 0.03, 1),
+            pyopt.dequantize_per_channel(q, s, z, 0),
+            qg,
+            sg,
+            zg,
+            pyopt.dequantize_per_group(qg, sg, zg, 32),
+        ]
 
     with pyopt.use_isa(isa):
         run_ops("cpu", ops, x)

@@ -27,12 +27,12 @@ using namespace pyopt::quant;
 using namespace pyopt::quant_args;
 
 constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of the 64-element block)
-// Per-channel along a short inner extent: the per-channel values are expanded along one period of
-// C * inner elements so the kernel runs on long spans; at or above this inner extent they are broadcast.
+// Per-channel values are broadcast along rows of at least this many elements; shorter rows use arrays of
+// per-element values (one period of C * inner elements if at most kMaxPeriod, else filled block by block).
 constexpr int64_t kBroadcastInner = 64;
 // Outputs of at least this many bytes are written with streaming stores (they would not stay in cache).
 constexpr int64_t kStreamBytes = 4 << 20;
-constexpr int64_t kMaxPeriod = 1 << 16;  // ... or when that period would be long (no repetition to exploit)
+constexpr int64_t kMaxPeriod = 1 << 16;
 
 // A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
 // 16k page faults, which on the 2-core machines here take longer than the kernel itself (madvise only marks
@@ -54,10 +54,26 @@ void parallel_chunks(int64_t n, const F& f) {
   const int64_t chunks = (n + kGrain - 1) / kGrain;
   if (chunks <= 1) {
     if (n > 0) f(int64_t{0}, n);
+    stream_fence();
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) f(c * kGrain, std::min(n, (c + 1) * kGrain));
+#pragma omp parallel
+  {
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t c = 0; c < chunks; ++c) f(c * kGrain, std::min(n, (c + 1) * kGrain));
+    stream_fence();
+  }
+}
+
+// f(i) for i in [0, count), dynamically scheduled over the threads when `in_parallel`.
+template <class F>
+void parallel_items(int64_t count, bool in_parallel, const F& f) {
+#pragma omp parallel if (in_parallel)
+  {
+#pragma omp for schedule(dynamic, 16) nowait
+    for (int64_t i = 0; i < count; ++i) f(i);
+    stream_fence();
+  }
 }
 
 template <class F>
@@ -126,12 +142,13 @@ std::tuple<int64_t, int64_t, int64_t> around_axis(const at::Tensor& t, int64_t a
   return {outer, t.size(axis), inner};
 }
 
-// Runs span(i, len, a, b) over [begin, end) of a flat (outer, C, inner) range where per-channel values a[c],
-// b[c] apply: broadcast per row when inner is long, else along the expanded period C * inner.
+// Runs span(i, len, a, b) over [0, n) of a flat (outer, C, inner) tensor where the per-channel values a[c],
+// b[c] apply to element i with c = (i / inner) % C: broadcast per row when inner is long; else as arrays
+// running along the data, expanded once over the period C * inner when that is short, or block by block.
 template <class BroadcastSpan, class ElemSpan>
 void per_channel_ranges(int64_t n, int64_t C, int64_t inner, const std::vector<float>& a,
                         const std::vector<float>& b, const BroadcastSpan& bspan, const ElemSpan& espan) {
-  if (inner >= kBroadcastInner || C * inner > kMaxPeriod) {
+  if (inner >= kBroadcastInner) {
     parallel_chunks(n, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end;) {
         const int64_t row = i / inner, stop = std::min(end, (row + 1) * inner), c = row % C;
@@ -142,13 +159,30 @@ void per_channel_ranges(int64_t n, int64_t C, int64_t inner, const std::vector<f
     return;
   }
   const int64_t period = C * inner;
-  std::vector<float> ea(period), eb(period);
-  for (int64_t p = 0; p < period; ++p) ea[p] = a[p / inner], eb[p] = b[p / inner];
+  if (period <= kMaxPeriod) {
+    std::vector<float> ea(period), eb(period);
+    for (int64_t p = 0; p < period; ++p) ea[p] = a[p / inner], eb[p] = b[p / inner];
+    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const int64_t p = i % period, len = std::min(period - p, end - i);
+        espan(i, len, &ea[p], &eb[p]);
+        i += len;
+      }
+    });
+    return;
+  }
+  constexpr int64_t kBlock = 1024;
   parallel_chunks(n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end;) {
-      const int64_t p = i % period, len = std::min(period - p, end - i);
-      espan(i, len, &ea[p], &eb[p]);
-      i += len;
+    float ea[kBlock], eb[kBlock];
+    int64_t c = (begin / inner) % C, within = begin % inner;
+    for (int64_t i = begin; i < end; i += kBlock) {
+      const int64_t len = std::min(kBlock, end - i);
+      for (int64_t k = 0; k < len; ++k) {
+        ea[k] = a[c];
+        eb[k] = b[c];
+        if (++within == inner) within = 0, c = c + 1 == C ? 0 : c + 1;
+      }
+      espan(i, len, ea, eb);
     }
   });
 }
@@ -234,8 +268,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
-#pragma omp parallel for schedule(dynamic, 16) if (rows * K > kGrain)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_items(rows, rows * K > kGrain, [&](int64_t r) {
       float mn = 0.0f, mx = 0.0f;
       if (K > 0) minmax_span<In>(isa, px + r * K, K, &mn, &mx);
       const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
@@ -244,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
       const float inv = 1.0f / scale, zero = 0.0f;
       ps[r] = scale;
       quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f, nt);
-    }
+    });
   });
   return {out, scales};
 }
@@ -288,8 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
-#pragma omp parallel for schedule(dynamic, 16) if (groups * group_size > kGrain)
-    for (int64_t g = 0; g < groups; ++g) {
+    parallel_items(groups, groups * group_size > kGrain, [&](int64_t g) {
       const In* xg = px + g * group_size;
       float mn, mx;
       minmax_span<In>(isa, xg, group_size, &mn, &mx);
@@ -301,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
         quant_span<In, Rule::Product, false, true>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
       else
         quant_span<In, Rule::Product, false, false>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
-    }
+    });
   });
   return {out, scales, zps};
 }

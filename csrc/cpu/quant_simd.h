@@ -5,7 +5,8 @@
 //   minmax_span<In>(x, n, &min, &max)                                 NaN-propagating min and max
 //
 // nt: the output is large (bigger than the caches): the AVX-512 path then writes it with streaming stores,
-// which skip the read-for-ownership of each destination line (results are identical).
+// which skip the read-for-ownership of each destination line (results are identical). Each thread calls
+// stream_fence() once after its last span, before the results are handed over.
 // PerElem: inv/zp/scale are arrays running along x (else one broadcast value). In/Out: float, at::Half,
 // at::BFloat16 (widened / narrowed in registers; narrowing rounds to nearest even, as torch does).
 // The rounding rules (README "Quantize / dequantize"; identical on every ISA, tests compare them bit for bit):
@@ -303,7 +304,6 @@ PYOPT_TARGET_AVX512 void quant_span(const In* x, uint8_t* out, int64_t n, const 
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
     quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi, nt);
-  if (nt) _mm_sfence();
   if (i < n)
     run_tail<64, PerElem>(x + i, out + i, n - i, PerElem ? inv + i : inv, PerElem ? zp + i : zp,
                           [&](const In* xb, uint8_t* ob, const float* a, const float* b) {
@@ -354,7 +354,6 @@ PYOPT_TARGET_AVX512 void dequant_span(const uint8_t* q, Out* out, int64_t n, con
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
     dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp, nt);
-  if (nt) _mm_sfence();
   if (i < n)
     run_tail<64, PerElem>(q + i, out + i, n - i, PerElem ? scale + i : scale, PerElem ? zp + i : zp,
                           [&](const uint8_t* qb, Out* ob, const float* a, const float* b) {
@@ -387,6 +386,14 @@ PYOPT_TARGET_AVX512 void minmax_span(const In* x, int64_t n, float* mn, float* m
 // ---------------------------------------------------------------------------------------------------------
 // Run-time dispatch: the best path not above `isa`
 // ---------------------------------------------------------------------------------------------------------
+// Orders this thread's streaming stores before what follows (once per thread and op, not per span: a fence
+// drains the write-combining buffers and costs hundreds of cycles).
+inline void stream_fence() {
+#if PYOPT_X86
+  _mm_sfence();
+#endif
+}
+
 template <class In, Rule R, bool PerElem, bool Signed>
 inline void quant_span(Isa isa, const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo,
                        float hi, bool nt = false) {
