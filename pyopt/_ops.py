@@ -87,7 +87,7 @@ def check_float_out_dtype(name: str, dtype) -> None:
 
 def check_scalar_scale(name: str, scale: float) -> None:
     check_scale(name, scale)
-    # The kernels use float32(scale) (as torch does); it must stay a positive normal-range float32.
+    # The kernels use float32(scale) (as torch does); it must stay a positive, finite float32.
     if not 0.0 < float(torch.tensor(scale, dtype=torch.float32)) < math.inf:
         raise ValueError(f"{name} must be representable as a positive finite float32, got {scale}")
 
