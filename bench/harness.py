@@ -8,7 +8,8 @@ median is reported (robust to the noisy 2-core machines). Baseline and pyopt cal
 rounds so that drift (turbo, a neighbour's load) hits both alike.
 
 Bandwidth: a kernel's GB/s comes from an explicit bytes model (what it must read + write), and is
-compared with a memcpy of the same number of bytes measured in the same process.
+compared with a memcpy moving the same traffic (nbytes/2 copied = nbytes read + written), measured in
+the same process.
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ def time_many(
 
 
 def memcpy_seconds(nbytes: int, device: str = "cpu", repeat: int = 10) -> float:
-    """Median time of copying `nbytes` from one buffer to another (the bandwidth yardstick)."""
-    src = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device).random_()
+    """Median time of a memcpy that moves `nbytes` of memory traffic in all (the bandwidth yardstick).
+
+    A copy of n bytes reads n and writes n, so the yardstick for a kernel whose bytes model is
+    `nbytes` (reads + writes) copies nbytes/2 bytes: both then move the same traffic.
+    """
+    src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
     return timeit(lambda: dst.copy_(src), device, repeat)
 

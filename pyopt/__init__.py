@@ -17,3 +17,24 @@ from .quantize import quantize  # noqa: E402
 from .serialization import load, save  # noqa: E402
 
 __all__ += ["export_onnx", "load", "quantize", "save"]
+from .quant import (  # noqa: E402
+    choose_qparams,
+    dequantize_per_channel,
+    dequantize_per_group,
+    dequantize_per_tensor,
+    quantize_per_channel,
+    quantize_per_group,
+    quantize_per_tensor,
+    quantize_per_token,
+)
+
+__all__ += [
+    "choose_qparams",
+    "dequantize_per_channel",
+    "dequantize_per_group",
+    "dequantize_per_tensor",
+    "quantize_per_channel",
+    "quantize_per_group",
+    "quantize_per_tensor",
+    "quantize_per_token",
+]

@@ -69,21 +69,214 @@ def check_axis(name: str, axis: int, ndim: int) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # quant: int8/uint8 quantize / dequantize (issue: foundation). Implementations: pyopt/ops/quant.py
+#
+# The router checks below run before every backend: metadata (dtypes, shapes, ranges of scalar arguments)
+# and, for tensor-valued scales / zero points, their values (a scale <= 0 or non-finite, a zero point out of
+# range). The fake impls run the metadata part only (values are unknown at trace time).
 # ----------------------------------------------------------------------------------------------------------
+def check_quant_input(name: str, x) -> None:
+    if isinstance(x, torch.Tensor) and (x.is_complex() or not x.is_floating_point()):
+        raise TypeError(f"{name} must be a float32/float16/bfloat16 tensor, got {x.dtype}")
+    check_float_input(name, x)
+
+
+def check_float_out_dtype(name: str, dtype) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be one of {tuple(str(d) for d in FLOAT_DTYPES)}, got {dtype}")
+
+
+def check_scalar_scale(name: str, scale: float) -> None:
+    check_scale(name, scale)
+    # The kernels use float32(scale) (as torch does); it must stay a positive, finite float32.
+    if not 0.0 < float(torch.tensor(scale, dtype=torch.float32)) < math.inf:
+        raise ValueError(f"{name} must be representable as a positive finite float32, got {scale}")
+
+
+def check_q_input(name: str, q) -> None:
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(q).__name__}")
+    if q.dtype not in QUANT_DTYPES:
+        raise TypeError(f"{name} must have dtype torch.int8 or torch.uint8, got {q.dtype}")
+
+
+def check_qparams_meta(x, scales, zero_points, shape: tuple[int, ...], what: str) -> None:
+    """scales: float32/float64 of `shape`; zero_points: an integer tensor of `shape`, on x's device."""
+    for name, t in (("scales", scales), ("zero_points", zero_points)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
+    if scales.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"scales must be float32 or float64, got {scales.dtype}")
+    if (
+        scales.is_complex()
+        or zero_points.is_floating_point()
+        or zero_points.is_complex()
+        or zero_points.dtype == torch.bool
+    ):
+        raise TypeError(f"zero_points must be an integer tensor, got {zero_points.dtype}")
+
+
+def check_qparams_values(scales: torch.Tensor, zero_points: torch.Tensor, dtype) -> None:
+    """Data-dependent checks (one device sync on GPU): every scale finite and > 0 in float32, zps in range.
+
+    One min/max reduction per tensor (aminmax propagates NaN, which then fails `min > 0`).
+    """
+    if scales.numel() == 0:
+        return
+    s32 = scales.to(torch.float32)
+    s_min, s_max = torch.aminmax(s32)
+    if not (s_min.item() > 0 and s_max.item() < math.inf):
+        bad = scales[~(torch.isfinite(s32) & (s32 > 0))][0].item()
+        raise ValueError(f"scales must all be finite and > 0 (as float32), got {bad}")
+    lo, hi = QRANGE[dtype]
+    z_min, z_max = torch.aminmax(zero_points)
+    if not (z_min.item() >= lo and z_max.item() <= hi):
+        bad = zero_points[(zero_points < lo) | (zero_points > hi)][0].item()
+        raise ValueError(f"zero_points must be in [{lo}, {hi}] for {dtype}, got {bad}")
+
+
+def check_group_size(x, group_size: int) -> int:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dimension for per-group quantization")
+    if x.shape[-1] % group_size != 0:
+        raise ValueError(f"group_size ({group_size}) must divide the last dim of x ({x.shape[-1]})")
+    return x.shape[-1] // group_size
+
+
+def _empty_out(x, dtype):
+    return torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
 def _check_quantize_per_tensor(x, scale, zero_point, dtype):
-    check_float_input("x", x)
-    check_scale("scale", scale)
+    check_quant_input("x", x)
+    check_scalar_scale("scale", scale)
     check_quant_dtype("dtype", dtype)
     check_zero_point("zero_point", zero_point, dtype)
 
 
+def _check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype):
+    check_quant_input("x", x)
+    check_quant_dtype("dtype", dtype)
+    ax = check_axis("axis", axis, x.dim())
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dimension for per-channel quantization")
+    check_qparams_meta(x, scales, zero_points, (x.shape[ax],), f"x.shape[axis={axis}]")
+
+
+def _check_quantize_per_channel(x, scales, zero_points, axis, dtype):
+    _check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype)
+    check_qparams_values(scales, zero_points, dtype)
+
+
+def _check_quantize_per_token(x, dtype):
+    check_quant_input("x", x)
+    if dtype != torch.int8:
+        raise TypeError(f"dtype must be torch.int8 (per-token quantization is symmetric), got {dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dimension for per-token quantization")
+
+
+def _check_quantize_per_group(x, group_size, dtype, symmetric):
+    check_quant_input("x", x)
+    check_quant_dtype("dtype", dtype)
+    check_group_size(x, group_size)
+
+
+def _check_dequantize_per_tensor(q, scale, zero_point, out_dtype):
+    check_q_input("q", q)
+    check_scalar_scale("scale", scale)
+    check_zero_point("zero_point", zero_point, q.dtype)
+    check_float_out_dtype("out_dtype", out_dtype)
+
+
+def _check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype):
+    check_q_input("q", q)
+    check_float_out_dtype("out_dtype", out_dtype)
+    if q.dim() == 0:
+        raise ValueError("q must have at least 1 dimension for per-channel dequantization")
+    ax = check_axis("axis", axis, q.dim())
+    check_qparams_meta(q, scales, zero_points, (q.shape[ax],), f"q.shape[axis={axis}]")
+
+
+def _check_dequantize_per_channel(q, scales, zero_points, axis, out_dtype):
+    _check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype)
+    check_qparams_values(scales, zero_points, q.dtype)
+
+
+def _check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype):
+    check_q_input("q", q)
+    check_float_out_dtype("out_dtype", out_dtype)
+    groups = check_group_size(q, group_size)
+    check_qparams_meta(q, scales, zero_points, (*q.shape[:-1], groups), "q.shape[:-1] + (groups,)")
+
+
+def _check_dequantize_per_group(q, scales, zero_points, group_size, out_dtype):
+    _check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype)
+    check_qparams_values(scales, zero_points, q.dtype)
+
+
+def _fake(meta_check, result):
+    """A fake impl: the metadata checks, then the output shapes."""
+
+    def fake(*args):
+        meta_check(*args)
+        return result(*args)
+
+    return fake
+
+
 QUANTIZE_PER_TENSOR = defop(
     "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
-    lambda x, scale, zero_point, dtype: (
-        _check_quantize_per_tensor(x, scale, zero_point, dtype),
-        torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format),
-    )[1],
+    _fake(_check_quantize_per_tensor, lambda x, s, z, dtype: _empty_out(x, dtype)),
     _check_quantize_per_tensor,
+)
+QUANTIZE_PER_CHANNEL = defop(
+    "quantize_per_channel(Tensor x, Tensor scales, Tensor zero_points, int axis, ScalarType dtype) -> Tensor",
+    _fake(_check_quantize_per_channel_meta, lambda x, s, z, axis, dtype: _empty_out(x, dtype)),
+    _check_quantize_per_channel,
+)
+QUANTIZE_PER_TOKEN = defop(
+    "quantize_per_token(Tensor x, ScalarType dtype) -> (Tensor, Tensor)",
+    _fake(
+        _check_quantize_per_token,
+        lambda x, dtype: (
+            _empty_out(x, dtype),
+            torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device),
+        ),
+    ),
+    _check_quantize_per_token,
+)
+QUANTIZE_PER_GROUP = defop(
+    "quantize_per_group(Tensor x, int group_size, ScalarType dtype, bool symmetric) -> (Tensor, Tensor, Tensor)",
+    _fake(
+        _check_quantize_per_group,
+        lambda x, gs, dtype, sym: (
+            _empty_out(x, dtype),
+            torch.empty((*x.shape[:-1], x.shape[-1] // gs), dtype=torch.float32, device=x.device),
+            torch.empty((*x.shape[:-1], x.shape[-1] // gs), dtype=torch.int64, device=x.device),
+        ),
+    ),
+    _check_quantize_per_group,
+)
+DEQUANTIZE_PER_TENSOR = defop(
+    "dequantize_per_tensor(Tensor q, float scale, int zero_point, ScalarType out_dtype) -> Tensor",
+    _fake(_check_dequantize_per_tensor, lambda q, s, z, out_dtype: _empty_out(q, out_dtype)),
+    _check_dequantize_per_tensor,
+)
+DEQUANTIZE_PER_CHANNEL = defop(
+    "dequantize_per_channel(Tensor q, Tensor scales, Tensor zero_points, int axis, ScalarType out_dtype) -> Tensor",
+    _fake(_check_dequantize_per_channel_meta, lambda q, s, z, axis, out_dtype: _empty_out(q, out_dtype)),
+    _check_dequantize_per_channel,
+)
+DEQUANTIZE_PER_GROUP = defop(
+    "dequantize_per_group(Tensor q, Tensor scales, Tensor zero_points, int group_size, ScalarType out_dtype) -> Tensor",
+    _fake(_check_dequantize_per_group_meta, lambda q, s, z, gs, out_dtype: _empty_out(q, out_dtype)),
+    _check_dequantize_per_group,
 )
 
 

@@ -1,22 +1,457 @@
-#include <torch/library.h>
+// CPU kernels of the quant family: quantize / dequantize per tensor, channel, token and group.
+//
+// Each op takes any-strided input (made contiguous once; contiguous input is read in place, in one pass,
+// fp16/bf16 widened in registers), splits the flat range into chunks for OpenMP, and runs the span kernels
+// of quant_simd.h for the ISA the caller allows. Rounding rules: quant_simd.h and README. Every argument is
+// checked here too (the Python router checks first, with the same messages).
 #include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "cpu/cpu_isa.h"
+#include "cpu/quant_args.h"
+#include "cpu/quant_simd.h"
 
 namespace {
-void quantize_per_tensor(const at::Tensor& x, at::Tensor& out, double scale, int64_t zp, int64_t isa) {
-  TORCH_CHECK(x.is_contiguous() && out.is_contiguous(), "x and out must be contiguous");
-  auto xf = x.to(at::kFloat);
-  const float* px = xf.data_ptr<float>();
-  float inv = 1.0f / (float)scale;
-  int64_t n = x.numel();
-  int lo = out.scalar_type() == at::kChar ? -128 : 0, hi = out.scalar_type() == at::kChar ? 127 : 255;
-  uint8_t* po = (uint8_t*)out.data_ptr();
-  for (int64_t i = 0; i < n; ++i) {
-    float v = std::nearbyint(std::fma(px[i], inv, (float)zp));
-    v = std::min(std::max(v, (float)lo), (float)hi);
-    po[i] = (uint8_t)(int)v;
+using pyopt::Isa;
+using namespace pyopt::quant;
+using namespace pyopt::quant_args;
+
+constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of the 64-element block)
+// Per-channel values are broadcast along rows of at least this many elements; shorter rows use arrays of
+// per-element values (one period of C * inner elements if at most kMaxPeriod, else filled block by block).
+constexpr int64_t kBroadcastInner = 64;
+// Outputs of at least this many bytes are written with streaming stores (they would not stay in cache).
+constexpr int64_t kStreamBytes = 4 << 20;
+constexpr int64_t kMaxPeriod = 1 << 16;
+
+// A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
+// 16k page faults, which on the 2-core machines here take longer than the kernel itself (madvise only marks
+// the mapping; it is a hint, harmless where transparent huge pages are off).
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t{1} << 21, p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
+  if (t.nbytes() >= 4 * huge && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// f(begin, end) on [0, n) in kGrain chunks, in parallel when there is more than one chunk. Chunks are handed
+// out dynamically: on a shared machine a descheduled thread then delays one chunk, not half the work.
+template <class F>
+void parallel_chunks(int64_t n, const F& f) {
+  const int64_t chunks = (n + kGrain - 1) / kGrain;
+  if (chunks <= 1) {
+    if (n > 0) f(int64_t{0}, n);
+    stream_fence();
+    return;
+  }
+#pragma omp parallel
+  {
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t c = 0; c < chunks; ++c) f(c * kGrain, std::min(n, (c + 1) * kGrain));
+    stream_fence();
   }
 }
+
+// f(i) for i in [0, count), dynamically scheduled over the threads when `in_parallel`.
+template <class F>
+void parallel_items(int64_t count, bool in_parallel, const F& f) {
+#pragma omp parallel if (in_parallel)
+  {
+#pragma omp for schedule(dynamic, 16) nowait
+    for (int64_t i = 0; i < count; ++i) f(i);
+    stream_fence();
+  }
+}
+
+template <class F>
+void dispatch_float(at::ScalarType t, const F& f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kHalf: return f(at::Half{});
+    case at::kBFloat16: return f(at::BFloat16{});
+    default: TORCH_CHECK(false, "expected a float32/float16/bfloat16 tensor, got ", t);
+  }
+}
+
+void check_float_input(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got ", x.device());
+  auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, name,
+              " must be float32, float16 or bfloat16, got ", t);
+}
+
+void check_q_input(const at::Tensor& q) {
+  TORCH_CHECK(q.device().is_cpu(), "q must be a CPU tensor, got ", q.device());
+  TORCH_CHECK(q.scalar_type() == at::kChar || q.scalar_type() == at::kByte, "q must be int8 or uint8, got ",
+              q.scalar_type());
+}
+
+void check_out_dtype(at::ScalarType t) {
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+              "out_dtype must be float32, float16 or bfloat16, got ", t);
+}
+
+// float32 scales (converted exactly from float32/float64) and zero points, validated.
+struct ChannelParams {
+  std::vector<double> scale;
+  std::vector<float> scale32, zp;
+};
+
+ChannelParams channel_params(const at::Tensor& scales, const at::Tensor& zero_points, int64_t n,
+                             std::pair<float, float> range) {
+  TORCH_CHECK(scales.device().is_cpu() && zero_points.device().is_cpu(), "scales and zero_points must be CPU tensors");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kDouble,
+              "scales must be float32 or float64, got ", scales.scalar_type());
+  TORCH_CHECK(!at::isFloatingType(zero_points.scalar_type()) && !at::isComplexType(zero_points.scalar_type()),
+              "zero_points must be an integer tensor, got ", zero_points.scalar_type());
+  TORCH_CHECK(scales.numel() == n, "scales must have ", n, " elements, got ", scales.numel());
+  TORCH_CHECK(zero_points.numel() == n, "zero_points must have ", n, " elements, got ", zero_points.numel());
+  at::Tensor s = scales.to(at::kDouble).contiguous(), z = zero_points.to(at::kLong).contiguous();
+  const double* ps = s.const_data_ptr<double>();
+  const int64_t* pz = z.const_data_ptr<int64_t>();
+  ChannelParams p{std::vector<double>(ps, ps + n), std::vector<float>(n), std::vector<float>(n)};
+  for (int64_t c = 0; c < n; ++c) {
+    p.scale32[c] = checked_scale(ps[c], "scales");
+    check_zero_point(pz[c], range, "zero_points");
+    p.zp[c] = static_cast<float>(pz[c]);
+  }
+  return p;
+}
+
+// (outer, C, inner) of a tensor viewed around `axis`.
+std::tuple<int64_t, int64_t, int64_t> around_axis(const at::Tensor& t, int64_t axis, const char* name) {
+  TORCH_CHECK(t.dim() >= 1, name, " must have at least 1 dimension");
+  TORCH_CHECK(axis >= -t.dim() && axis < t.dim(), "axis must be in [", -t.dim(), ", ", t.dim() - 1, "], got ", axis);
+  axis = axis < 0 ? axis + t.dim() : axis;
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= t.size(d);
+  for (int64_t d = axis + 1; d < t.dim(); ++d) inner *= t.size(d);
+  return {outer, t.size(axis), inner};
+}
+
+// Runs span(i, len, a, b) over [0, n) of a flat (outer, C, inner) tensor where the per-channel values a[c],
+// b[c] apply to element i with c = (i / inner) % C: broadcast per row when inner is long; else as arrays
+// running along the data, expanded once over the period C * inner when that is short, or block by block.
+template <class BroadcastSpan, class ElemSpan>
+void per_channel_ranges(int64_t n, int64_t C, int64_t inner, const std::vector<float>& a,
+                        const std::vector<float>& b, const BroadcastSpan& bspan, const ElemSpan& espan) {
+  if (inner >= kBroadcastInner) {
+    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const int64_t row = i / inner, stop = std::min(end, (row + 1) * inner), c = row % C;
+        bspan(i, stop - i, &a[c], &b[c]);
+        i = stop;
+      }
+    });
+    return;
+  }
+  const int64_t period = C * inner;
+  if (period <= kMaxPeriod) {
+    std::vector<float> ea(period), eb(period);
+    for (int64_t p = 0; p < period; ++p) ea[p] = a[p / inner], eb[p] = b[p / inner];
+    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const int64_t p = i % period, len = std::min(period - p, end - i);
+        espan(i, len, &ea[p], &eb[p]);
+        i += len;
+      }
+    });
+    return;
+  }
+  constexpr int64_t kBlock = 1024;
+  parallel_chunks(n, [&](int64_t begin, int64_t end) {
+    float ea[kBlock], eb[kBlock];
+    int64_t c = (begin / inner) % C, within = begin % inner;
+    for (int64_t i = begin; i < end; i += kBlock) {
+      const int64_t len = std::min(kBlock, end - i);
+      for (int64_t k = 0; k < len; ++k) {
+        ea[k] = a[c];
+        eb[k] = b[c];
+        if (++within == inner) within = 0, c = c + 1 == C ? 0 : c + 1;
+      }
+      espan(i, len, ea, eb);
+    }
+  });
+}
+
+// --------------------------------------------------------------------------------------------------------
+// quantize
+// --------------------------------------------------------------------------------------------------------
+at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_point, at::ScalarType dtype,
+                               int64_t isa_req) {
+  check_float_input(x_, "x");
+  const auto range = qrange(dtype, "dtype");
+  const float inv = 1.0f / checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
+  check_zero_point(zero_point, range, "zero_point");
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  const Isa isa = pyopt::select_isa(isa_req);
+  uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
+    const In* px = static_cast<const In*>(x.const_data_ptr());
+    parallel_chunks(x.numel(), [&](int64_t b, int64_t e) {
+      if (dtype == at::kChar)
+        quant_span<In, Rule::Fma, false, true>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second, nt);
+      else
+        quant_span<In, Rule::Fma, false, false>(isa, px + b, po + b, e - b, &inv, &zp, range.first, range.second, nt);
+    });
+  });
+  return out;
+}
+
+at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, const at::Tensor& zero_points,
+                                int64_t axis, at::ScalarType dtype, int64_t isa_req) {
+  check_float_input(x_, "x");
+  const auto range = qrange(dtype, "dtype");
+  int64_t outer, C, inner;
+  std::tie(outer, C, inner) = around_axis(x_, axis, "x");
+  ChannelParams p = channel_params(scales, zero_points, C, range);
+  std::vector<float> inv(C);
+  for (int64_t c = 0; c < C; ++c) inv[c] = 1.0f / p.scale32[c];
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  const Isa isa = pyopt::select_isa(isa_req);
+  uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
+  const float lo = range.first, hi = range.second;
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
+    const In* px = static_cast<const In*>(x.const_data_ptr());
+    auto spans = [&](auto is_signed) {
+      constexpr bool S = decltype(is_signed)::value;
+      per_channel_ranges(
+          x.numel(), C, inner, inv, p.zp,
+          [&](int64_t i, int64_t n, const float* a, const float* b) {
+            quant_span<In, Rule::Product, false, S>(isa, px + i, po + i, n, a, b, lo, hi, nt);
+          },
+          [&](int64_t i, int64_t n, const float* a, const float* b) {
+            quant_span<In, Rule::Product, true, S>(isa, px + i, po + i, n, a, b, lo, hi, nt);
+          });
+    };
+    if (dtype == at::kChar) spans(std::true_type{});
+    else spans(std::false_type{});
+  });
+  (void)outer;
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::ScalarType dtype, int64_t isa_req) {
+  check_float_input(x_, "x");
+  TORCH_CHECK(dtype == at::kChar, "dtype must be torch.int8 (per-token quantization is symmetric), got ", dtype);
+  TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  std::vector<int64_t> sshape(x.sizes().begin(), x.sizes().end());
+  const int64_t K = sshape.back();
+  sshape.back() = 1;
+  at::Tensor scales = at::empty(sshape, x.options().dtype(at::kFloat));
+  const int64_t rows = scales.numel();
+  float* ps = scales.data_ptr<float>();
+  uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
+  const Isa isa = pyopt::select_isa(isa_req);
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
+    const In* px = static_cast<const In*>(x.const_data_ptr());
+    parallel_items(rows, rows * K > kGrain, [&](int64_t r) {
+      float mn = 0.0f, mx = 0.0f;
+      if (K > 0) minmax_span<In>(isa, px + r * K, K, &mn, &mx);
+      const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
+      float scale = amax / 127.0f;
+      if (scale == 0.0f) scale = 1.0f;
+      const float inv = 1.0f / scale, zero = 0.0f;
+      ps[r] = scale;
+      quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f, nt);
+    });
+  });
+  return {out, scales};
+}
+
+// One group's (scale, zero point): torch.ao's observer formulas (pyopt/ops/quant.py qparams_from_minmax).
+std::pair<float, float> group_qparams(float mn, float mx, float qmin, float qmax, bool symmetric, bool is_uint8) {
+  if (std::isnan(mn) || std::isnan(mx)) return {NAN, symmetric && is_uint8 ? 128.0f : 0.0f};
+  const float eps = std::numeric_limits<float>::epsilon();
+  const float min_neg = std::min(mn, 0.0f), max_pos = std::max(mx, 0.0f);
+  if (symmetric) {
+    const float scale = std::max(std::max(-min_neg, max_pos) / ((qmax - qmin) / 2.0f), eps);
+    return {scale, is_uint8 ? 128.0f : 0.0f};
+  }
+  const float scale = std::max((max_pos - min_neg) / (qmax - qmin), eps);
+  float zp = qmin - std::nearbyint(min_neg / scale);
+  zp = std::isnan(zp) ? 0.0f : std::min(std::max(zp, qmin), qmax);
+  return {scale, zp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x_, int64_t group_size,
+                                                                  at::ScalarType dtype, bool symmetric,
+                                                                  int64_t isa_req) {
+  check_float_input(x_, "x");
+  const auto range = qrange(dtype, "dtype");
+  TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
+  TORCH_CHECK(group_size >= 1 && x_.size(-1) % group_size == 0, "group_size (", group_size,
+              ") must be positive and divide the last dim of x (", x_.size(-1), ")");
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  std::vector<int64_t> gshape(x.sizes().begin(), x.sizes().end());
+  gshape.back() /= group_size;
+  at::Tensor scales = at::empty(gshape, x.options().dtype(at::kFloat));
+  at::Tensor zps = at::empty(gshape, x.options().dtype(at::kLong));
+  const int64_t groups = scales.numel();
+  float* ps = scales.data_ptr<float>();
+  int64_t* pz = zps.data_ptr<int64_t>();
+  uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
+  const Isa isa = pyopt::select_isa(isa_req);
+  const float lo = range.first, hi = range.second;
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
+    const In* px = static_cast<const In*>(x.const_data_ptr());
+    parallel_items(groups, groups * group_size > kGrain, [&](int64_t g) {
+      const In* xg = px + g * group_size;
+      float mn, mx;
+      minmax_span<In>(isa, xg, group_size, &mn, &mx);
+      const auto [scale, zp] = group_qparams(mn, mx, lo, hi, symmetric, dtype == at::kByte);
+      const float inv = 1.0f / scale;
+      ps[g] = scale;
+      pz[g] = static_cast<int64_t>(zp);
+      if (dtype == at::kChar)
+        quant_span<In, Rule::Product, false, true>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
+      else
+        quant_span<In, Rule::Product, false, false>(isa, xg, po + g * group_size, group_size, &inv, &zp, lo, hi, nt);
+    });
+  });
+  return {out, scales, zps};
+}
+
+// --------------------------------------------------------------------------------------------------------
+// dequantize: (float32(q) - zp) * scale, narrowed to out_dtype
+// --------------------------------------------------------------------------------------------------------
+template <class F>
+void dispatch_out(at::ScalarType out_dtype, bool is_signed, const F& f) {
+  dispatch_float(out_dtype, [&](auto tag) {
+    if (is_signed) f(tag, std::true_type{});
+    else f(tag, std::false_type{});
+  });
+}
+
+at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zero_point, at::ScalarType out_dtype,
+                                 int64_t isa_req) {
+  check_q_input(q_);
+  check_out_dtype(out_dtype);
+  const float s = checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
+  check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
+  const at::Tensor q = q_.contiguous();
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+  const Isa isa = pyopt::select_isa(isa_req);
+  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+    using Out = decltype(tag);
+    constexpr bool S = decltype(is_signed)::value;
+    Out* po = static_cast<Out*>(out.data_ptr());
+    parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
+      dequant_span<Out, false, S>(isa, pq + b, po + b, e - b, &s, &zp, nt);
+    });
+  });
+  return out;
+}
+
+at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
+                                  int64_t axis, at::ScalarType out_dtype, int64_t isa_req) {
+  check_q_input(q_);
+  check_out_dtype(out_dtype);
+  int64_t outer, C, inner;
+  std::tie(outer, C, inner) = around_axis(q_, axis, "q");
+  ChannelParams p = channel_params(scales, zero_points, C, qrange(q_.scalar_type(), "q.dtype"));
+  const at::Tensor q = q_.contiguous();
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+  // torch computes (q - zp) * scale in float64 and rounds once. With float32-representable scales the
+  // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
+  const bool f32_exact = std::all_of(p.scale.begin(), p.scale.end(), [](double v) { return (double)(float)v == v; });
+  const Isa isa = f32_exact ? pyopt::select_isa(isa_req) : Isa::Scalar;
+  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+    using Out = decltype(tag);
+    constexpr bool S = decltype(is_signed)::value;
+    Out* po = static_cast<Out*>(out.data_ptr());
+    if (!f32_exact) {
+      parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const int64_t c = (i / inner) % C;
+          const double qv = S ? static_cast<int8_t>(pq[i]) : pq[i];
+          po[i] = from_float<Out>(static_cast<float>((qv - p.zp[c]) * p.scale[c]));
+        }
+      });
+      return;
+    }
+    per_channel_ranges(
+        q.numel(), C, inner, p.scale32, p.zp,
+        [&](int64_t i, int64_t n, const float* a, const float* b) {
+          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
+        },
+        [&](int64_t i, int64_t n, const float* a, const float* b) {
+          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
+        });
+  });
+  (void)outer;
+  return out;
+}
+
+at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
+                                int64_t group_size, at::ScalarType out_dtype, int64_t isa_req) {
+  check_q_input(q_);
+  check_out_dtype(out_dtype);
+  TORCH_CHECK(q_.dim() >= 1, "q must have at least 1 dimension");
+  TORCH_CHECK(group_size >= 1 && q_.size(-1) % group_size == 0, "group_size (", group_size,
+              ") must be positive and divide the last dim of q (", q_.size(-1), ")");
+  const int64_t groups = q_.numel() / std::max<int64_t>(group_size, 1);
+  ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
+  const at::Tensor q = q_.contiguous();
+  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
+  const bool nt = out.nbytes() >= kStreamBytes;
+  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+  const Isa isa = pyopt::select_isa(isa_req);
+  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+    using Out = decltype(tag);
+    constexpr bool S = decltype(is_signed)::value;
+    Out* po = static_cast<Out*>(out.data_ptr());
+    // Groups are channels of a (groups, group_size) view; per-group math is float32 (float32(scales)).
+    per_channel_ranges(
+        q.numel(), groups, group_size, p.scale32, p.zp,
+        [&](int64_t i, int64_t n, const float* a, const float* b) {
+          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
+        },
+        [&](int64_t i, int64_t n, const float* a, const float* b) {
+          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
+        });
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("quantize_per_tensor", &quantize_per_tensor); }
+TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
+  m.def("quantize_per_tensor", &quantize_per_tensor);
+  m.def("quantize_per_channel", &quantize_per_channel);
+  m.def("quantize_per_token", &quantize_per_token);
+  m.def("quantize_per_group", &quantize_per_group);
+  m.def("dequantize_per_tensor", &dequantize_per_tensor);
+  m.def("dequantize_per_channel", &dequantize_per_channel);
+  m.def("dequantize_per_group", &dequantize_per_group);
+}

@@ -1,22 +1,319 @@
-"""quant family: reference, cpu, triton and cuda implementations of the pyopt:: quantize ops."""
+"""quant family: reference, cpu, triton and cuda implementations of the pyopt:: quantize / dequantize ops.
+
+The rules every backend follows (measured against torch 2.13 on CPU, see README "Quantize / dequantize"):
+
+  per-tensor quantize   q = clamp(rne(fma(x, inv, zp)))          inv = 1.0f / float32(scale); NaN -> qmax
+  per-channel/-group    q = clamp(rne(float32(x * inv) + zp))    the product is rounded first; NaN -> 0
+  per-token             q = clamp(rne(float32(x * inv)), -127, 127), inv = 1.0f / (amax / 127)
+  dequantize            (float32(q) - zp) * float32(scale)       per-channel: in float64, then rounded
+
+rne = round half to even; all arithmetic in float32 (fp16/bf16 inputs are widened exactly first).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .._backend import register, requested_isa
+from .._ops import QRANGE
+
+F32_EPS = torch.finfo(torch.float32).eps  # torch.ao observers clamp scales to at least this
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference (pure torch): the fallback on every device and the oracle of the tests
+# ----------------------------------------------------------------------------------------------------------
+def fma_f32(x: torch.Tensor, inv: torch.Tensor, zp: torch.Tensor | float) -> torch.Tensor:
+    """float32 fma(x, inv, zp) with a single rounding, in pure torch.
+
+    x*inv is exact in float64 (24+24 bit significands); the sum is rounded to float64 with round-to-odd
+    (TwoSum error term -> sticky bit), which makes the final rounding to float32 correct (53 >= 2*24+2).
+    """
+    p = x.double() * inv.double()
+    z = torch.as_tensor(zp, dtype=torch.float64, device=x.device).expand_as(p)
+    s = p + z
+    b = s - p
+    err = (p - (s - b)) + (z - b)
+    odd = (s.view(torch.int64) | (err != 0).to(torch.int64)).view(torch.float64)
+    return torch.where(torch.isfinite(s), odd, s).float()
+
+
+def div_f32(a: torch.Tensor, b: float) -> torch.Tensor:
+    """a / b in float32 as a true elementwise division on every device (CUDA turns a/scalar into a*(1/b))."""
+    return a / torch.full_like(a, b)
+
+
+def reciprocal_f32(s: torch.Tensor) -> torch.Tensor:
+    """1.0f / s, correctly rounded (what torch's quantizers compute as the inverse scale)."""
+    return torch.ones_like(s) / s
+
+
+def canonical_nan(t: torch.Tensor) -> torch.Tensor:
+    """NaN scales as the one quiet NaN 0x7fc00000 (every backend writes that one, whatever the input's NaN)."""
+    return torch.where(torch.isnan(t), float("nan"), t)
+
+
+def round_clamp(v: torch.Tensor, lo: int, hi: int, nan_value: int, dtype) -> torch.Tensor:
+    v = torch.where(torch.isnan(v), float(nan_value), v)
+    return v.round().clamp_(lo, hi).to(dtype)
+
+
+def channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast along `axis` of an ndim-d tensor."""
+    return t.reshape((-1,) + (1,) * (ndim - 1 - axis))
+
+
+def qparams_from_minmax(mn, mx, dtype, symmetric: bool, reduce_range: bool = False):
+    """torch.ao.quantization observers' _calculate_qparams (MinMax / PerChannelMinMax), float32 math.
+
+    The range is widened to include 0; scales are at least float32 eps. Symmetric: scale = amax /
+    ((qmax - qmin) / 2), zero point 0 (int8) or 128 (uint8). Affine: scale = (max - min) / (qmax - qmin),
+    zp = clamp(qmin - rne(min / scale)). NaN in a min/max gives scale NaN and (affine) zero point 0.
+    """
+    qmin, qmax = QRANGE[dtype]
+    if reduce_range:
+        qmin, qmax = qmin // 2, qmax // 2
+    min_neg = torch.minimum(mn, torch.zeros_like(mn))
+    max_pos = torch.maximum(mx, torch.zeros_like(mx))
+    eps = torch.full_like(mn, F32_EPS)
+    if symmetric:
+        scale = torch.maximum(div_f32(torch.maximum(-min_neg, max_pos), (qmax - qmin) / 2), eps)
+        zp = torch.full(mn.shape, 128 if dtype == torch.uint8 else 0, dtype=torch.int64, device=mn.device)
+    else:
+        scale = torch.maximum(div_f32(max_pos - min_neg, float(qmax - qmin)), eps)
+        zpf = qmin - torch.round(min_neg / scale)
+        zp = torch.where(torch.isnan(zpf), 0.0, zpf).clamp(qmin, qmax).to(torch.int64)
+    return canonical_nan(scale), zp
 
 
 @register("quantize_per_tensor", "reference")
 def quantize_per_tensor_ref(x, scale, zero_point, dtype):
-    lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
-    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
-    v = torch.addcmul(torch.tensor(float(zero_point)), x.float(), inv)  # placeholder
-    return v.round().clamp(lo, hi).to(dtype)
+    inv = reciprocal_f32(torch.tensor(scale, dtype=torch.float32, device=x.device))
+    lo, hi = QRANGE[dtype]
+    return round_clamp(fma_f32(x.float(), inv, float(zero_point)), lo, hi, hi, dtype)
 
 
+def quantize_rounded_product(xf, inv, zp, lo, hi, dtype):
+    """clamp(rne(float32(x * inv) + zp)): the per-channel / per-group / per-token rule; NaN -> 0."""
+    return round_clamp(xf * inv + zp, lo, hi, 0, dtype)
+
+
+@register("quantize_per_channel", "reference")
+def quantize_per_channel_ref(x, scales, zero_points, axis, dtype):
+    axis = axis % x.dim()
+    inv = channel_view(reciprocal_f32(scales.to(torch.float32)), axis, x.dim())
+    zp = channel_view(zero_points.to(torch.float32), axis, x.dim())
+    return quantize_rounded_product(x.float(), inv, zp, *QRANGE[dtype], dtype)
+
+
+def per_token_scales(xf: torch.Tensor) -> torch.Tensor:
+    """amax|x| / 127 per row of the last dim (float32, keepdim); 0 -> 1.0."""
+    if xf.shape[-1] == 0:
+        return torch.ones((*xf.shape[:-1], 1), device=xf.device)
+    scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
+    return canonical_nan(torch.where(scales == 0, 1.0, scales))
+
+
+@register("quantize_per_token", "reference")
+def quantize_per_token_ref(x, dtype):
+    xf = x.float()
+    scales = per_token_scales(xf)
+    return quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype), scales
+
+
+def per_group_qparams(xf: torch.Tensor, group_size: int, dtype, symmetric: bool):
+    """(scales, zero_points) of each group of the last dim: the observer rules on the group's min/max."""
+    mn, mx = torch.aminmax(xf.reshape(*xf.shape[:-1], xf.shape[-1] // group_size, group_size), dim=-1)
+    return qparams_from_minmax(mn, mx, dtype, symmetric)
+
+
+@register("quantize_per_group", "reference")
+def quantize_per_group_ref(x, group_size, dtype, symmetric):
+    xf = x.float()
+    scales, zps = per_group_qparams(xf, group_size, dtype, symmetric)
+    xg = xf.reshape(*scales.shape, group_size)
+    inv = reciprocal_f32(scales).unsqueeze(-1)
+    q = quantize_rounded_product(xg, inv, zps.unsqueeze(-1).float(), *QRANGE[dtype], dtype)
+    return q.reshape(x.shape), scales, zps
+
+
+@register("dequantize_per_tensor", "reference")
+def dequantize_per_tensor_ref(q, scale, zero_point, out_dtype):
+    s32 = float(torch.tensor(scale, dtype=torch.float32))
+    return ((q.float() - float(zero_point)) * s32).to(out_dtype)
+
+
+@register("dequantize_per_channel", "reference")
+def dequantize_per_channel_ref(q, scales, zero_points, axis, out_dtype):
+    # torch computes (q - zp) * scale in float64 (scales are float64 there) and rounds once to float32.
+    axis = axis % q.dim()
+    s = channel_view(scales.double(), axis, q.dim())
+    zp = channel_view(zero_points.double(), axis, q.dim())
+    return ((q.double() - zp) * s).float().to(out_dtype)
+
+
+@register("dequantize_per_group", "reference")
+def dequantize_per_group_ref(q, scales, zero_points, group_size, out_dtype):
+    qg = q.float().reshape(*q.shape[:-1], q.shape[-1] // group_size, group_size)
+    out = (qg - zero_points.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
+    return out.reshape(q.shape).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cpu: C++ (csrc/cpu/quant.cpp), AVX-512 / AVX2 / scalar chosen at run time, OpenMP over chunks
+# ----------------------------------------------------------------------------------------------------------
 @register("quantize_per_tensor", "cpu")
 def quantize_per_tensor_cpu(x, scale, zero_point, dtype):
-    out = torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
-    torch.ops.pyopt_cpu.quantize_per_tensor(x.contiguous(), out, scale, zero_point, requested_isa())
-    return out
+    return torch.ops.pyopt_cpu.quantize_per_tensor(x, scale, zero_point, dtype, requested_isa())
+
+
+@register("quantize_per_channel", "cpu")
+def quantize_per_channel_cpu(x, scales, zero_points, axis, dtype):
+    return torch.ops.pyopt_cpu.quantize_per_channel(x, scales, zero_points, axis, dtype, requested_isa())
+
+
+@register("quantize_per_token", "cpu")
+def quantize_per_token_cpu(x, dtype):
+    return torch.ops.pyopt_cpu.quantize_per_token(x, dtype, requested_isa())
+
+
+@register("quantize_per_group", "cpu")
+def quantize_per_group_cpu(x, group_size, dtype, symmetric):
+    return torch.ops.pyopt_cpu.quantize_per_group(x, group_size, dtype, symmetric, requested_isa())
+
+
+@register("dequantize_per_tensor", "cpu")
+def dequantize_per_tensor_cpu(q, scale, zero_point, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_tensor(q, scale, zero_point, out_dtype, requested_isa())
+
+
+@register("dequantize_per_channel", "cpu")
+def dequantize_per_channel_cpu(q, scales, zero_points, axis, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_channel(
+        q, scales, zero_points, axis, out_dtype, requested_isa()
+    )
+
+
+@register("dequantize_per_group", "cpu")
+def dequantize_per_group_cpu(q, scales, zero_points, group_size, out_dtype):
+    return torch.ops.pyopt_cpu.dequantize_per_group(
+        q, scales, zero_points, group_size, out_dtype, requested_isa()
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# triton: kernels/quant.py (pyopt.kernels.quant), imported on first use; qparams of per-token / per-group
+# come from the torch code above (reductions), the elementwise pass from the kernel
+# ----------------------------------------------------------------------------------------------------------
+def _tq():
+    from ..kernels import quant as triton_quant
+
+    return triton_quant
+
+
+def _scalar_params(scale: float, zero_point: int, device):
+    s32 = torch.tensor([scale], dtype=torch.float32, device=device)
+    return s32, torch.tensor([float(zero_point)], dtype=torch.float32, device=device)
+
+
+def _around_axis(shape, axis: int) -> tuple[int, int]:
+    """(C, inner) of a tensor viewed as (outer, C, inner) around `axis`."""
+    axis = axis % len(shape)
+    return shape[axis], math.prod(shape[axis + 1 :])
+
+
+@register("quantize_per_tensor", "triton")
+def quantize_per_tensor_triton(x, scale, zero_point, dtype):
+    s32, zp = _scalar_params(scale, zero_point, x.device)
+    return _tq().quantize(x, reciprocal_f32(s32), zp, *QRANGE[dtype], dtype, fma_rule=True)
+
+
+@register("quantize_per_channel", "triton")
+def quantize_per_channel_triton(x, scales, zero_points, axis, dtype):
+    C, inner = _around_axis(x.shape, axis)
+    inv = reciprocal_f32(scales.to(torch.float32))
+    return _tq().quantize(x, inv, zero_points, *QRANGE[dtype], dtype, fma_rule=False, C=C, inner=inner)
+
+
+@register("quantize_per_token", "triton")
+def quantize_per_token_triton(x, dtype):
+    scales = per_token_scales(x.float())
+    inv = reciprocal_f32(scales)
+    zp = torch.zeros_like(inv)
+    q = _tq().quantize(
+        x, inv, zp, -127, 127, dtype, fma_rule=False, C=max(scales.numel(), 1), inner=x.shape[-1]
+    )
+    return q, scales
+
+
+@register("quantize_per_group", "triton")
+def quantize_per_group_triton(x, group_size, dtype, symmetric):
+    scales, zps = per_group_qparams(x.float(), group_size, dtype, symmetric)
+    q = _tq().quantize(
+        x,
+        reciprocal_f32(scales),
+        zps,
+        *QRANGE[dtype],
+        dtype,
+        fma_rule=False,
+        C=max(scales.numel(), 1),
+        inner=group_size,
+    )
+    return q, scales, zps
+
+
+@register("dequantize_per_tensor", "triton")
+def dequantize_per_tensor_triton(q, scale, zero_point, out_dtype):
+    return _tq().dequantize(q, *_scalar_params(scale, zero_point, q.device), out_dtype)
+
+
+@register("dequantize_per_channel", "triton")
+def dequantize_per_channel_triton(q, scales, zero_points, axis, out_dtype):
+    C, inner = _around_axis(q.shape, axis)
+    return _tq().dequantize(q, scales, zero_points, out_dtype, C=C, inner=inner)
+
+
+@register("dequantize_per_group", "triton")
+def dequantize_per_group_triton(q, scales, zero_points, group_size, out_dtype):
+    C = max(scales.numel(), 1)
+    return _tq().dequantize(q, scales.to(torch.float32), zero_points, out_dtype, C=C, inner=group_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cuda: csrc/cuda/quant.cu through csrc/cuda/quant_bind.cpp (pyopt._C_cuda, loaded on first CUDA use)
+# ----------------------------------------------------------------------------------------------------------
+@register("quantize_per_tensor", "cuda")
+def quantize_per_tensor_cuda(x, scale, zero_point, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_tensor(x, scale, zero_point, dtype)
+
+
+@register("quantize_per_channel", "cuda")
+def quantize_per_channel_cuda(x, scales, zero_points, axis, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_channel(x, scales, zero_points, axis, dtype)
+
+
+@register("quantize_per_token", "cuda")
+def quantize_per_token_cuda(x, dtype):
+    return torch.ops.pyopt_cuda.quantize_per_token(x, dtype)
+
+
+@register("quantize_per_group", "cuda")
+def quantize_per_group_cuda(x, group_size, dtype, symmetric):
+    return torch.ops.pyopt_cuda.quantize_per_group(x, group_size, dtype, symmetric)
+
+
+@register("dequantize_per_tensor", "cuda")
+def dequantize_per_tensor_cuda(q, scale, zero_point, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_tensor(q, scale, zero_point, out_dtype)
+
+
+@register("dequantize_per_channel", "cuda")
+def dequantize_per_channel_cuda(q, scales, zero_points, axis, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_channel(q, scales, zero_points, axis, out_dtype)
+
+
+@register("dequantize_per_group", "cuda")
+def dequantize_per_group_cuda(q, scales, zero_points, group_size, out_dtype):
+    return torch.ops.pyopt_cuda.dequantize_per_group(q, scales, zero_points, group_size, out_dtype)

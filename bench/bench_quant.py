@@ -1,0 +1,154 @@
+"""quant family benchmarks: pyopt's quantize / dequantize vs torch's quantizers (same run, same inputs).
+
+Bytes model: a quantize reads 4 B (fp32) and writes 1 B per element; a dequantize reads 1 B and writes 4 B.
+The per-channel / per-tensor scales are float32-representable (as choose_qparams gives them), so torch's
+float64 scales and pyopt's computations see the same values.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import harness
+import torch
+
+import pyopt
+
+TARGET_MEMCPY_PCT = 70.0
+
+
+def run(quick: bool = False) -> list[harness.Row]:
+    warnings.filterwarnings("ignore", message=".*quantize.*deprecated.*")  # torch's quantized tensors
+    torch.manual_seed(0)
+    rows_, cols = (1024, 1024) if quick else (4096, 4096)
+    shape = f"{rows_}x{cols} fp32"
+    x = torch.randn(rows_, cols)
+    nbytes = x.numel() * 5
+    scale, zp = 0.02, 3
+    scales = (torch.rand(rows_) * 0.05 + 0.01).double()
+    zps = torch.randint(-10, 10, (rows_,))
+    repeat = 5 if quick else 10
+    out = []
+    out.append(
+        harness.compare(
+            "quant",
+            f"quantize_per_channel axis=0 {shape}",
+            lambda: pyopt.quantize_per_channel(x, scales, zps, 0),
+            "torch.quantize_per_channel(...).int_repr()",
+            lambda: torch.quantize_per_channel(x, scales, zps, 0, torch.qint8).int_repr(),
+            target=20.0,
+            nbytes=nbytes,
+            memcpy_target_pct=TARGET_MEMCPY_PCT,
+            repeat=repeat,
+        )
+    )
+    out.append(
+        harness.compare(
+            "quant",
+            f"quantize_per_tensor {shape}",
+            lambda: pyopt.quantize_per_tensor(x, scale, zp),
+            "torch.quantize_per_tensor(...).int_repr()",
+            lambda: torch.quantize_per_tensor(x, scale, zp, torch.qint8).int_repr(),
+            target=1.0,
+            nbytes=nbytes,
+            memcpy_target_pct=TARGET_MEMCPY_PCT,
+            repeat=repeat,
+        )
+    )
+    qt = torch.quantize_per_tensor(x, scale, zp, torch.qint8)
+    q = qt.int_repr()
+    out.append(
+        harness.compare(
+            "quant",
+            f"dequantize_per_tensor {rows_}x{cols} int8",
+            lambda: pyopt.dequantize_per_tensor(q, scale, zp),
+            "qtensor.dequantize()",
+            qt.dequantize,
+            target=1.0,
+            nbytes=nbytes,
+            memcpy_target_pct=TARGET_MEMCPY_PCT,
+            repeat=repeat,
+        )
+    )
+    qc = torch.quantize_per_channel(x, scales, zps, 0, torch.qint8)
+    qci = qc.int_repr()
+    out.append(
+        harness.compare(
+            "quant",
+            f"dequantize_per_channel axis=0 {rows_}x{cols} int8",
+            lambda: pyopt.dequantize_per_channel(qci, scales, zps, 0),
+            "qtensor.dequantize()",
+            qc.dequantize,
+            target=1.0,
+            nbytes=nbytes,
+            memcpy_target_pct=TARGET_MEMCPY_PCT,
+            repeat=repeat,
+        )
+    )
+    # No torch baseline with the same semantics for these two; they are compared with the closest torch
+    # composition a user would write (amax, divide, round, clamp, cast).
+    out.append(
+        harness.compare(
+            "quant",
+            f"quantize_per_token {shape}",
+            lambda: pyopt.quantize_per_token(x),
+            "torch amax/div/round/clamp",
+            lambda: _torch_per_token(x),
+            nbytes=nbytes,
+            repeat=repeat,
+        )
+    )
+    if torch.cuda.is_available():
+        out += run_gpu(quick)
+    return out
+
+
+def run_gpu(quick: bool = False) -> list[harness.Row]:
+    """The same cases on the GPU (cuda backend, else Triton): target 85% of the measured copy bandwidth."""
+    dev = "cuda"
+    n = 4096 if quick else 8192
+    x = torch.randn(n, n, device=dev)
+    scales = (torch.rand(n, device=dev) * 0.05 + 0.01).double()
+    zps = torch.randint(-10, 10, (n,), device=dev)
+    q = pyopt.quantize_per_tensor(x, 0.02, 3)
+    common = dict(device=dev, nbytes=x.numel() * 5, memcpy_target_pct=85.0, repeat=20)
+    shape = f"{n}x{n} fp32 (GPU)"
+    return [
+        harness.compare(
+            "quant",
+            f"quantize_per_channel axis=0 {shape}",
+            lambda: pyopt.quantize_per_channel(x, scales, zps, 0),
+            "torch.quantize_per_channel(...).int_repr()",
+            lambda: torch.quantize_per_channel(x, scales, zps, 0, torch.qint8).int_repr(),
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"quantize_per_tensor {shape}",
+            lambda: pyopt.quantize_per_tensor(x, 0.02, 3),
+            "torch.quantize_per_tensor(...).int_repr()",
+            lambda: torch.quantize_per_tensor(x, 0.02, 3, torch.qint8).int_repr(),
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"dequantize_per_tensor {n}x{n} int8 (GPU)",
+            lambda: pyopt.dequantize_per_tensor(q, 0.02, 3),
+            "(q.float() - zp) * scale",
+            lambda: (q.float() - 3) * 0.02,
+            **common,
+        ),
+        harness.compare(
+            "quant",
+            f"quantize_per_token {shape}",
+            lambda: pyopt.quantize_per_token(x),
+            "torch amax/div/round/clamp",
+            lambda: _torch_per_token(x),
+            **common,
+        ),
+    ]
+
+
+def _torch_per_token(x):
+    s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-12)
+    return (x / s).round().clamp(-127, 127).to(torch.int8), s
