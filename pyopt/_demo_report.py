@@ -99,30 +99,68 @@ def target_notes(
     return notes
 
 
+def _place_labels(ax, points: list[tuple[float, float, str, str]]) -> None:
+    """Annotate each point with its name, moving a label down/up (with a leader line) until it overlaps
+    no earlier label: variants of equal accuracy and similar size are common (e.g. one that kept float32
+    weights)."""
+    fig = ax.figure
+    fig.canvas.draw()  # transforms are final only after a draw (log axes, layout)
+    px_per_pt = fig.dpi / 72
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(8, 4)] + [(8, 4 + sign * 16 * k) for k in range(1, 6) for sign in (-1, 1)]
+    for x, y, text, color in points:
+        px, py = ax.transData.transform((x, y))
+        w, h = 6.2 * len(text) * px_per_pt, 12 * px_per_pt  # a label's box at fontsize 10
+        for dx, dy in offsets:
+            x0, y0 = px + dx * px_per_pt, py + dy * px_per_pt
+            box = (x0, y0, x0 + w, y0 + h)
+            if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed):
+                break
+        placed.append(box)
+        leader = None if (dx, dy) == offsets[0] else {"arrowstyle": "-", "color": color, "lw": 0.8}
+        ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            fontsize=10,
+            color=color,
+            arrowprops=leader,
+        )
+
+
 def plot(variants: list[dict], path: str) -> None:
     """tradeoffs.png: accuracy vs size on disk and vs latency at batch 256, one labelled point per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     panels = (
-        (axes[0], "size_bytes", 1 / 2**20, "size on disk (MiB, log scale)"),
-        (axes[1], "latency_ms_b256", 1.0, "latency at batch 256 (ms, log scale)"),
+        (axes[0], "size_bytes", 1 / 2**20, "size on disk (MiB, log scale)", "accuracy vs size"),
+        (axes[1], "latency_ms_b256", 1.0, "latency at batch 256 (ms, log scale)", "accuracy vs latency"),
     )
-    for ax, key, scale, label in panels:
-        for i, v in enumerate(variants):
-            x, y = v[key] * scale, 100 * v["accuracy"]
-            ax.scatter([x], [y], s=60, color=f"C{i}", zorder=3)
-            ax.annotate(v["name"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=10)
+    for ax, key, scale, xlabel, title in panels:
+        points = [(v[key] * scale, 100 * v["accuracy"], v["name"], f"C{i}") for i, v in enumerate(variants)]
+        for x, y, _, color in points:
+            ax.scatter([x], [y], s=70, color=color, zorder=3, alpha=0.85)
         ax.set_xscale("log")
-        ax.set_xlabel(label)
+        xs = [p[0] for p in points]
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 2.5)  # room for the labels on the right
+        ys = [p[1] for p in points]
+        pad = max(0.5, 0.15 * (max(ys) - min(ys)))
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title("accuracy vs size")
-    axes[1].set_title("accuracy vs latency")
-    fig.suptitle("pyopt demo: CNN on sklearn digits — up and to the left is better")
+        _place_labels(ax, points)
+    fig.suptitle("pyopt demo: CNN on sklearn digits (up and to the left is better)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
