@@ -1,0 +1,85 @@
+"""sgd family: reference, cpu, triton and cuda implementations of pyopt::fused_sgd_.
+
+The reference is torch's for-loop SGD (torch/optim/sgd.py `_single_tensor_sgd`), op for op, so float32 and
+float64 results are bit-identical to torch.optim.SGD(foreach=False); bf16/fp16 storage is widened to
+float32 for the whole step and rounded once at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import register, requested_isa
+from .._ops import _check_fused_sgd_tensors
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _skip_step(found_inf) -> bool:
+    return found_inf is not None and bool(found_inf.item() != 0)
+
+
+def inv_grad_scale(grad_scale) -> float:
+    """GradScaler's unscale factor: float32(1 / scale), as `_unscale_grads_` computes it."""
+    if grad_scale is None:
+        return 1.0
+    return grad_scale.double().reciprocal().float().item()
+
+
+def host_lr(lr: float, lr_tensor) -> float:
+    # torch.optim.SGD with a tensor lr calls add_(grad, alpha=-lr): the tensor's value as a Python float.
+    return lr if lr_tensor is None else lr_tensor.item()
+
+
+@register("fused_sgd_", "reference")
+def fused_sgd_ref(
+    params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
+    nesterov, maximize, lr_tensor, grad_scale, found_inf,
+):  # fmt: skip
+    _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
+    if _skip_step(found_inf):
+        return
+    lr = host_lr(lr, lr_tensor)
+    inv_scale = inv_grad_scale(grad_scale)
+    for i, p in enumerate(params):
+        low = p.dtype in LOW_PRECISION
+        w = master_params[i] if master_params else (p.float() if low else p)
+        grad = grads[i].to(w.dtype)
+        if inv_scale != 1.0:
+            grad = grad * inv_scale
+        if maximize:
+            grad = -grad
+        if weight_decay != 0:
+            grad = grad.add(w, alpha=weight_decay)
+        buf = None
+        if momentum_buffers:
+            buf = momentum_buffers[i].to(w.dtype)  # a copy only when widened
+            if first_step[i]:
+                buf.copy_(grad)
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        w.add_(grad, alpha=-lr)
+        mask = masks[i] if masks else None
+        if mask is not None:
+            w.masked_fill_(~mask, 0)
+            if buf is not None:
+                buf.masked_fill_(~mask, 0)
+        if w is not p:
+            p.copy_(w)
+        if buf is not None and buf is not momentum_buffers[i]:
+            momentum_buffers[i].copy_(buf)
+
+
+@register("fused_sgd_", "cpu")
+def fused_sgd_cpu(
+    params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
+    nesterov, maximize, lr_tensor, grad_scale, found_inf,
+):  # fmt: skip
+    if _skip_step(found_inf):  # a CPU scalar: reading it costs no synchronisation
+        return
+    torch.ops.pyopt_cpu.fused_sgd(
+        params, grads, momentum_buffers, master_params, masks, [int(f) for f in first_step],
+        host_lr(lr, lr_tensor), weight_decay, momentum, dampening, nesterov, maximize,
+        inv_grad_scale(grad_scale), requested_isa(),
+    )  # fmt: skip
