@@ -132,10 +132,16 @@ def _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, mas
         if g.is_sparse:
             raise RuntimeError(f"grads[{i}]: FusedSGD does not support sparse gradients")
         if g.shape != p.shape or g.dtype != p.dtype:
-            raise ValueError(f"grads[{i}] must match params[{i}] ({p.dtype}, {tuple(p.shape)}), got {g.dtype}")
+            raise ValueError(
+                f"grads[{i}] must match params[{i}] ({p.dtype}, {tuple(p.shape)}), got {g.dtype}"
+            )
         if master_params:
             m = master_params[i]
-            if p.dtype not in (torch.float16, torch.bfloat16) or m.dtype != torch.float32 or m.shape != p.shape:
+            if (
+                p.dtype not in (torch.float16, torch.bfloat16)
+                or m.dtype != torch.float32
+                or m.shape != p.shape
+            ):
                 raise ValueError(f"master_params[{i}] must be a float32 copy of a bf16/fp16 params[{i}]")
         if momentum_buffers:
             b = momentum_buffers[i]

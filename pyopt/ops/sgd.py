@@ -83,3 +83,107 @@ def fused_sgd_cpu(
         host_lr(lr, lr_tensor), weight_decay, momentum, dampening, nesterov, maximize,
         inv_grad_scale(grad_scale), requested_isa(),
     )  # fmt: skip
+
+
+def device_hyper(device, dtype, lr, weight_decay, momentum, dampening, maximize, lr_tensor, grad_scale):
+    """[scale, weight_decay, momentum, 1 - dampening, -lr] as a `dtype` tensor on `device`, built without
+    a host synchronisation (a tensor lr and GradScaler's scale stay on the device)."""
+    hyper = torch.tensor([1.0, weight_decay, momentum, 1 - dampening, -lr], dtype=torch.float64)
+    hyper = hyper.to(device=device, dtype=dtype)
+    if grad_scale is not None:
+        hyper[0:1].copy_(grad_scale.double().reciprocal().float().reshape(1))
+    if maximize:
+        hyper[0:1].neg_()
+    if lr_tensor is not None:
+        hyper[4:5].copy_(lr_tensor.reshape(1).neg())
+    return hyper
+
+
+class _Contiguous:
+    """Contiguous views of the tensors a kernel writes through raw pointers; copies go back on exit."""
+
+    def __init__(self, tensors):
+        self.orig = tensors
+        self.tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+
+    def __enter__(self):
+        return self.tensors
+
+    def __exit__(self, *exc):
+        for o, c in zip(self.orig, self.tensors, strict=True):
+            if c is not o:
+                o.copy_(c)
+
+
+def _found_inf_f32(found_inf):
+    return None if found_inf is None else found_inf.reshape(1).float()
+
+
+@register("fused_sgd_", "triton")
+def fused_sgd_triton(
+    params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
+    nesterov, maximize, lr_tensor, grad_scale, found_inf,
+):  # fmt: skip
+    _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
+    if not params:
+        return
+    from ..kernels.sgd import launch_sgd
+
+    device = params[0].device
+    found = _found_inf_f32(found_inf)
+    if found is None:
+        found = torch.zeros(1, device=device)
+    hypers = {}
+    n = len(params)
+    bufs_in = momentum_buffers or [None] * n
+    masters_in = master_params or [None] * n
+    with (
+        _Contiguous(params) as ps,
+        _Contiguous([b for b in bufs_in if b is not None]) as bs,
+        _Contiguous([m for m in masters_in if m is not None]) as ms,
+    ):
+        bs = iter(bs)
+        ms = iter(ms)
+        for i, p in enumerate(ps):
+            cdt = torch.float64 if p.dtype == torch.float64 else torch.float32
+            if cdt not in hypers:
+                hypers[cdt] = device_hyper(
+                    device, cdt, lr, weight_decay, momentum, dampening, maximize, lr_tensor, grad_scale
+                )
+            mask = masks[i] if masks else None
+            launch_sgd(
+                p, grads[i].contiguous(), next(bs) if bufs_in[i] is not None else None,
+                next(ms) if masters_in[i] is not None else None,
+                None if mask is None else mask.contiguous(), hypers[cdt], found,
+                first_step[i] if momentum_buffers else False, nesterov, weight_decay != 0,
+            )  # fmt: skip
+
+
+@register("fused_sgd_", "cuda")
+def fused_sgd_cuda(
+    params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
+    nesterov, maximize, lr_tensor, grad_scale, found_inf,
+):  # fmt: skip
+    if not params:
+        return
+    hyper = device_hyper(
+        params[0].device,
+        torch.float64,
+        lr,
+        weight_decay,
+        momentum,
+        dampening,
+        maximize,
+        lr_tensor,
+        grad_scale,
+    )
+    with (
+        _Contiguous(params) as ps,
+        _Contiguous(momentum_buffers) as bs,
+        _Contiguous(master_params) as ms,
+    ):  # fmt: skip
+        torch.ops.pyopt_cuda.fused_sgd(
+            ps, [g.contiguous() for g in grads], bs, ms,
+            [None if m is None else m.contiguous() for m in masks], [int(f) for f in first_step],
+            hyper, _found_inf_f32(found_inf), weight_decay != 0, nesterov,
+        )  # fmt: skip

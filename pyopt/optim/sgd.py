@@ -1,0 +1,153 @@
+"""FusedSGD: torch.optim.SGD's exact update in one fused multi-tensor pass, with masks and AMP.
+
+Semantics (torch/optim/sgd.py, `_single_tensor_sgd`): maximize -> weight decay -> momentum (the first
+time a parameter has a grad its buffer becomes that grad, per parameter) -> Nesterov -> p -= lr * g.
+Additions over torch:
+  * masks: a parameter with `pyopt.nn._base.get_param_mask(p)` keeps its masked-out entries, and those of
+    its momentum buffer, exactly zero — in the same pass, so pruned weights are never revived;
+  * GradScaler: `_step_supports_amp_scaling` — GradScaler hands over `grad_scale` / `found_inf` and the
+    kernel unscales; an overflow skips the step without touching any state (new buffers included);
+  * bf16/fp16 parameters are updated in float32 and rounded once; `master_weights=True` keeps a float32
+    master copy (state key "master_param") and a float32 momentum buffer.
+The state uses torch's key "momentum_buffer", so state_dicts move between torch.optim.SGD and FusedSGD.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..nn._base import get_param_mask
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+_FLOAT32_STATE = ("master_param", "momentum_buffer")  # kept float32 under master_weights
+
+
+class FusedSGD(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        master_weights: bool = False,
+    ):
+        # The same checks and messages as torch.optim.SGD.
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            master_weights=master_weights,
+        )
+        super().__init__(params, defaults)
+        # GradScaler then sets self.grad_scale / self.found_inf instead of unscaling the grads itself.
+        self._step_supports_amp_scaling = True
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("master_weights", False)
+
+    def load_state_dict(self, state_dict) -> None:
+        # Optimizer.load_state_dict casts every state tensor to its parameter's dtype; master weights and
+        # their buffers must stay float32, so restore those from the saved values.
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        for saved_group, group in zip(state_dict["param_groups"], self.param_groups, strict=True):
+            if not group["master_weights"]:
+                continue
+            for pid, p in zip(saved_group["params"], group["params"], strict=True):
+                st = self.state.get(p)
+                for key in _FLOAT32_STATE:
+                    if st is not None and key in st and pid in saved_state:
+                        st[key] = saved_state[pid][key].to(device=p.device, dtype=torch.float32, copy=True)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            self._step_group(group, grad_scale, found_inf)
+        return loss
+
+    def _step_group(self, group, grad_scale, found_inf) -> None:
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):  # parameters without a grad are skipped, as in torch
+            params = [p for p, g in zip(params, grads, strict=True) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if not params:
+            return
+        state = self.state
+        momentum = group["momentum"]
+        master = group["master_weights"]
+        if master and any(p.dtype not in LOW_PRECISION for p in params):
+            raise ValueError("master_weights=True needs every parameter of the group to be bf16 or fp16")
+
+        masters, new_state = [], {}
+        if master:
+            for p in params:
+                m = state[p].get("master_param")
+                if m is None:
+                    m = new_state.setdefault(p, {})["master_param"] = p.float()
+                masters.append(m)
+        bufs, first_step = [], []
+        if momentum != 0:
+            buf_dtype = torch.float32 if master else None
+            for p in params:
+                b = state[p].get("momentum_buffer")
+                first = b is None
+                if first:  # per parameter: its first step with a grad, whenever that comes
+                    b = new_state.setdefault(p, {})["momentum_buffer"] = torch.empty_like(p, dtype=buf_dtype)
+                bufs.append(b)
+                first_step.append(first)
+        if new_state and found_inf is not None and found_inf.item() != 0:
+            return  # overflow: keep the state exactly as it was (no new, uninitialised buffers)
+
+        masks = [get_param_mask(p) for p in params]
+        if all(m is None for m in masks):
+            masks = []
+        lr = group["lr"]
+        lr_tensor = None
+        if isinstance(lr, torch.Tensor):
+            lr_tensor, lr = (lr, 0.0) if lr.device == params[0].device else (None, lr.item())
+        torch.ops.pyopt.fused_sgd_(
+            params,
+            grads,
+            bufs,
+            masters,
+            masks,
+            first_step,
+            float(lr),
+            float(group["weight_decay"]),
+            float(momentum),
+            float(group["dampening"]),
+            bool(group["nesterov"]),
+            bool(group["maximize"]),
+            lr_tensor,
+            grad_scale,
+            found_inf,
+        )
+        for p, st in new_state.items():
+            state[p].update(st)
