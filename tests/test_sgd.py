@@ -158,7 +158,7 @@ def test_masks_keep_param_and_buffer_zero(device, backend):
         FusedSGD(lin.parameters(), **cfg),
         torch.optim.SGD(lin_ref.parameters(), foreach=False, **cfg),
     )
-    for step in range(6):
+    for _ in range(6):
         x = torch.randn(5, 13)
         for m in (lin, lin_ref):
             m.zero_grad()
