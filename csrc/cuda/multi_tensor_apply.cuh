@@ -12,7 +12,7 @@
 
 namespace pyopt_cuda {
 
-constexpr int kMaxTensors = 48;
+constexpr int kMaxTensors = 36;  // keeps the kernel argument under the classic 4 KiB limit
 constexpr int kMaxBlocks = 320;
 constexpr int64_t kChunk = 65536;
 constexpr int kThreads = 512;

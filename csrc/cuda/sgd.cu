@@ -1,4 +1,4 @@
-// CUDA multi-tensor SGD step (pyopt::fused_sgd_): one launch (per batch of 48 tensors / 320 chunks) applies
+// CUDA multi-tensor SGD step (pyopt::fused_sgd_): one launch (per batch of 36 tensors / 320 chunks) applies
 // SgdFunctor to every tensor through multi_tensor_apply.cuh. Numerics as csrc/cpu/sgd.cpp: widen to the
 // compute type C (float; double for float64), g = grad * scale; g = fma(w, wd, g);
 // b = first ? g : fma(g, 1 - dampening, b * mu); g = nesterov ? fma(b, mu, g) : b; w = fma(g, -lr, w);
