@@ -20,12 +20,20 @@ from ._backend import make_router
 _lib = torch.library.Library("pyopt", "DEF")  # noqa: TOR901 - owned by this module for the process lifetime
 
 
-def defop(schema: str, fake: Callable, check: Callable | None = None) -> str:
-    """Declare `pyopt::<schema>` with its fake impl and the router kernel. Returns the op name."""
+def defop(
+    schema: str, fake: Callable, check: Callable | None = None, route_on_first_arg: bool = False
+) -> str:
+    """Declare `pyopt::<schema>` with its fake impl and the router kernel. Returns the op name.
+
+    route_on_first_arg: the router takes the device from the first argument only (for ops taking long
+    tensor lists, whose backends check the other tensors' devices themselves); by default every tensor
+    argument is checked to be on one device."""
     name = schema.split("(", 1)[0]
     _lib.define(schema)
     torch.library.register_fake(f"pyopt::{name}", fake, lib=_lib)
     arg_names = [a.name for a in getattr(torch.ops.pyopt, name).default._schema.arguments]
+    if route_on_first_arg:
+        arg_names = arg_names[:1]
     _lib.impl(name, make_router(name, arg_names, check), "CompositeExplicitAutograd")
     return name
 
@@ -126,9 +134,20 @@ def _check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks
 
 def _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks):
     """Per-tensor metadata checks (fake impl, reference and Triton; the C++ kernels TORCH_CHECK the same)."""
+    device = params[0].device if params else None
     for i, p in enumerate(params):
         check_float_input(f"params[{i}]", p, SGD_DTYPES)
         g = grads[i]
+        for name, lst in (
+            ("params", params),
+            ("grads", grads),
+            ("momentum_buffers", momentum_buffers),
+            ("master_params", master_params),
+        ):
+            if lst and lst[i].device != device:
+                raise ValueError(f"{name}[{i}] is on {lst[i].device} but params[0] is on {device}")
+        if masks and masks[i] is not None and masks[i].device != device:
+            raise ValueError(f"masks[{i}] is on {masks[i].device} but params[0] is on {device}")
         if g.is_sparse:
             raise RuntimeError(f"grads[{i}]: FusedSGD does not support sparse gradients")
         if g.shape != p.shape or g.dtype != p.dtype:
@@ -170,4 +189,5 @@ FUSED_SGD = defop(
     lambda params, grads, bufs, masters, masks, first_step, lr, wd, mom, damp, nest, mx, lr_t, gs, fi: (
         _check_fused_sgd_lists(params, grads, bufs, masters, masks, first_step, lr, lr_t)
     ),
+    route_on_first_arg=True,  # thousands of tensors: every backend checks their devices itself
 )

@@ -207,7 +207,8 @@ void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tens
     t.grad = keep.back().data_ptr();
     if (has_mom) {
       const at::Tensor& b = momentum_buffers[i];
-      TORCH_CHECK(b.sizes() == p.sizes() && b.scalar_type() == (has_master ? at::kFloat : p.scalar_type()),
+      TORCH_CHECK(b.device().is_cpu() && b.sizes() == p.sizes() &&
+                      b.scalar_type() == (has_master ? at::kFloat : p.scalar_type()),
                   "fused_sgd_: momentum_buffers[", i, "] must match params[", i,
                   "] in shape and dtype (float32 with master weights)");
       t.buf = writable(b, writeback).data_ptr();
@@ -215,16 +216,16 @@ void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tens
     }
     if (has_master) {
       const at::Tensor& m = master_params[i];
-      TORCH_CHECK(m.sizes() == p.sizes() && m.scalar_type() == at::kFloat, "fused_sgd_: master_params[", i,
-                  "] must be float32 with the shape of params[", i, "]");
+      TORCH_CHECK(m.device().is_cpu() && m.sizes() == p.sizes() && m.scalar_type() == at::kFloat,
+                  "fused_sgd_: master_params[", i, "] must be a float32 CPU tensor with the shape of params[", i, "]");
       t.master = writable(m, writeback).data_ptr<float>();
     }
     bool has_mask = false;
     if (!masks.empty()) {
       std::optional<at::Tensor> m = masks.get(i);
       if (m.has_value() && m->defined()) {
-        TORCH_CHECK(m->scalar_type() == at::kBool && m->sizes() == p.sizes(), "fused_sgd_: masks[", i,
-                    "] must be a bool tensor with the shape of params[", i, "]");
+        TORCH_CHECK(m->device().is_cpu() && m->scalar_type() == at::kBool && m->sizes() == p.sizes(),
+                    "fused_sgd_: masks[", i, "] must be a bool CPU tensor with the shape of params[", i, "]");
         keep.push_back(m->contiguous());
         t.mask = keep.back().data_ptr<bool>();
         has_mask = true;

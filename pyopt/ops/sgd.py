@@ -78,7 +78,7 @@ def fused_sgd_cpu(
 ):  # fmt: skip
     if _skip_step(found_inf):  # a CPU scalar: reading it costs no synchronisation
         return
-    torch.ops.pyopt_cpu.fused_sgd(
+    torch.ops.pyopt_cpu.fused_sgd.default(
         params, grads, momentum_buffers, master_params, masks, [int(f) for f in first_step],
         host_lr(lr, lr_tensor), weight_decay, momentum, dampening, nesterov, maximize,
         inv_grad_scale(grad_scale), requested_isa(),
@@ -115,8 +115,8 @@ class _Contiguous:
                 o.copy_(c)
 
 
-def _found_inf_f32(found_inf):
-    return None if found_inf is None else found_inf.reshape(1).float()
+def _found_inf_f32(found_inf, device):
+    return None if found_inf is None else found_inf.reshape(1).to(device=device, dtype=torch.float32)
 
 
 @register("fused_sgd_", "triton")
@@ -130,7 +130,7 @@ def fused_sgd_triton(
     from ..kernels.sgd import launch_sgd
 
     device = params[0].device
-    found = _found_inf_f32(found_inf)
+    found = _found_inf_f32(found_inf, device)
     if found is None:
         found = torch.zeros(1, device=device)
     hypers = {}
@@ -185,5 +185,5 @@ def fused_sgd_cuda(
         torch.ops.pyopt_cuda.fused_sgd(
             ps, [g.contiguous() for g in grads], bs, ms,
             [None if m is None else m.contiguous() for m in masks], [int(f) for f in first_step],
-            hyper, _found_inf_f32(found_inf), weight_decay != 0, nesterov,
+            hyper, _found_inf_f32(found_inf, params[0].device), weight_decay != 0, nesterov,
         )  # fmt: skip

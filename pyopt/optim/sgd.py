@@ -57,9 +57,11 @@ class FusedSGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
         # GradScaler then sets self.grad_scale / self.found_inf instead of unscaling the grads itself.
         self._step_supports_amp_scaling = True
+        self._state_cache: dict[int, tuple] = {}
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._state_cache = {}
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
@@ -91,6 +93,25 @@ class FusedSGD(torch.optim.Optimizer):
             self._step_group(group, grad_scale, found_inf)
         return loss
 
+    def _state_dicts(self, group, params) -> list[dict]:
+        """`self.state[p]` for every p of `params`, cached per group: hashing thousands of tensors on every
+        step costs more than the kernel for small ones. Valid while self.state and the group's params list
+        are the same objects (load_state_dict replaces self.state) and the list keeps its length."""
+        full = params is group["params"]
+        hit = self._state_cache.get(id(group))
+        if (
+            full
+            and hit is not None
+            and hit[0] is self.state
+            and hit[1] is params
+            and len(hit[2]) == len(params)
+        ):
+            return hit[2]
+        dicts = [self.state[p] for p in params]
+        if full:
+            self._state_cache[id(group)] = (self.state, params, dicts)
+        return dicts
+
     def _step_group(self, group, grad_scale, found_inf) -> None:
         params = group["params"]
         grads = [p.grad for p in params]
@@ -99,29 +120,27 @@ class FusedSGD(torch.optim.Optimizer):
             grads = [g for g in grads if g is not None]
         if not params:
             return
-        state = self.state
         momentum = group["momentum"]
         master = group["master_weights"]
         if master and any(p.dtype not in LOW_PRECISION for p in params):
             raise ValueError("master_weights=True needs every parameter of the group to be bf16 or fp16")
-
-        masters, new_state = [], {}
-        if master:
-            for p in params:
-                m = state[p].get("master_param")
-                if m is None:
-                    m = new_state.setdefault(p, {})["master_param"] = p.float()
-                masters.append(m)
-        bufs, first_step = [], []
-        if momentum != 0:
+        dicts = self._state_dicts(group, params) if (master or momentum != 0) else []
+        new_state = []  # (state dict, key, tensor): committed only if the step is not skipped
+        masters = [d.get("master_param") for d in dicts] if master else []
+        if any(m is None for m in masters):
+            for i, p in enumerate(params):
+                if masters[i] is None:
+                    masters[i] = p.float()
+                    new_state.append((dicts[i], "master_param", masters[i]))
+        bufs = [d.get("momentum_buffer") for d in dicts] if momentum != 0 else []
+        first_step = [False] * len(bufs)
+        if any(b is None for b in bufs):
             buf_dtype = torch.float32 if master else None
-            for p in params:
-                b = state[p].get("momentum_buffer")
-                first = b is None
-                if first:  # per parameter: its first step with a grad, whenever that comes
-                    b = new_state.setdefault(p, {})["momentum_buffer"] = torch.empty_like(p, dtype=buf_dtype)
-                bufs.append(b)
-                first_step.append(first)
+            for i, p in enumerate(params):
+                if bufs[i] is None:  # per parameter: its first step with a grad, whenever that comes
+                    bufs[i] = torch.empty_like(p, dtype=buf_dtype)
+                    first_step[i] = True
+                    new_state.append((dicts[i], "momentum_buffer", bufs[i]))
         if new_state and found_inf is not None and found_inf.item() != 0:
             return  # overflow: keep the state exactly as it was (no new, uninitialised buffers)
 
@@ -132,7 +151,7 @@ class FusedSGD(torch.optim.Optimizer):
         lr_tensor = None
         if isinstance(lr, torch.Tensor):
             lr_tensor, lr = (lr, 0.0) if lr.device == params[0].device else (None, lr.item())
-        torch.ops.pyopt.fused_sgd_(
+        torch.ops.pyopt.fused_sgd_.default(
             params,
             grads,
             bufs,
@@ -149,5 +168,5 @@ class FusedSGD(torch.optim.Optimizer):
             grad_scale,
             found_inf,
         )
-        for p, st in new_state.items():
-            state[p].update(st)
+        for st, key, value in new_state:
+            st[key] = value
