@@ -8,7 +8,7 @@ from __future__ import annotations
 import harness
 import torch
 
-from pyopt.nn._base import set_param_mask
+from pyopt.nn._base import get_param_mask, set_param_mask
 from pyopt.optim import FusedSGD
 
 HYPER = dict(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -44,27 +44,26 @@ def spread(total: int, count: int) -> list[int]:
     return sizes
 
 
-def run(quick: bool) -> list[harness.Row]:
-    total, count = (1_810_000, 10) if quick else (18_100_000, 100)
-    rows = []
+def dense_rows(total: int, count: int) -> list[harness.Row]:
     ours = make_params(spread(total, count))
     fused, foreach = clone(ours), clone(ours)
     opt = FusedSGD(ours, **HYPER)
     opt_fused = torch.optim.SGD(fused, fused=True, **HYPER)
     opt_foreach = torch.optim.SGD(foreach, foreach=True, **HYPER)
     shape = f"{count} tensors / {total / 1e6:.2f}M fp32, nesterov+wd"
-    rows.append(
+    return [
         harness.compare(
             "sgd", shape, opt.step, "torch SGD fused", opt_fused.step, target=1.0, nbytes=20 * total
-        )
-    )
-    rows.append(harness.compare("sgd", shape, opt.step, "torch SGD foreach", opt_foreach.step, target=3.0))
-    del fused, foreach, opt_fused, opt_foreach
+        ),
+        harness.compare("sgd", shape, opt.step, "torch SGD foreach", opt_foreach.step, target=3.0),
+    ]
 
-    # Pruned training: one masked pass vs torch fused + re-applying the mask to params and buffers.
+
+def masked_row(total: int, count: int) -> harness.Row:
+    """Pruned training: one masked pass vs torch fused + re-applying the mask to params and buffers."""
     masked = make_params(spread(total, count), masks=True)
     base = clone(masked)
-    masks = [p._pyopt_mask for p in masked]
+    masks = [get_param_mask(p) for p in masked]
     opt_masked = FusedSGD(masked, **HYPER)
     opt_base = torch.optim.SGD(base, fused=True, **HYPER)
     opt_base.step()
@@ -76,23 +75,23 @@ def run(quick: bool) -> list[harness.Row]:
             torch._foreach_mul_(base, masks)
             torch._foreach_mul_(bufs, masks)
 
-    rows.append(
-        harness.compare(
-            "sgd", f"masked step, {shape}", opt_masked.step, "torch fused + p*=mask, buf*=mask", masked_baseline,
-            target=1.5, nbytes=21 * total,
-        )
+    return harness.compare(
+        "sgd", f"masked step, {count} tensors / {total / 1e6:.2f}M fp32", opt_masked.step,
+        "torch fused + p*=mask, buf*=mask", masked_baseline, target=1.5, nbytes=21 * total,
     )  # fmt: skip
-    del masked, base, masks, bufs, opt_masked, opt_base
 
-    # Many small tensors: the per-parameter Python work of step() dominates.
-    n_small = 200 if quick else 1000
-    small = make_params([1000] * n_small)
+
+def small_tensors_row(count: int, size: int = 1000) -> harness.Row:
+    """Many small tensors: the per-parameter Python work of step() dominates."""
+    small = make_params([size] * count)
     small_fused = clone(small)
-    opt_small, opt_small_fused = FusedSGD(small, **HYPER), torch.optim.SGD(small_fused, fused=True, **HYPER)
-    rows.append(
-        harness.compare(
-            "sgd", f"{n_small} tensors x 1000 fp32", opt_small.step, "torch SGD fused", opt_small_fused.step,
-            target=1.5, nbytes=20 * 1000 * n_small,
-        )
+    opt, opt_fused = FusedSGD(small, **HYPER), torch.optim.SGD(small_fused, fused=True, **HYPER)
+    return harness.compare(
+        "sgd", f"{count} tensors x {size} fp32", opt.step, "torch SGD fused", opt_fused.step,
+        target=1.5, nbytes=20 * size * count,
     )  # fmt: skip
-    return rows
+
+
+def run(quick: bool) -> list[harness.Row]:
+    total, count = (1_810_000, 10) if quick else (18_100_000, 100)
+    return [*dense_rows(total, count), masked_row(total, count), small_tensors_row(200 if quick else 1000)]
