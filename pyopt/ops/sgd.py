@@ -79,7 +79,7 @@ def fused_sgd_cpu(
     if _skip_step(found_inf):  # a CPU scalar: reading it costs no synchronisation
         return
     torch.ops.pyopt_cpu.fused_sgd.default(
-        params, grads, momentum_buffers, master_params, masks, [int(f) for f in first_step],
+        params, grads, momentum_buffers, master_params, masks, list(map(int, first_step)),
         host_lr(lr, lr_tensor), weight_decay, momentum, dampening, nesterov, maximize,
         inv_grad_scale(grad_scale), requested_isa(),
     )  # fmt: skip
