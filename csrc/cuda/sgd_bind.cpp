@@ -26,6 +26,7 @@ SgdDtype sgd_dtype(at::ScalarType t) {
     default:
       TORCH_CHECK(false, "fused_sgd_: params must be float32, float64, bfloat16 or float16, got ", t);
   }
+  return SgdDtype::Float32;  // unreachable
 }
 
 // hyper: float64 [scale, weight_decay, momentum, 1 - dampening, -lr] on the params' device (built by

@@ -166,6 +166,8 @@ def fused_sgd_cuda(
 ):  # fmt: skip
     if not params:
         return
+    if any(g.is_sparse for g in grads):  # before .contiguous(), which sparse tensors refuse differently
+        raise RuntimeError("FusedSGD does not support sparse gradients")
     hyper = device_hyper(
         params[0].device,
         torch.float64,
