@@ -81,12 +81,12 @@ def run_worker(
     rank: int, world_size: int, init_method: str, steps: int, batch: int, out_dir: str | None
 ) -> None:
     """One rank: DDP + FusedSGD on rows [rank*batch/world, ...) of each global batch."""
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.device_count() >= world_size  # nccl needs one GPU per rank; else gloo on CPU
     dist.init_process_group(
         "nccl" if use_cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size
     )
     try:
-        device = torch.device("cuda", rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+        device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
         model = build_model().to(device)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
         per_rank = batch // world_size

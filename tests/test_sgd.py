@@ -14,10 +14,17 @@ from tests.conftest import backend_params, isa_params
 from tests.tolerances import SGD_TRAJECTORY, tol
 
 OP = torch.ops.pyopt.fused_sgd_.default
-BACKENDS = backend_params("fused_sgd_", devices=["cpu"])
+BACKENDS = backend_params("fused_sgd_")  # (device, backend): CUDA ones where a GPU exists
 EXACT_BACKENDS = ("reference", "cpu")  # same fma/rounding sequence as ATen: bit-identical
 HOST_BACKENDS = [b for b in EXACT_BACKENDS if b in pyopt.available_backends("cpu")]
 requires_cpp = pytest.mark.skipif("cpu" not in HOST_BACKENDS, reason="C++ CPU kernels not built")
+
+
+@pytest.fixture
+def on_device(device):
+    """Factory functions (randn, nn.Linear, ...) create their tensors on the test's device."""
+    with torch.device(device):
+        yield device
 
 
 def valid(momentum, dampening, nesterov):
@@ -79,7 +86,7 @@ def assert_params(ours, ref, backend, dtype, grads_depend_on_params=False):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_trajectory_grid(device, backend, dtype):
+def test_trajectory_grid(device, backend, dtype, on_device):
     grid, steps = (TRITON_GRID, 8) if backend == "triton" else (GRID, 50)
     for cfg in grid:
         ours, ref, _, _ = run_both(cfg, dtype, steps, backend)
@@ -97,7 +104,7 @@ def test_trajectory_every_isa(isa):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_late_grad_and_no_grad_params(device, backend):
+def test_late_grad_and_no_grad_params(device, backend, on_device):
     # params[1] gets its first grad at step 3 (its buffer starts then); params[2] never has one.
     cfg = dict(momentum=0.9, dampening=0.1, nesterov=False, weight_decay=1e-2, maximize=False)
     ours, ref, opt, opt_ref = run_both(
@@ -108,7 +115,7 @@ def test_late_grad_and_no_grad_params(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_param_groups_and_lr_tensor(device, backend):
+def test_param_groups_and_lr_tensor(device, backend, on_device):
     ps, ref = make_params(torch.float32), None
     ref = clone_params(ps)
     kw = dict(momentum=0.9, nesterov=True, weight_decay=1e-2)
@@ -151,7 +158,7 @@ def test_state_dict_both_ways():
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_masks_keep_param_and_buffer_zero(device, backend):
+def test_masks_keep_param_and_buffer_zero(device, backend, on_device):
     lin, lin_ref = nn.Linear(13, 7), nn.Linear(13, 7)
     lin_ref.load_state_dict(lin.state_dict())
     mask = torch.rand(7, 13) > 0.5
@@ -179,7 +186,7 @@ def test_masks_keep_param_and_buffer_zero(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_grad_scaler_overflow_on_first_step(device, backend):
+def test_grad_scaler_overflow_on_first_step(device, backend, on_device):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(11, 9), nn.ReLU(), nn.Linear(9, 3))
     model_ref = nn.Sequential(nn.Linear(11, 9), nn.ReLU(), nn.Linear(9, 3))
@@ -190,8 +197,8 @@ def test_grad_scaler_overflow_on_first_step(device, backend):
         torch.optim.SGD(model_ref.parameters(), foreach=False, **cfg),
     )
     scaler, scaler_ref = (
-        torch.amp.GradScaler("cpu", init_scale=2.0**12),
-        torch.amp.GradScaler("cpu", init_scale=2.0**12),
+        torch.amp.GradScaler(device, init_scale=2.0**12),
+        torch.amp.GradScaler(device, init_scale=2.0**12),
     )
     before = [p.detach().clone() for p in model.parameters()]
     for step in range(5):
@@ -215,7 +222,7 @@ def test_grad_scaler_overflow_on_first_step(device, backend):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_low_precision_params_computed_in_float32(device, backend, dtype):
+def test_low_precision_params_computed_in_float32(device, backend, dtype, on_device):
     ps = make_params(dtype)
     wide = [p.detach().float().requires_grad_(True) for p in ps]
     cfg = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
@@ -235,7 +242,7 @@ def test_low_precision_params_computed_in_float32(device, backend, dtype):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_master_weights_follow_float32_training(device, backend):
+def test_master_weights_follow_float32_training(device, backend, on_device):
     ps = make_params(torch.bfloat16)
     wide = [p.detach().float().requires_grad_(True) for p in ps]
     cfg = dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-2)
@@ -330,7 +337,7 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-def test_opcheck(device, backend):
+def test_opcheck(device, backend, on_device):
     def args(dtype, master):
         ps = [torch.randn(7, dtype=dtype), torch.randn(3, 5, dtype=dtype)]
         gs = [torch.randn_like(p) for p in ps]
