@@ -86,7 +86,9 @@ def run_worker(
         "nccl" if use_cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size
     )
     try:
-        device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+        device = (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank))) if use_cuda else torch.device("cpu")
+        )
         model = build_model().to(device)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
         per_rank = batch // world_size
