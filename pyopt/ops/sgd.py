@@ -133,29 +133,25 @@ def fused_sgd_triton(
     found = _found_inf_f32(found_inf, device)
     if found is None:
         found = torch.zeros(1, device=device)
-    hypers = {}
-    n = len(params)
-    bufs_in = momentum_buffers or [None] * n
-    masters_in = master_params or [None] * n
+    # One launch per (param dtype, masked?) group: the storage types and the mask are compile-time.
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.dtype, bool(masks) and masks[i] is not None), []).append(i)
     with (
         _Contiguous(params) as ps,
-        _Contiguous([b for b in bufs_in if b is not None]) as bs,
-        _Contiguous([m for m in masters_in if m is not None]) as ms,
-    ):
-        bs = iter(bs)
-        ms = iter(ms)
-        for i, p in enumerate(ps):
-            cdt = torch.float64 if p.dtype == torch.float64 else torch.float32
-            if cdt not in hypers:
-                hypers[cdt] = device_hyper(
-                    device, cdt, lr, weight_decay, momentum, dampening, maximize, lr_tensor, grad_scale
-                )
-            mask = masks[i] if masks else None
+        _Contiguous(momentum_buffers) as bs,
+        _Contiguous(master_params) as ms,
+    ):  # fmt: skip
+        for (dtype, masked), idx in groups.items():
+            cdt = torch.float64 if dtype == torch.float64 else torch.float32
+            hyper = device_hyper(
+                device, cdt, lr, weight_decay, momentum, dampening, maximize, lr_tensor, grad_scale
+            )
             launch_sgd(
-                p, grads[i].contiguous(), next(bs) if bufs_in[i] is not None else None,
-                next(ms) if masters_in[i] is not None else None,
-                None if mask is None else mask.contiguous(), hypers[cdt], found,
-                first_step[i] if momentum_buffers else False, nesterov, weight_decay != 0,
+                [ps[i] for i in idx], [grads[i].contiguous() for i in idx],
+                [bs[i] for i in idx] if bs else None, [ms[i] for i in idx] if ms else None,
+                [masks[i].contiguous() for i in idx] if masked else None,
+                [first_step[i] for i in idx] if bs else [], hyper, found, nesterov, weight_decay != 0,
             )  # fmt: skip
 
 
