@@ -91,19 +91,25 @@ __attribute__((always_inline)) inline C keep_if(C v, uint8_t m) {
 // The loop of one chunk; shared by every target so that all ISAs compute identical bits. The pointers are
 // restrict-qualified function parameters (GCC honours restrict there, also once inlined, but not on locals
 // loaded from a struct), which lets it vectorise without runtime alias checks.
-template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster, typename C>
+template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster, bool kFirst, bool kWd, bool kNesterov,
+          typename C>
 __attribute__((always_inline)) inline void sgd_loop(T* __restrict p, const T* __restrict g, B* __restrict buf,
                                                     float* __restrict master, const uint8_t* __restrict mask,
-                                                    int64_t n, const Hyper::Of<C> h, const bool has_wd,
-                                                    const bool nesterov, const bool first) {
+                                                    int64_t n, const Hyper::Of<C> h) {
   for (int64_t i = 0; i < n; ++i) {
     C w = kMaster ? static_cast<C>(master[i]) : static_cast<C>(p[i]);
     C gi = static_cast<C>(g[i]) * h.scale;
-    gi = has_wd ? std::fma(w, h.wd, gi) : gi;
+    if constexpr (kWd) gi = std::fma(w, h.wd, gi);
     if constexpr (kMomentum) {
-      C b_old = first ? C(0) : static_cast<C>(buf[i]);
-      C b = first ? gi : std::fma(gi, h.one_minus_damp, b_old * h.mom);
-      gi = nesterov ? std::fma(b, h.mom, gi) : b;
+      C b;
+      if constexpr (kFirst)
+        b = gi;
+      else
+        b = std::fma(gi, h.one_minus_damp, static_cast<C>(buf[i]) * h.mom);
+      if constexpr (kNesterov)
+        gi = std::fma(b, h.mom, gi);
+      else
+        gi = b;
       if constexpr (kMask) b = keep_if(b, mask[i]);
       buf[i] = static_cast<B>(b);
     }
@@ -114,15 +120,39 @@ __attribute__((always_inline)) inline void sgd_loop(T* __restrict p, const T* __
   }
 }
 
+// The run-time flags (first step, weight decay, Nesterov) become template arguments here, outside the loop:
+// selects or masked loads inside it cost ~25% of a memory-bound step.
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
 __attribute__((always_inline)) inline void sgd_functor_body(const TensorTask& t, int64_t begin, int64_t end,
                                                             const Hyper& hyper) {
   using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  sgd_loop<T, B, kMomentum, kMask, kMaster, C>(
-      static_cast<T*>(t.param) + begin, static_cast<const T*>(t.grad) + begin,
-      kMomentum ? static_cast<B*>(t.buf) + begin : nullptr, kMaster ? t.master + begin : nullptr,
-      kMask ? reinterpret_cast<const uint8_t*>(t.mask) + begin : nullptr,  // torch bools are 0/1 bytes
-      end - begin, hyper.of<C>(), hyper.has_wd, hyper.nesterov, t.first);
+  T* p = static_cast<T*>(t.param) + begin;
+  const T* g = static_cast<const T*>(t.grad) + begin;
+  B* buf = kMomentum ? static_cast<B*>(t.buf) + begin : nullptr;
+  float* master = kMaster ? t.master + begin : nullptr;
+  const uint8_t* mask = kMask ? reinterpret_cast<const uint8_t*>(t.mask) + begin : nullptr;  // 0/1 bytes
+  const int64_t n = end - begin;
+  const Hyper::Of<C> h = hyper.of<C>();
+  // Plain calls, no lambdas: a lambda would not inherit the caller's target attribute (AVX2/AVX-512).
+#define PYOPT_SGD_LOOP(kFirst, kWd, kNesterov) \
+  sgd_loop<T, B, kMomentum, kMask, kMaster, kFirst, kWd, kNesterov, C>(p, g, buf, master, mask, n, h)
+  const bool wd = hyper.has_wd, nesterov = hyper.nesterov;
+  if constexpr (kMomentum) {
+    if (t.first) {
+      if (nesterov)
+        wd ? PYOPT_SGD_LOOP(true, true, true) : PYOPT_SGD_LOOP(true, false, true);
+      else
+        wd ? PYOPT_SGD_LOOP(true, true, false) : PYOPT_SGD_LOOP(true, false, false);
+    } else {
+      if (nesterov)
+        wd ? PYOPT_SGD_LOOP(false, true, true) : PYOPT_SGD_LOOP(false, false, true);
+      else
+        wd ? PYOPT_SGD_LOOP(false, true, false) : PYOPT_SGD_LOOP(false, false, false);
+    }
+  } else {
+    wd ? PYOPT_SGD_LOOP(false, true, false) : PYOPT_SGD_LOOP(false, false, false);
+  }
+#undef PYOPT_SGD_LOOP
 }
 
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
