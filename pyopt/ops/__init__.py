@@ -1,4 +1,3 @@
 """Implementations of the pyopt:: ops, one module per family; importing one registers its backends."""
 
-from . import quant  # noqa: F401
-from .binary_linear import binary_linear_ref  # noqa: F401  (importing registers the binary_linear backends)
+from . import binary_linear, quant, sgd  # noqa: F401

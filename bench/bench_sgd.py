@@ -1,0 +1,97 @@
+"""FusedSGD vs torch.optim.SGD (fused / foreach), masked pruned-training steps, many small tensors.
+
+Bytes model (fp32, momentum): each step reads p, g, buf and writes p, buf = 20 B/param; a mask adds 1 B.
+"""
+
+from __future__ import annotations
+
+import harness
+import torch
+
+from pyopt.nn._base import get_param_mask, set_param_mask
+from pyopt.optim import FusedSGD
+
+HYPER = dict(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def make_params(sizes, masks=False):
+    """Leaf params with persistent grads (the optimizer step alone is timed)."""
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for n in sizes:
+        p = torch.randn(n, generator=gen).requires_grad_(True)
+        p.grad = torch.randn(n, generator=gen)
+        if masks:
+            set_param_mask(p, torch.rand(n, generator=gen) > 0.5)
+        params.append(p)
+    return params
+
+
+def clone(params):
+    out = []
+    for p in params:
+        q = p.detach().clone().requires_grad_(True)
+        q.grad = p.grad
+        out.append(q)
+    return out
+
+
+def spread(total: int, count: int) -> list[int]:
+    """`count` tensor sizes from 0.5x to 1.5x the mean, summing to `total` (a model's mix of shapes)."""
+    mean = total / count
+    sizes = [int(mean * (0.5 + i / max(count - 1, 1))) for i in range(count)]
+    sizes[-1] += total - sum(sizes)
+    return sizes
+
+
+def dense_rows(total: int, count: int) -> list[harness.Row]:
+    ours = make_params(spread(total, count))
+    fused, foreach = clone(ours), clone(ours)
+    opt = FusedSGD(ours, **HYPER)
+    opt_fused = torch.optim.SGD(fused, fused=True, **HYPER)
+    opt_foreach = torch.optim.SGD(foreach, foreach=True, **HYPER)
+    shape = f"{count} tensors / {total / 1e6:.2f}M fp32, nesterov+wd"
+    return [
+        harness.compare(
+            "sgd", shape, opt.step, "torch SGD fused", opt_fused.step, target=1.0, nbytes=20 * total
+        ),
+        harness.compare("sgd", shape, opt.step, "torch SGD foreach", opt_foreach.step, target=3.0),
+    ]
+
+
+def masked_row(total: int, count: int) -> harness.Row:
+    """Pruned training: one masked pass vs torch fused + re-applying the mask to params and buffers."""
+    masked = make_params(spread(total, count), masks=True)
+    base = clone(masked)
+    masks = [get_param_mask(p) for p in masked]
+    opt_masked = FusedSGD(masked, **HYPER)
+    opt_base = torch.optim.SGD(base, fused=True, **HYPER)
+    opt_base.step()
+    bufs = [opt_base.state[p]["momentum_buffer"] for p in base]
+
+    def masked_baseline():
+        opt_base.step()
+        with torch.no_grad():
+            torch._foreach_mul_(base, masks)
+            torch._foreach_mul_(bufs, masks)
+
+    return harness.compare(
+        "sgd", f"masked step, {count} tensors / {total / 1e6:.2f}M fp32", opt_masked.step,
+        "torch fused + p*=mask, buf*=mask", masked_baseline, target=1.5, nbytes=21 * total,
+    )  # fmt: skip
+
+
+def small_tensors_row(count: int, size: int = 1000) -> harness.Row:
+    """Many small tensors: the per-parameter Python work of step() dominates."""
+    small = make_params([size] * count)
+    small_fused = clone(small)
+    opt, opt_fused = FusedSGD(small, **HYPER), torch.optim.SGD(small_fused, fused=True, **HYPER)
+    return harness.compare(
+        "sgd", f"{count} tensors x {size} fp32", opt.step, "torch SGD fused", opt_fused.step,
+        target=1.5, nbytes=20 * size * count,
+    )  # fmt: skip
+
+
+def run(quick: bool) -> list[harness.Row]:
+    total, count = (1_810_000, 10) if quick else (18_100_000, 100)
+    return [*dense_rows(total, count), masked_row(total, count), small_tensors_row(200 if quick else 1000)]
