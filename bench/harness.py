@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import statistics
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -153,7 +154,7 @@ def plot_family(rows: list[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.38 * len(rows)), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(12, 1.4 + 0.45 * len(rows)), constrained_layout=True)
     ys = list(range(len(rows)))[::-1]
     colors = [{True: "C2", False: "C3", None: "C0"}[r.met] for r in rows]
     ax.barh(ys, [r.speedup for r in rows], color=colors)
@@ -162,8 +163,10 @@ def plot_family(rows: list[Row], path: str) -> None:
         if r.target is not None:
             ax.plot([r.target, r.target], [y - 0.4, y + 0.4], color="black", lw=2)
     ax.axvline(1.0, color="gray", ls="--", lw=1)
-    ax.set_yticks(ys, [f"{r.case} (vs {r.baseline})" for r in rows], fontsize=8)
-    ax.set_xlabel("speedup = baseline time / pyopt time (black tick: target; green met, red missed)")
+    labels = [textwrap.fill(f"{r.case} (vs {r.baseline})", 60) for r in rows]
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlim(0, 1.15 * max([r.speedup for r in rows] + [r.target or 0 for r in rows] + [1.0]))
+    ax.set_xlabel("speedup = baseline time / pyopt time   (black tick: target; green: met, red: missed)")
     ax.set_title(f"pyopt bench: {rows[0].family} on {machine_name()}")
     fig.savefig(path, dpi=100)
     plt.close(fig)

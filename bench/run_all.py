@@ -45,5 +45,6 @@ def main(ops: list[str] | None = None, quick: bool = False, out: str | None = No
         return 1
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     harness.write_results(rows, stem, {"quick": quick, "families": families})
-    print(f"[bench] wrote {stem}.json, {stem}.md and {stem}-<family>.png", file=sys.stderr)
+    pngs = ", ".join(f"{stem}-{fam}.png" for fam in dict.fromkeys(r.family for r in rows))
+    print(f"[bench] wrote {stem}.json, {stem}.md, {pngs}", file=sys.stderr)
     return 0

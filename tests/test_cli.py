@@ -231,31 +231,19 @@ def test_compress_calib_is_accepted_and_explained(user, capsys):
     assert "--calib is not needed" in printed
 
 
-TINY_BENCH = textwrap.dedent(
-    """
-    import harness
-    import torch
-
-    def run(quick):
-        x = torch.randn(64, 64)
-        return [
-            harness.compare("tiny", f"add n={n}", lambda: x + x, "torch.mul", lambda: x * 2.0,
-                            target=0.01, repeat=3, min_time=0.0)
-            for n in (1, 2)
-        ]
-    """
-)
-
-
-def test_bench_quick_writes_results_and_plots(tmp_path, monkeypatch, capsys):
-    """`pyopt bench --quick` end to end with a tiny family (the real families' quick runs take a minute)."""
-    (tmp_path / "bench_tiny.py").write_text(TINY_BENCH)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_bench_quick_writes_results_and_plots(tmp_path, capsys):
+    """`pyopt bench --quick` end to end on one real family (sgd: a few seconds; all families take minutes)."""
     stem = tmp_path / "results" / "here"
-    assert cli.main(["bench", "--quick", "--op", "tiny", "--out", str(stem)]) == 0
+    assert cli.main(["bench", "--quick", "--op", "sgd", "--out", str(stem)]) == 0
     printed = capsys.readouterr()
-    assert "| tiny | add n=1 |" in printed.out and "(1/1) tiny" in printed.err
+    assert "(1/1) sgd" in printed.err and "| sgd |" in printed.out
     data = json.loads(stem.with_suffix(".json").read_text())
-    assert data["quick"] is True and [r["case"] for r in data["rows"]] == ["add n=1", "add n=2"]
-    assert "![tiny](here-tiny.png)" in stem.with_suffix(".md").read_text()
-    assert (tmp_path / "results" / "here-tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert data["quick"] is True and data["rows"] and {r["family"] for r in data["rows"]} == {"sgd"}
+    assert all(r["speedup"] > 0 and r["baseline"] for r in data["rows"])
+    assert "![sgd](here-sgd.png)" in stem.with_suffix(".md").read_text()
+    assert (tmp_path / "results" / "here-sgd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_unknown_family(tmp_path, capsys):
+    assert cli.main(["bench", "--quick", "--op", "no_such_family", "--out", str(tmp_path / "x")]) == 1
+    assert "no bench/bench_no_such_family.py" in capsys.readouterr().err
