@@ -9,3 +9,16 @@ from ._backend import available_backends, implementations, use_backend, use_isa 
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "implementations", "use_backend", "use_isa", "__version__"]
+
+# sparse family (issue 4): model-level compression and the dispatcher's decisions in `pyopt info`
+from .nn.sparse_linear import sparsify  # noqa: E402
+
+__all__ += ["sparsify"]
+
+
+def _info_extra() -> None:
+    from .ops.sparse_dispatch import DEFAULT_CACHE
+
+    print(f"sparse dispatcher: {len(DEFAULT_CACHE)} calibrated decision(s) in this process")
+    for key, d in DEFAULT_CACHE.items():
+        print(f"  {key[0]} {key[1]} {key[2]} sparsity~{key[3]:.2f}: {d.format} ({d.reason})")

@@ -1,0 +1,1 @@
+from .sparse_linear import SparseLinear  # noqa: E402,F401
