@@ -27,8 +27,8 @@ namespace pyopt_sparse {
 struct Kernels {
   int vl;      // floats per vector
   int bsr_nv;  // vectors per BSR m-tile
-  void (*axpy_row_i32)(const int32_t*, const float*, int64_t, const float*, int64_t, float*, bool, float);
-  void (*axpy_row_i16)(const int16_t*, const float*, int64_t, const float*, int64_t, float*, bool, float);
+  void (*axpy_tile_i32)(const int32_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
+  void (*axpy_tile_i16)(const int16_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
   void (*scatter_row)(const int32_t*, const float*, int64_t, const float*, int64_t, float*);
   void (*dot_row)(const int32_t*, int64_t, const float*, const float*, int64_t, float*);
   float (*gemv_row_i32)(const int32_t*, const float*, int64_t, const float*, float);
@@ -44,25 +44,29 @@ struct Kernels {
 #define SPARSE_TARGET PYOPT_TARGET_AVX512
 #define SPARSE_VL 16
 #define SPARSE_FMA _mm512_fmadd_ps
-#define SPARSE_BSR_NV 4
+#define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 8
 #include "cpu/sparse_kernels.h"
 #undef SPARSE_NS
 #undef SPARSE_TARGET
 #undef SPARSE_VL
 #undef SPARSE_FMA
 #undef SPARSE_BSR_NV
+#undef SPARSE_BSR_R
 
 #define SPARSE_NS avx2
 #define SPARSE_TARGET PYOPT_TARGET_AVX2
 #define SPARSE_VL 8
 #define SPARSE_FMA _mm256_fmadd_ps
 #define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 4
 #include "cpu/sparse_kernels.h"
 #undef SPARSE_NS
 #undef SPARSE_TARGET
 #undef SPARSE_VL
 #undef SPARSE_FMA
 #undef SPARSE_BSR_NV
+#undef SPARSE_BSR_R
 #endif
 
 #define SPARSE_NS baseline
@@ -70,6 +74,7 @@ struct Kernels {
 #define SPARSE_VL 4
 #define SPARSE_FMA(a, b, c) ((a) * (b) + (c))
 #define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 4
 #include "cpu/sparse_kernels.h"
 
 namespace {
@@ -147,6 +152,84 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
   return bias->data_ptr<float>();
 }
 
+// Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
+// 8 vectors and each K-block whose xt slice (kb x tile) fits in L1, every row adds its nonzeros of that
+// K-block into its yt tile (which stays in L2 for the chunk). `Source` yields a row's (idx, val) list in a
+// K-block; each thread works on its own copy (buffers, cursors).
+constexpr int64_t kXtL1Bytes = 24 * 1024;
+
+template <typename I, typename Source>
+void forward_tiled(const Kernels& kr,
+                   void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool, float),
+                   const Source& proto, const float* xt, int64_t Mp, int64_t N, int64_t K, const float* b, float* yt) {
+  const int64_t threads = omp_get_max_threads();
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(512, (N + 2 * threads - 1) / (2 * threads)));
+  const int64_t nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel
+  {
+    Source src = proto;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t n0 = c * chunk, n1 = std::min(N, n0 + chunk);
+      for (int64_t m0 = 0; m0 < Mp;) {
+        const int64_t left = (Mp - m0) / kr.vl;
+        const int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const int64_t kb = std::max<int64_t>(16, kXtL1Bytes / (nv * kr.vl * 4));
+        src.reset(n0, n1);
+        for (int64_t k0 = 0; k0 < K; k0 += kb) {
+          const int64_t k1 = std::min(K, k0 + kb);
+          for (int64_t n = n0; n < n1; ++n) {
+            const I* idx;
+            const float* val;
+            const int64_t L = src.segment(n, k0, k1, K, idx, val);
+            if (L > 0 || k0 == 0) axpy(idx, val, L, xt + m0, Mp, yt + n * Mp + m0, nv, k0 == 0, b ? b[n] : 0.f);
+          }
+        }
+        m0 += nv * kr.vl;
+      }
+    }
+  }
+}
+
+// Row segments straight from a bool mask: set columns (movemask scan) and the weights there.
+struct MaskSource {
+  const uint8_t* mask;
+  const float* w;
+  std::vector<int32_t> idx;
+  std::vector<float> val;
+  void reset(int64_t, int64_t) {}
+  int64_t segment(int64_t n, int64_t k0, int64_t k1, int64_t K, const int32_t*& pi, const float*& pv) {
+    const int64_t L = mask_list(mask + n * K, k0, k1, idx.data());
+    for (int64_t j = 0; j < L; ++j) val[j] = w[n * K + idx[j]];
+    pi = idx.data();
+    pv = val.data();
+    return L;
+  }
+};
+
+// Row segments of a CSR matrix. pos[n]: first entry of row n not yet used in this m-tile; entries are taken
+// while their column is below the K-block's end (the last block takes the rest), so each is used exactly
+// once even if a row's columns are unsorted (only slower).
+template <typename I>
+struct CsrSource {
+  const int64_t* crow;
+  const I* col;
+  const float* vals;
+  std::vector<int64_t> pos;
+  void reset(int64_t n0, int64_t n1) { std::copy(crow + n0, crow + n1, pos.begin() + n0); }
+  int64_t segment(int64_t n, int64_t, int64_t k1, int64_t K, const I*& pi, const float*& pv) {
+    int64_t end = pos[n];
+    if (k1 == K) end = crow[n + 1];
+    else
+      while (end < crow[n + 1] && col[end] < k1) ++end;
+    pi = col + pos[n];
+    pv = vals + pos[n];
+    const int64_t L = end - pos[n];
+    pos[n] = end;
+    return L;
+  }
+};
+
 // y = x (W*mask)^T + b, reading only the weights the mask keeps.
 at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                          const std::optional<at::Tensor>& bias, int64_t isa) {
@@ -161,25 +244,11 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
     return bias.has_value() ? y.add_(*bias) : y;
   }
   const Kernels& kr = kernels_for(isa);
-  const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
+  const int64_t Mp = round_up(M, kr.vl);
   at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
-  const float *pxt = xt.data_ptr<float>(), *pw = weight.data_ptr<float>();
-  const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
-  float* pyt = yt.data_ptr<float>();
-#pragma omp parallel
-  {
-    std::vector<int32_t> idx(kb);
-    std::vector<float> val(kb);
-    for (int64_t k0 = 0; k0 < K; k0 += kb) {
-      const int64_t k1 = std::min(K, k0 + kb);
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t L = mask_list(pm + n * K, k0, k1, idx.data());
-        for (int64_t j = 0; j < L; ++j) val[j] = pw[n * K + idx[j]];
-        kr.axpy_row_i32(idx.data(), val.data(), L, pxt, Mp, pyt + n * Mp, k0 == 0, b ? b[n] : 0.f);
-      }
-    }
-  }
+  const MaskSource src{reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()), weight.data_ptr<float>(),
+                       std::vector<int32_t>(K), std::vector<float>(K)};
+  forward_tiled<int32_t>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
   return untranspose(yt, M);
 }
 
@@ -265,47 +334,41 @@ void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* w
 
 template <typename I>
 at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* col, const float* val, int64_t N,
-                           const float* b, const Kernels& kr, float (*gemv)(const I*, const float*, int64_t,
-                                                                            const float*, float),
-                           void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, bool, float)) {
+                           const float* b, const Kernels& kr,
+                           float (*gemv)(const I*, const float*, int64_t, const float*, float),
+                           void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool,
+                                        float)) {
   const int64_t M = x.size(0), K = x.size(1);
-  // Every column index is range-checked once, in parallel, before any kernel reads x with it.
+  // Column indices are range-checked before any kernel reads x with them (a row at a time, in L1 after).
+  auto row_ok = [&](int64_t n) {
+    bool bad = false;
+    for (int64_t j = crow[n]; j < crow[n + 1]; ++j) bad |= static_cast<uint64_t>(static_cast<int64_t>(col[j])) >= uint64_t(K);
+    return !bad;
+  };
   bool bad = false;
-  const int64_t nnz = crow[N];
-#pragma omp parallel for reduction(|| : bad) schedule(static)
-  for (int64_t j = 0; j < nnz; ++j) bad = bad || static_cast<uint64_t>(static_cast<int64_t>(col[j])) >= uint64_t(K);
-  TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
   if (M <= 4) {  // decode: GEMV per row of x, gathers of x[col] straight from row-major x
     at::Tensor y = at::empty({M, N}, x.options());
     const float* px = x.data_ptr<float>();
     float* py = y.data_ptr<float>();
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n)
+#pragma omp parallel for schedule(static) reduction(|| : bad)
+    for (int64_t n = 0; n < N; ++n) {
+      if (!row_ok(n)) {
+        bad = true;
+        continue;
+      }
       for (int64_t m = 0; m < M; ++m)
         py[m * N + n] = gemv(col + crow[n], val + crow[n], crow[n + 1] - crow[n], px + m * K, b ? b[n] : 0.f);
+    }
+    TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
     return y;
   }
-  const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
+#pragma omp parallel for schedule(static) reduction(|| : bad)
+  for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
+  TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
+  const int64_t Mp = round_up(M, kr.vl);
   at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
-  const float* pxt = xt.data_ptr<float>();
-  float* pyt = yt.data_ptr<float>();
-  // pos[n]: first entry of row n not yet processed. Entries are taken while their column is below the
-  // K-block's end, so each is used exactly once even if a row's columns are unsorted (only slower).
-  std::vector<int64_t> pos(crow, crow + N);
-#pragma omp parallel
-  for (int64_t k0 = 0; k0 < K; k0 += kb) {
-    const int64_t k1 = std::min(K, k0 + kb);
-    const bool last = k1 == K;
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      int64_t end = pos[n];
-      if (last) end = crow[n + 1];
-      else
-        while (end < crow[n + 1] && col[end] < k1) ++end;
-      axpy(col + pos[n], val + pos[n], end - pos[n], pxt, Mp, pyt + n * Mp, k0 == 0, b ? b[n] : 0.f);
-      pos[n] = end;
-    }
-  }
+  const CsrSource<I> src{crow, col, val, std::vector<int64_t>(N)};
+  forward_tiled<I>(kr, axpy, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
   return untranspose(yt, M);
 }
 
@@ -331,8 +394,8 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const int64_t* pc = crow.data_ptr<int64_t>();
   const float* pv = values.data_ptr<float>();
   if (col.scalar_type() == at::kShort)
-    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_row_i16);
-  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_row_i32);
+    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_tile_i16);
+  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_tile_i32);
 }
 
 // y = x W^T + b with W in BSR: crow (N/bh + 1, int64), col (nnzb, int32 block columns), values (nnzb, bh, bw).

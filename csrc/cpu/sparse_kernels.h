@@ -3,7 +3,7 @@
 //   SPARSE_TARGET  the target attribute from cpu_isa.h (empty for the baseline)
 //   SPARSE_VL      floats per vector (16 / 8 / 4)
 //   SPARSE_FMA     fused multiply-add a*b+c on `vf` (an intrinsic where the ISA has one)
-//   SPARSE_BSR_NV  vectors per BSR m-tile
+//   SPARSE_BSR_NV  vectors per BSR m-tile, SPARSE_BSR_R rows per BSR register tile
 // Every kernel works on transposed activations: xt is K x Mp (row k = x[:, k], M padded to Mp with zeros),
 // so one nonzero w[n, k] is an AXPY of xt row k into the accumulators of output row n, a run of whole
 // vectors with no gathers. The OpenMP loops live in sparse.cpp; these functions handle one output row.
@@ -14,7 +14,7 @@ namespace SPARSE_NS {
 
 constexpr int VL = SPARSE_VL;
 constexpr int BSR_NV = SPARSE_BSR_NV;
-constexpr int BSR_R = 4;  // output rows per BSR register tile: BSR_R * BSR_NV accumulators
+constexpr int BSR_R = SPARSE_BSR_R;  // output rows per BSR register tile: BSR_R * BSR_NV accumulators
 typedef float vf __attribute__((vector_size(SPARSE_VL * sizeof(float))));
 
 SPARSE_TARGET static inline vf vload(const float* p) {
@@ -45,24 +45,24 @@ SPARSE_TARGET static inline void axpy_tile(const I* idx, const float* val, int64
   for (int v = 0; v < NV; ++v) vstore(yrow + v * VL, acc[v]);
 }
 
-// One output row of yt (length Mp, a multiple of VL) from a list of (column, value) nonzeros.
+// One m-tile (nv vectors, nv in {1, 2, 4, 8}) of an output row of yt from a list of (column, value) nonzeros.
 template <typename I>
-SPARSE_TARGET static void axpy_row(const I* idx, const float* val, int64_t L, const float* xt, int64_t Mp, float* yrow,
-                                   bool init, float b) {
-  int64_t m = 0;
-  for (; m + 8 * VL <= Mp; m += 8 * VL) axpy_tile<8>(idx, val, L, xt + m, Mp, yrow + m, init, b);
-  if (Mp - m >= 4 * VL) axpy_tile<4>(idx, val, L, xt + m, Mp, yrow + m, init, b), m += 4 * VL;
-  if (Mp - m >= 2 * VL) axpy_tile<2>(idx, val, L, xt + m, Mp, yrow + m, init, b), m += 2 * VL;
-  if (Mp - m >= VL) axpy_tile<1>(idx, val, L, xt + m, Mp, yrow + m, init, b);
+SPARSE_TARGET static void axpy_tile_nv(const I* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
+                                       float* yrow, int nv, bool init, float b) {
+  switch (nv) {
+    case 8: axpy_tile<8>(idx, val, L, xt, Mp, yrow, init, b); break;
+    case 4: axpy_tile<4>(idx, val, L, xt, Mp, yrow, init, b); break;
+    case 2: axpy_tile<2>(idx, val, L, xt, Mp, yrow, init, b); break;
+    default: axpy_tile<1>(idx, val, L, xt, Mp, yrow, init, b); break;
+  }
 }
-
-SPARSE_TARGET static void axpy_row_i32(const int32_t* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
-                                       float* yrow, bool init, float b) {
-  axpy_row(idx, val, L, xt, Mp, yrow, init, b);
+SPARSE_TARGET static void axpy_tile_i32(const int32_t* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
+                                        float* yrow, int nv, bool init, float b) {
+  axpy_tile_nv(idx, val, L, xt, Mp, yrow, nv, init, b);
 }
-SPARSE_TARGET static void axpy_row_i16(const int16_t* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
-                                       float* yrow, bool init, float b) {
-  axpy_row(idx, val, L, xt, Mp, yrow, init, b);
+SPARSE_TARGET static void axpy_tile_i16(const int16_t* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
+                                        float* yrow, int nv, bool init, float b) {
+  axpy_tile_nv(idx, val, L, xt, Mp, yrow, nv, init, b);
 }
 
 // grad_x^T rows: gxt[idx[j], :] += val[j] * gyrow[:]  (the row of grad_y^T stays in registers)
@@ -103,11 +103,29 @@ SPARSE_TARGET static void dot_row(const int32_t* idx, int64_t L, const float* gy
   }
 }
 
-// CSR GEMV (M small): y[n] = b + sum_j val[j] * x[col[j]]; four partial sums for ILP.
+// CSR GEMV (M small): y[n] = b + sum_j val[j] * x[col[j]]. AVX-512 / AVX2 gather 16 / 8 x values per
+// instruction (x, one row of K floats, stays in L1/L2); the scalar tail keeps four partial sums for ILP.
 template <typename I>
 SPARSE_TARGET static inline float gemv_row(const I* col, const float* val, int64_t L, const float* x, float b) {
-  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
   int64_t j = 0;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#if SPARSE_VL == 16
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= L; j += 16) {
+    __m512i ix = sizeof(I) == 2 ? _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j)))
+                                : _mm512_loadu_si512(col + j);
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(val + j), _mm512_i32gather_ps(ix, x, 4), acc);
+  }
+  s0 = _mm512_reduce_add_ps(acc);
+#elif SPARSE_VL == 8
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= L; j += 8) {
+    __m256i ix = sizeof(I) == 2 ? _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col + j)))
+                                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j));
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(val + j), _mm256_i32gather_ps(x, ix, 4), acc);
+  }
+  s0 = vsum(acc);
+#endif
   for (; j + 4 <= L; j += 4) {
     s0 += val[j] * x[col[j]];
     s1 += val[j + 1] * x[col[j + 1]];
@@ -154,6 +172,10 @@ SPARSE_TARGET static void bsr_block_row(const float* blocks, const int32_t* bcol
   int64_t r0 = 0;
   for (; r0 + BSR_R <= bh; r0 += BSR_R) bsr_tile<BSR_R>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt);
   switch (bh - r0) {
+    case 7: bsr_tile<7>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
+    case 6: bsr_tile<6>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
+    case 5: bsr_tile<5>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
+    case 4: bsr_tile<4>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
     case 3: bsr_tile<3>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
     case 2: bsr_tile<2>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
     case 1: bsr_tile<1>(blocks, bcol, nb, bh, bw, r0, xt, Mp, bias, yt); break;
@@ -161,8 +183,8 @@ SPARSE_TARGET static void bsr_block_row(const float* blocks, const int32_t* bcol
   }
 }
 
-static const Kernels kernels = {VL,          BSR_NV,       axpy_row_i32, axpy_row_i16, scatter_row,
-                                dot_row,     gemv_row_i32, gemv_row_i16, bsr_block_row};
+static const Kernels kernels = {VL,      BSR_NV,       axpy_tile_i32, axpy_tile_i16, scatter_row,
+                                dot_row, gemv_row_i32, gemv_row_i16,  bsr_block_row};
 
 }  // namespace SPARSE_NS
 }  // namespace pyopt_sparse

@@ -22,7 +22,9 @@ from . import sparse as sparse_ops
 
 FORMATS = ("dense", "csr", "bsr", "2:4")
 CALIBRATION_M = (1, 64, 256)
-BLOCK_CANDIDATES = ((64, 64), (32, 32), (16, 16), (8, 8), (4, 4))
+BLOCK_SIZES = (64, 32, 16, 8, 4)
+# (bh, bw) pairs, largest area first; all multiples of 4, so a mask that is not (4, 4)-structured has none
+BLOCK_CANDIDATES = sorted(((h, w) for h in BLOCK_SIZES for w in BLOCK_SIZES), key=lambda b: -b[0] * b[1])
 
 
 @dataclasses.dataclass
@@ -63,8 +65,8 @@ DEFAULT_CACHE = DispatchCache()
 
 
 def detect_block(mask: torch.Tensor) -> tuple[int, int] | None:
-    """The largest square block shape the mask is made of (all-kept or all-pruned blocks), if any."""
-    if mask.all() or not mask.any():
+    """The largest block shape the mask is made of (all-kept or all-pruned blocks), if any."""
+    if mask.all() or not mask.any() or not sparse_ops.is_block_structured(mask, (4, 4)):
         return None
     for block in BLOCK_CANDIDATES:
         if sparse_ops.is_block_structured(mask, block):
@@ -189,7 +191,7 @@ def choose(
     times: dict[str, dict[int, float]] = {f: {} for f in candidates}
     for m in ms:
         x = torch.randn(m, k, dtype=weight.dtype, device=weight.device)
-        fns = {f: (lambda f=f, t=t: linear(f, t, x, bias, n)) for f, t in candidates.items()}
+        fns = {f: (lambda f=f, t=t, x=x: linear(f, t, x, bias, n)) for f, t in candidates.items()}
         for f, v in _median_ms(fns, weight.device, rounds).items():
             times[f][m] = v
     # worst-case speedup over the calibrated batch sizes; sparse must beat dense at every one of them
