@@ -153,10 +153,11 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
 }
 
 // Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
-// 8 vectors and each K-block whose xt slice (kb x tile) fits in L1, every row adds its nonzeros of that
-// K-block into its yt tile (which stays in L2 for the chunk). `Source` yields a row's (idx, val) list in a
+// 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
+// adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
+// per row segment to pay for the accumulator load/store; L2 feeds one vector per FMA on Zen 4 / SKX.) `Source` yields a row's (idx, val) list in a
 // K-block; each thread works on its own copy (buffers, cursors).
-constexpr int64_t kXtL1Bytes = 24 * 1024;
+constexpr int64_t kXtTileBytes = 384 * 1024;
 
 template <typename I, typename Source>
 void forward_tiled(const Kernels& kr,
@@ -174,7 +175,7 @@ void forward_tiled(const Kernels& kr,
       for (int64_t m0 = 0; m0 < Mp;) {
         const int64_t left = (Mp - m0) / kr.vl;
         const int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        const int64_t kb = std::max<int64_t>(16, kXtL1Bytes / (nv * kr.vl * 4));
+        const int64_t kb = std::max<int64_t>(16, kXtTileBytes / (nv * kr.vl * 4));
         src.reset(n0, n1);
         for (int64_t k0 = 0; k0 < K; k0 += kb) {
           const int64_t k1 = std::min(K, k0 + kb);
