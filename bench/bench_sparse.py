@@ -8,6 +8,7 @@ masked layer (F.linear(x, W*M) + autograd).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import harness
@@ -31,6 +32,8 @@ def _masked_weight(n, k, sparsity, block=None):
 
 def run(quick: bool = False) -> list[harness.Row]:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    # more samples than the harness default: these medians are read as ratios against 3-6x targets
+    compare = functools.partial(harness.compare, repeat=10 if quick else 20, min_time=0.2 if quick else 0.5)
     torch.manual_seed(0)
     n = k = 1024 if quick else 4096
     ms = (1, 64) if quick else (1, 64, 256)
@@ -48,9 +51,9 @@ def run(quick: bool = False) -> list[harness.Row]:
         x = torch.randn(m, k)
         xt = x.t().contiguous()
         target = 3.0 if m == 1 else 4.0
-        rows.append(harness.compare("sparse", f"90% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr, None, n),
+        rows.append(compare("sparse", f"90% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr, None, n),
                                     "F.linear dense", lambda x=x: F.linear(x, wm), target=target))  # fmt: skip
-        rows.append(harness.compare("sparse", f"90% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr, None, n),
+        rows.append(compare("sparse", f"90% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr, None, n),
                                     "torch CSR W@x^T", lambda xt=xt: torch_csr @ xt, target=2.0))  # fmt: skip
 
     # 70% unstructured vs dense
@@ -58,7 +61,7 @@ def run(quick: bool = False) -> list[harness.Row]:
     wm7, csr7 = w7 * mask7, sparse_ops.to_csr(w7, mask7)
     for m in ms:
         x = torch.randn(m, k)
-        rows.append(harness.compare("sparse", f"70% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr7, None, n),
+        rows.append(compare("sparse", f"70% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr7, None, n),
                                     "F.linear dense", lambda x=x: F.linear(x, wm7), target=1.5))  # fmt: skip
 
     # 50%: the dispatcher decides; the layer must not be slower than dense
@@ -71,7 +74,7 @@ def run(quick: bool = False) -> list[harness.Row]:
     for m in ms:
         x = torch.randn(m, k)
         with torch.no_grad():
-            rows.append(harness.compare("sparse", f"50% SparseLinear.compress() [{layer.format}] M={m} {shape}",
+            rows.append(compare("sparse", f"50% SparseLinear.compress() [{layer.format}] M={m} {shape}",
                                         lambda x=x: layer(x), "F.linear dense", lambda x=x: F.linear(x, wm5),
                                         target=0.95))  # fmt: skip
 
@@ -80,7 +83,7 @@ def run(quick: bool = False) -> list[harness.Row]:
     wbm, bsr = wb * maskb, sparse_ops.to_bsr(wb, maskb, (16, 16))
     for m in ms[1:]:
         x = torch.randn(m, k)
-        rows.append(harness.compare("sparse", f"90% BSR 16x16 linear M={m} {shape}", lambda x=x: bsr_op(x, *bsr, None, n),
+        rows.append(compare("sparse", f"90% BSR 16x16 linear M={m} {shape}", lambda x=x: bsr_op(x, *bsr, None, n),
                                     "F.linear dense", lambda x=x: F.linear(x, wbm),
                                     target=6.0 if m == 256 else None))  # fmt: skip
 
@@ -99,7 +102,7 @@ def run(quick: bool = False) -> list[harness.Row]:
         wd.grad = bd.grad = None
         F.linear(x, wd * mask, bd).sum().backward()
 
-    rows.append(harness.compare("sparse", f"90% SparseLinear train step M={big_m} {shape}", sparse_step,
+    rows.append(compare("sparse", f"90% SparseLinear train step M={big_m} {shape}", sparse_step,
                                 "F.linear(x, W*M) + autograd", dense_step, target=2.0))  # fmt: skip
     if not quick:
         print(f"[bench] sparse dispatcher at 50%: {layer.reason}")

@@ -152,6 +152,9 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
   return bias->data_ptr<float>();
 }
 
+// Scheduling: every parallel loop hands out small chunks dynamically and has no barrier inside, so a thread
+// descheduled by a busy machine delays only its own chunk, not every other thread at a barrier.
+//
 // Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
 // 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
 // adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
@@ -164,7 +167,7 @@ void forward_tiled(const Kernels& kr,
                    void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool, float),
                    const Source& proto, const float* xt, int64_t Mp, int64_t N, int64_t K, const float* b, float* yt) {
   const int64_t threads = omp_get_max_threads();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(512, (N + 2 * threads - 1) / (2 * threads)));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(128, (N + 4 * threads - 1) / (4 * threads)));
   const int64_t nchunks = (N + chunk - 1) / chunk;
 #pragma omp parallel
   {
@@ -303,19 +306,23 @@ at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at:
   const float *pgy = gyt.data_ptr<float>(), *pxt = xt.data_ptr<float>();
   const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
   float* pgw = gw.data_ptr<float>();
+  const int64_t chunk = 64, nchunks = (N + chunk - 1) / chunk;
 #pragma omp parallel
   {
     std::vector<int32_t> idx(kb);
     std::vector<float> dots(kb);
-    for (int64_t k0 = 0; k0 < K; k0 += kb) {
-      const int64_t k1 = std::min(K, k0 + kb);
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t L = mask_list(pm + n * K, k0, k1, idx.data());
-        float* row = pgw + n * K;
-        std::fill(row + k0, row + k1, 0.f);
-        kr.dot_row(idx.data(), L, pgy + n * Mp, pxt, Mp, dots.data());
-        for (int64_t j = 0; j < L; ++j) row[idx[j]] = dots[j];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t n1 = std::min(N, (c + 1) * chunk);
+      for (int64_t k0 = 0; k0 < K; k0 += kb) {  // the chunk's rows share the K-block of xt in L2
+        const int64_t k1 = std::min(K, k0 + kb);
+        for (int64_t n = c * chunk; n < n1; ++n) {
+          const int64_t L = mask_list(pm + n * K, k0, k1, idx.data());
+          float* row = pgw + n * K;
+          std::fill(row + k0, row + k1, 0.f);
+          kr.dot_row(idx.data(), L, pgy + n * Mp, pxt, Mp, dots.data());
+          for (int64_t j = 0; j < L; ++j) row[idx[j]] = dots[j];
+        }
       }
     }
   }
@@ -351,7 +358,7 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
     at::Tensor y = at::empty({M, N}, x.options());
     const float* px = x.data_ptr<float>();
     float* py = y.data_ptr<float>();
-#pragma omp parallel for schedule(static) reduction(|| : bad)
+#pragma omp parallel for schedule(dynamic, 64) reduction(|| : bad)
     for (int64_t n = 0; n < N; ++n) {
       if (!row_ok(n)) {
         bad = true;
@@ -363,7 +370,7 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
     TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
     return y;
   }
-#pragma omp parallel for schedule(static) reduction(|| : bad)
+#pragma omp parallel for schedule(dynamic, 256) reduction(|| : bad)
   for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
   TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
   const int64_t Mp = round_up(M, kr.vl);
@@ -426,10 +433,13 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const float *pxt = xt.data_ptr<float>(), *pv = values.data_ptr<float>();
   const int64_t* pc = crow.data_ptr<int64_t>();
   float* pyt = yt.data_ptr<float>();
-#pragma omp parallel
-  for (int64_t m0 = 0; m0 < Mp; m0 += tile) {  // one m-tile of xt (K x tile floats) stays in L2
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t I = 0; I < nbr; ++I)
+  // (m-tile, chunk of block rows) pairs, m-tile major: the threads sweep one m-tile of xt (K x tile floats,
+  // in L2) over all block rows before the next; no barrier between m-tiles.
+  const int64_t chunk = std::max<int64_t>(1, 64 / bh), nchunks = (nbr + chunk - 1) / chunk, ntiles = Mp / tile;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < ntiles * nchunks; ++t) {
+    const int64_t m0 = (t / nchunks) * tile, c = t % nchunks, i1 = std::min(nbr, (c + 1) * chunk);
+    for (int64_t I = c * chunk; I < i1; ++I)
       kr.bsr_block_row(pv + pc[I] * bh * bw, pcol + pc[I], pc[I + 1] - pc[I], bh, bw, pxt + m0, Mp,
                        b ? b + I * bh : nullptr, pyt + I * bh * Mp + m0);
   }
