@@ -33,6 +33,8 @@ struct Kernels {
   void (*dot_row)(const int32_t*, int64_t, const float*, const float*, int64_t, float*);
   float (*gemv_row_i32)(const int32_t*, const float*, int64_t, const float*, float);
   float (*gemv_row_i16)(const int16_t*, const float*, int64_t, const float*, float);
+  bool (*in_range_i32)(const int32_t*, int64_t, int64_t);
+  bool (*in_range_i16)(const int16_t*, int64_t, int64_t);
   void (*bsr_block_row)(const float*, const int32_t*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                         float*);
 };
@@ -345,14 +347,11 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
                            const float* b, const Kernels& kr,
                            float (*gemv)(const I*, const float*, int64_t, const float*, float),
                            void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool,
-                                        float)) {
+                                        float),
+                           bool (*in_range)(const I*, int64_t, int64_t)) {
   const int64_t M = x.size(0), K = x.size(1);
   // Column indices are range-checked before any kernel reads x with them (a row at a time, in L1 after).
-  auto row_ok = [&](int64_t n) {
-    bool bad = false;
-    for (int64_t j = crow[n]; j < crow[n + 1]; ++j) bad |= static_cast<uint64_t>(static_cast<int64_t>(col[j])) >= uint64_t(K);
-    return !bad;
-  };
+  auto row_ok = [&](int64_t n) { return in_range(col + crow[n], crow[n + 1] - crow[n], K); };
   bool bad = false;
   if (M <= 4) {  // decode: GEMV per row of x, gathers of x[col] straight from row-major x
     at::Tensor y = at::empty({M, N}, x.options());
@@ -402,8 +401,10 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const int64_t* pc = crow.data_ptr<int64_t>();
   const float* pv = values.data_ptr<float>();
   if (col.scalar_type() == at::kShort)
-    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_tile_i16);
-  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_tile_i32);
+    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_tile_i16,
+                                    kr.in_range_i16);
+  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_tile_i32,
+                                    kr.in_range_i32);
 }
 
 // y = x W^T + b with W in BSR: crow (N/bh + 1, int64), col (nnzb, int32 block columns), values (nnzb, bh, bw).

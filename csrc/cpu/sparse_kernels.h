@@ -124,6 +124,19 @@ SPARSE_TARGET static void dot_row(const int32_t* idx, int64_t L, const float* gy
   }
 }
 
+// Whether every index of a CSR row is in [0, K): a min/max reduction the compiler vectorises for this ISA.
+template <typename I>
+SPARSE_TARGET static inline bool in_range(const I* col, int64_t L, int64_t K) {
+  I lo = 0, hi = 0;
+  for (int64_t j = 0; j < L; ++j) {
+    lo = col[j] < lo ? col[j] : lo;
+    hi = col[j] > hi ? col[j] : hi;
+  }
+  return lo >= 0 && static_cast<int64_t>(hi) < K;
+}
+SPARSE_TARGET static bool in_range_i32(const int32_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
+SPARSE_TARGET static bool in_range_i16(const int16_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
+
 // CSR GEMV (M small): y[n] = b + sum_j val[j] * x[col[j]]. AVX-512 / AVX2 gather 16 / 8 x values per
 // instruction (x, one row of K floats, stays in L1/L2); the scalar tail keeps four partial sums for ILP.
 template <typename I>
@@ -204,8 +217,8 @@ SPARSE_TARGET static void bsr_block_row(const float* blocks, const int32_t* bcol
   }
 }
 
-static const Kernels kernels = {VL,      BSR_NV,       axpy_tile_i32, axpy_tile_i16, scatter_row,
-                                dot_row, gemv_row_i32, gemv_row_i16,  bsr_block_row};
+static const Kernels kernels = {VL,           BSR_NV,       axpy_tile_i32, axpy_tile_i16, scatter_row,  dot_row,
+                                gemv_row_i32, gemv_row_i16, in_range_i32,  in_range_i16,  bsr_block_row};
 
 }  // namespace SPARSE_NS
 }  // namespace pyopt_sparse

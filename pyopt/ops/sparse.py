@@ -48,7 +48,9 @@ def _check_col_range(col_indices: torch.Tensor, k: int) -> None:
 def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
     k = x.shape[-1]
     _check_col_range(col_indices, k)
-    w = torch.sparse_csr_tensor(crow_indices, col_indices.long(), values, (out_features, k)).to_dense()
+    w = torch.sparse_csr_tensor(
+        crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
+    ).to_dense()
     return F.linear(x, w, bias)
 
 
@@ -56,7 +58,9 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
 def bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
     k = x.shape[-1]
     _check_col_range(col_indices, k // values.shape[2])
-    w = torch.sparse_bsr_tensor(crow_indices, col_indices.long(), values, (out_features, k)).to_dense()
+    w = torch.sparse_bsr_tensor(
+        crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
+    ).to_dense()
     return F.linear(x, w, bias)
 
 
