@@ -226,6 +226,7 @@ def test_formats_match_and_round_trip(fmt):
     with torch.no_grad():
         y = layer(x)
     _close(y, expected)
+    assert layer.memory_bytes()[0] == 48 * 32 * 4  # the dense float32 weight it replaces
     # what pyopt.save/load does: config -> empty module -> state_dict; bit-exact
     clone = pyopt.nn.SparseLinear.from_config(layer.extra_config())
     clone.load_state_dict(layer.state_dict())

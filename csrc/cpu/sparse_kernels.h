@@ -23,7 +23,17 @@ SPARSE_TARGET static inline vf vload(const float* p) {
   return v;
 }
 SPARSE_TARGET static inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-SPARSE_TARGET static inline vf vbcast(float s) { return vf{} + s; }
+// set1 lets the compiler fold the scalar load into vbroadcastss m32 (a load-port uop); `vf{} + s` became a
+// scalar load + register broadcast, which competes with the FMAs for the vector pipes on Zen 4.
+SPARSE_TARGET static inline vf vbcast(float s) {
+#if SPARSE_VL == 16
+  return _mm512_set1_ps(s);
+#elif SPARSE_VL == 8
+  return _mm256_set1_ps(s);
+#else
+  return vf{} + s;
+#endif
+}
 SPARSE_TARGET static inline vf vfma(vf a, vf b, vf c) { return SPARSE_FMA(a, b, c); }
 SPARSE_TARGET static inline float vsum(vf v) {  // tree reduction (a serial chain of VL adds is slow)
 #if SPARSE_VL == 16

@@ -130,7 +130,7 @@ class SparseLinear(nn.Module):
 
     def memory_bytes(self) -> tuple[int, int]:
         """(bytes of the equivalent dense nn.Linear weight, bytes this layer stores for its weight)."""
-        itemsize = (self.bias if self.bias is not None else next(iter(self.buffers()))).element_size()
+        itemsize = (self.values if self.format in ("csr", "bsr") else self.weight).element_size()
         dense = self.in_features * self.out_features * itemsize
         own = [self.weight, self.mask] if self.format == "masked" else self._tensors().values()
         return dense, sum(t.numel() * t.element_size() for t in own if t.layout == torch.strided)
