@@ -1,5 +1,6 @@
 // Torch side of csrc/cuda/sparse.cu: argument checks, output allocation, the current stream.
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -38,7 +39,7 @@ at::Tensor sparse_csr_linear_cuda(const at::Tensor& x, const at::Tensor& crow, c
   const at::Tensor crow_c = crow.contiguous();
   const cudaError_t err = pyopt_sparse_csr_linear_launch(
       x.data_ptr<float>(), crow_c.data_ptr<int64_t>(), col.data_ptr<int32_t>(), values.data_ptr<float>(), pb,
-      y.data_ptr<float>(), M, N, K, at::cuda::getCurrentCUDAStream());
+      y.data_ptr<float>(), M, N, K, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "sparse_csr_linear CUDA launch failed: ", cudaGetErrorString(err));
   return y;
 }
