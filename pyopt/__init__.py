@@ -42,3 +42,16 @@ __all__ += [
     "quantize_per_tensor",
     "quantize_per_token",
 ]
+
+# sparse family (issue 4): model-level compression and the dispatcher's decisions in `pyopt info`
+from .nn.sparse_linear import sparsify  # noqa: E402
+
+__all__ += ["sparsify"]
+
+
+def _info_extra() -> None:
+    from .ops.sparse_dispatch import DEFAULT_CACHE
+
+    print(f"sparse dispatcher: {len(DEFAULT_CACHE)} calibrated decision(s) in this process")
+    for key, d in DEFAULT_CACHE.items():
+        print(f"  {key[0]} {key[1]} {key[2]} sparsity~{key[3]:.2f}: {d.format} ({d.reason})")
