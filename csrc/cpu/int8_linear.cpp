@@ -310,14 +310,17 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
   check_x2d(x, w_q.size(1));
   const Isa isa = pyopt::select_isa(isa_req);
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
-  auto out = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return out;
+  if (M == 0 || N == 0) return at::empty({M, N}, x.options());
   auto q = at::empty({M, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({M}, x.options().dtype(at::kFloat));
   PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
     quant_rows(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), M, K, isa);
   });
-  epilogue_into(int8_gemm_acc(q, w_q), sx, w_scales, bias, out, isa);
+  auto acc = int8_gemm_acc(q, w_q);
+  // float32 output: the epilogue runs in place over the int32 accumulator (same size), saving a 4*M*N-byte
+  // allocation and its page faults.
+  auto out = x.scalar_type() == at::kFloat ? acc.view(at::kFloat) : at::empty({M, N}, x.options());
+  epilogue_into(acc, sx, w_scales, bias, out, isa);
   return out;
 }
 
@@ -335,23 +338,42 @@ inline void wo_store(T* out, int64_t ldo, int64_t m, int64_t n, float dot, const
 }
 
 #if PYOPT_X86
+// One k-step of 16: NT weight rows converted once, each FMA'd into MT token accumulators.
+template <typename T, int NT, int MT>
+PYOPT_TARGET_AVX512 inline void wo_step_avx512(__m512 (&acc)[NT][MT], const T* x, const int8_t* w, int64_t K,
+                                               int64_t k, __mmask16 mask) {
+  __m512 xv[MT];
+  for (int i = 0; i < MT; ++i) xv[i] = load16(x + i * K + k, mask);
+  for (int j = 0; j < NT; ++j) {
+    __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + j * K + k)));
+    for (int i = 0; i < MT; ++i) acc[j][i] = _mm512_fmadd_ps(wv, xv[i], acc[j][i]);
+  }
+}
+
+// With few tokens, two accumulator sets (even / odd k-steps) hide the FMA latency.
 template <typename T, int NT, int MT>
 PYOPT_TARGET_AVX512 void wo_tile_avx512(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                         int64_t N, const float* sw, const float* bias) {
-  __m512 acc[NT][MT];
+  constexpr bool kTwoSets = MT <= 2;
+  const T* xm = x + m * K;
+  const int8_t* wn = w + n * K;
+  __m512 a0[NT][MT], a1[NT][MT];
   for (int j = 0; j < NT; ++j)
-    for (int i = 0; i < MT; ++i) acc[j][i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
-    __m512 xv[MT];
-    for (int i = 0; i < MT; ++i) xv[i] = load16(x + (m + i) * K + k, mask);
-    for (int j = 0; j < NT; ++j) {
-      __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + (n + j) * K + k)));
-      for (int i = 0; i < MT; ++i) acc[j][i] = _mm512_fmadd_ps(wv, xv[i], acc[j][i]);
+    for (int i = 0; i < MT; ++i) a0[j][i] = a1[j][i] = _mm512_setzero_ps();
+  int64_t k = 0;
+  if constexpr (kTwoSets) {
+    for (; k + 32 <= K; k += 32) {
+      wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, 0xffff);
+      wo_step_avx512<T, NT, MT>(a1, xm, wn, K, k + 16, 0xffff);
     }
   }
+  for (; k + 16 <= K; k += 16) wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, 0xffff);
+  if (k < K) wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, (__mmask16)((1u << (K - k)) - 1));
   for (int j = 0; j < NT; ++j)
-    for (int i = 0; i < MT; ++i) wo_store(out, N, m + i, n + j, _mm512_reduce_add_ps(acc[j][i]), sw, bias);
+    for (int i = 0; i < MT; ++i) {
+      __m512 v = kTwoSets ? _mm512_add_ps(a0[j][i], a1[j][i]) : a0[j][i];
+      wo_store(out, N, m + i, n + j, _mm512_reduce_add_ps(v), sw, bias);
+    }
 }
 
 template <typename T, int NT, int MT>
