@@ -72,8 +72,12 @@ def _int8_gemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < K
-        a = tl.load(a_ptr + offs_m[:, None] * K + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0)
-        w = tl.load(w_ptr + offs_n[None, :] * K + ks[:, None], mask=mask_n[None, :] & mask_k[:, None], other=0)
+        a = tl.load(
+            a_ptr + offs_m[:, None] * K + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0
+        )
+        w = tl.load(
+            w_ptr + offs_n[None, :] * K + ks[:, None], mask=mask_n[None, :] & mask_k[:, None], other=0
+        )
         if DYNAMIC:
             acc += tl.dot(a, w, out_dtype=tl.int32)
         elif IEEE_FP32:

@@ -97,7 +97,9 @@ def _check_int8_weights(w_q, w_scales, bias, w_ndim: int) -> None:
     if w_q.dim() != w_ndim:
         raise ValueError(f"w_q must be {w_ndim}-d, got shape {tuple(w_q.shape)}")
     if not isinstance(w_scales, torch.Tensor) or w_scales.dtype != torch.float32:
-        raise TypeError(f"w_scales must be a float32 tensor, got {getattr(w_scales, 'dtype', type(w_scales))}")
+        raise TypeError(
+            f"w_scales must be a float32 tensor, got {getattr(w_scales, 'dtype', type(w_scales))}"
+        )
     if w_scales.shape != (w_q.shape[0],):
         raise ValueError(f"w_scales must have shape ({w_q.shape[0]},), got {tuple(w_scales.shape)}")
     if bias is not None:
@@ -144,7 +146,9 @@ def _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation):
     check_float_input("x", x)
     _check_int8_weights(w_q, w_scales, bias, 4)
     if x.dim() != 4 or x.shape[1] != w_q.shape[1]:
-        raise ValueError(f"x must be [B, {w_q.shape[1]}, H, W] (in_channels={w_q.shape[1]}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be [B, {w_q.shape[1]}, H, W] (in_channels={w_q.shape[1]}), got {tuple(x.shape)}"
+        )
     for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(v) != 2 or any(int(e) < lo for e in v):
             raise ValueError(f"{name} must be 2 ints >= {lo}, got {list(v)}")

@@ -2,7 +2,8 @@
 // Weight-only with more than kGemvMaxTokens tokens dequantises 128 output rows at a time into a small buffer
 // and uses cuBLAS through at::addmm (compute-bound there; the GEMV wins only while reading weights dominates).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -50,7 +51,7 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
   check_args(x, w_q, w_scales, bias);
   const int dt = dtype_code(x);
   c10::cuda::CUDAGuard guard(x.device());
-  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   auto out = at::empty({M, N}, x.options());
   auto q = at::empty({M, K}, x.options().dtype(at::kChar));
@@ -84,7 +85,7 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, c
   auto out = at::empty({M, N}, x.options());
   pyopt_int8_weight_only_gemv(x.data_ptr(), w_q.data_ptr<int8_t>(), w_scales.data_ptr<float>(),
                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr(), dt, M, N, K,
-                              at::cuda::getCurrentCUDAStream().stream());
+                              c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

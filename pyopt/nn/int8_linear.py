@@ -62,16 +62,24 @@ class _Int8Base(nn.Module):
 
 @register_module
 class Int8Linear(_Int8Base):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic", device=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic", device=None
+    ):
         super().__init__()
-        self.in_features, self.out_features, self.mode = int(in_features), int(out_features), _check_mode(mode)
+        self.in_features, self.out_features, self.mode = (
+            int(in_features),
+            int(out_features),
+            _check_mode(mode),
+        )
         self._init_buffers((self.out_features, self.in_features), bias, device)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, mode: str = "dynamic") -> Int8Linear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, linear.weight.device)
+        mod = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, mode, linear.weight.device
+        )
         mod._load_float(linear)
         return mod
 
@@ -84,7 +92,11 @@ class Int8Linear(_Int8Base):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = torch.ops.pyopt.int8_linear_dynamic if self.mode == "dynamic" else torch.ops.pyopt.int8_linear_weight_only
+        op = (
+            torch.ops.pyopt.int8_linear_dynamic
+            if self.mode == "dynamic"
+            else torch.ops.pyopt.int8_linear_weight_only
+        )
         return op(x, self.weight, self.weight_scales, self.bias)
 
     def extra_repr(self) -> str:
@@ -110,7 +122,11 @@ class Int8Conv2d(_Int8Base):
         device=None,
     ):
         super().__init__()
-        self.in_channels, self.out_channels, self.mode = int(in_channels), int(out_channels), _check_mode(mode)
+        self.in_channels, self.out_channels, self.mode = (
+            int(in_channels),
+            int(out_channels),
+            _check_mode(mode),
+        )
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self._init_buffers((self.out_channels, self.in_channels, *self.kernel_size), bias, device)
@@ -120,7 +136,9 @@ class Int8Conv2d(_Int8Base):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
-            raise ValueError(f"Int8Conv2d supports groups=1 only (got groups={conv.groups}); keep it in float")
+            raise ValueError(
+                f"Int8Conv2d supports groups=1 only (got groups={conv.groups}); keep it in float"
+            )
         if conv.padding_mode != "zeros":
             raise ValueError(f"Int8Conv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
         if isinstance(conv.padding, str):
@@ -152,7 +170,11 @@ class Int8Conv2d(_Int8Base):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = torch.ops.pyopt.int8_conv2d_dynamic if self.mode == "dynamic" else torch.ops.pyopt.int8_conv2d_weight_only
+        op = (
+            torch.ops.pyopt.int8_conv2d_dynamic
+            if self.mode == "dynamic"
+            else torch.ops.pyopt.int8_conv2d_weight_only
+        )
         return op(x, self.weight, self.weight_scales, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:

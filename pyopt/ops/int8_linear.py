@@ -7,6 +7,8 @@ q = clamp(rint_half_even(float32(v * float32(1 / scale))), -127, 127).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,7 @@ def quantize_rows_symmetric(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 def _bias_f32(bias):
@@ -96,7 +98,14 @@ def int8_linear_weight_only_cpu(x, w_q, w_scales, bias):
 @register("int8_conv2d_dynamic", "cpu")
 def int8_conv2d_dynamic_cpu(x, w_q, w_scales, bias, stride, padding, dilation):
     return torch.ops.pyopt_cpu.int8_conv2d_dynamic(
-        x, w_q, w_scales.contiguous(), _bias_f32(bias), list(stride), list(padding), list(dilation), requested_isa()
+        x,
+        w_q,
+        w_scales.contiguous(),
+        _bias_f32(bias),
+        list(stride),
+        list(padding),
+        list(dilation),
+        requested_isa(),
     )
 
 
@@ -113,7 +122,9 @@ def quantize_rows_cpu(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_linear_dynamic_triton(x, w_q, w_scales, bias):
     from ..kernels import int8_linear as k
 
-    out = k.int8_linear_dynamic(_rows(x).contiguous(), w_q.contiguous(), w_scales.contiguous(), _bias_f32(bias))
+    out = k.int8_linear_dynamic(
+        _rows(x).contiguous(), w_q.contiguous(), w_scales.contiguous(), _bias_f32(bias)
+    )
     return out.reshape(*x.shape[:-1], w_q.shape[0])
 
 
