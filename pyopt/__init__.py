@@ -4,8 +4,7 @@ from . import _native
 
 _native.cpu_ext()  # registers torch.ops.pyopt_cpu.* if the C++ extension is built (never fails)
 
-from . import _ops, ops  # noqa: E402,F401  (schemas first, then the implementations)
-from . import nn  # noqa: E402,F401
+from . import _ops, nn, ops  # noqa: E402,F401  (schemas first, then the implementations)
 from ._backend import available_backends, implementations, use_backend, use_isa  # noqa: E402
 
 __version__ = "0.1.0"

@@ -156,10 +156,10 @@ CONV_CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_conv_dynamic_cpu_vs_reference(isa, case, dtype):
-    B, C, H, W, O, k, st, p, d = case
+    B, C, H, W, cout, k, st, p, d = case
     x = torch.randn(B, C, H, W).to(dtype)
-    wq, ws, b = _weights(O, C * k * k)
-    args = (x, wq.view(O, C, k, k), ws, b, [st, st], [p, p], [d, d])
+    wq, ws, b = _weights(cout, C * k * k)
+    args = (x, wq.view(cout, C, k, k), ws, b, [st, st], [p, p], [d, d])
     with pyopt.use_isa(isa):
         out = _run("int8_conv2d_dynamic", "cpu", *args)
     ref = _run("int8_conv2d_dynamic", "reference", *args)
