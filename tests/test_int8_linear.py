@@ -89,7 +89,7 @@ def test_linear_backends_vs_reference(op, device, backend, dtype, shape, n, bias
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("m", "k", "n"), [(1, 1, 5), (1, 1003, 9), (4, 17, 7), (17, 100, 13), (1003, 48, 21)]
+    ("m", "k", "n"), [(1, 1, 5), (1, 1003, 9), (4, 17, 7), (17, 100, 13), (70, 33, 6), (1003, 48, 21)]
 )
 def test_linear_cpu_isas(op, isa, dtype, m, k, n):
     x = torch.randn(m, k).to(dtype)

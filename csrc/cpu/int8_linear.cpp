@@ -328,7 +328,7 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
 // Weight-only: out[m, n] = (sum_k x[m, k] * float(w_q[n, k])) * sw[n] + bias[n].
 // Register tile: NT output rows (weights converted once per 16/8 k) x MT tokens (each x vector reused NT times).
 // ---------------------------------------------------------------------------------------------------------
-constexpr int64_t kWoGemvMaxM = 16;  // above this, the dequantise-a-block + BLAS path is faster (bench sweep)
+constexpr int64_t kWoGemvMaxM = 64;  // above this, dequantise-a-block + BLAS wins (bench sweep, this machine)
 
 template <typename T>
 inline void wo_store(T* out, int64_t ldo, int64_t m, int64_t n, float dot, const float* sw, const float* bias) {
@@ -338,41 +338,61 @@ inline void wo_store(T* out, int64_t ldo, int64_t m, int64_t n, float dot, const
 }
 
 #if PYOPT_X86
-// One k-step of 16: NT weight rows converted once, each FMA'd into MT token accumulators.
-template <typename T, int NT, int MT>
-PYOPT_TARGET_AVX512 inline void wo_step_avx512(__m512 (&acc)[NT][MT], const T* x, const int8_t* w, int64_t K,
-                                               int64_t k, __mmask16 mask) {
-  __m512 xv[MT];
-  for (int i = 0; i < MT; ++i) xv[i] = load16(x + i * K + k, mask);
-  for (int j = 0; j < NT; ++j) {
-    __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + j * K + k)));
-    for (int i = 0; i < MT; ++i) acc[j][i] = _mm512_fmadd_ps(wv, xv[i], acc[j][i]);
-  }
-}
-
-// With few tokens, two accumulator sets (even / odd k-steps) hide the FMA latency.
+// NT weight rows x MT tokens; each k-step of 16 converts NT weight vectors once and FMAs each into MT token
+// accumulators. With few tokens, two accumulator sets (even / odd k-steps) hide the FMA latency. The
+// accumulators are flushed through a small buffer (reducing them in registers made GCC keep a stack copy
+// updated inside the hot loop: 16 extra stores per step).
 template <typename T, int NT, int MT>
 PYOPT_TARGET_AVX512 void wo_tile_avx512(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                         int64_t N, const float* sw, const float* bias) {
-  constexpr bool kTwoSets = MT <= 2;
+  constexpr int kSets = MT <= 2 ? 2 : 1;
+  constexpr int kAcc = NT * MT * kSets;
   const T* xm = x + m * K;
   const int8_t* wn = w + n * K;
-  __m512 a0[NT][MT], a1[NT][MT];
-  for (int j = 0; j < NT; ++j)
-    for (int i = 0; i < MT; ++i) a0[j][i] = a1[j][i] = _mm512_setzero_ps();
+  __m512 acc[kAcc];
+#pragma GCC unroll 32
+  for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_setzero_ps();
   int64_t k = 0;
-  if constexpr (kTwoSets) {
-    for (; k + 32 <= K; k += 32) {
-      wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, 0xffff);
-      wo_step_avx512<T, NT, MT>(a1, xm, wn, K, k + 16, 0xffff);
+  for (; k + 16 * kSets <= K; k += 16 * kSets) {
+#pragma GCC unroll 2
+    for (int set = 0; set < kSets; ++set) {
+      __m512 xv[MT];
+#pragma GCC unroll 4
+      for (int i = 0; i < MT; ++i) xv[i] = load16(xm + i * K + k + 16 * set, (__mmask16)0xffff);
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wn + j * K + k + 16 * set));
+        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(wb));
+#pragma GCC unroll 4
+        for (int i = 0; i < MT; ++i) acc[(set * NT + j) * MT + i] = _mm512_fmadd_ps(wv, xv[i], acc[(set * NT + j) * MT + i]);
+      }
     }
   }
-  for (; k + 16 <= K; k += 16) wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, 0xffff);
-  if (k < K) wo_step_avx512<T, NT, MT>(a0, xm, wn, K, k, (__mmask16)((1u << (K - k)) - 1));
+  if (k < K) {  // at most 2 masked steps (the second only with two accumulator sets)
+    for (; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+      __m512 xv[MT];
+#pragma GCC unroll 4
+      for (int i = 0; i < MT; ++i) xv[i] = load16(xm + i * K + k, mask);
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, wn + j * K + k)));
+#pragma GCC unroll 4
+        for (int i = 0; i < MT; ++i) acc[j * MT + i] = _mm512_fmadd_ps(wv, xv[i], acc[j * MT + i]);
+      }
+    }
+  }
+  alignas(64) float lanes[NT * MT][16];
+#pragma GCC unroll 16
+  for (int a = 0; a < NT * MT; ++a) {
+    if constexpr (kSets == 2) _mm512_store_ps(lanes[a], _mm512_add_ps(acc[a], acc[a + NT * MT]));
+    else _mm512_store_ps(lanes[a], acc[a]);
+  }
   for (int j = 0; j < NT; ++j)
     for (int i = 0; i < MT; ++i) {
-      __m512 v = kTwoSets ? _mm512_add_ps(a0[j][i], a1[j][i]) : a0[j][i];
-      wo_store(out, N, m + i, n + j, _mm512_reduce_add_ps(v), sw, bias);
+      float dot = 0.0f;
+      for (int l = 0; l < 16; ++l) dot += lanes[j * MT + i][l];
+      wo_store(out, N, m + i, n + j, dot, sw, bias);
     }
 }
 
@@ -465,9 +485,10 @@ at::Tensor wo_blocked_gemm(const at::Tensor& x_in, const at::Tensor& w_q, const 
     const int64_t nb = std::min(kWoBlockN, N - n0);
     auto blk = wf.narrow(0, 0, nb);
     at::mul_out(blk, w_q.narrow(0, n0, nb), w_scales.narrow(0, n0, nb).unsqueeze(1));
-    auto o = out.narrow(1, n0, nb);
-    if (bias) at::addmm_out(o, bias->narrow(0, n0, nb), x, blk.t());
-    else at::mm_out(o, x, blk.t());
+    // GEMM into a contiguous [M, nb] block, then a cheap strided copy: BLAS into a strided view of `out`
+    // was ~10x slower here.
+    auto o = bias ? at::addmm(bias->narrow(0, n0, nb), x, blk.t()) : at::mm(x, blk.t());
+    out.narrow(1, n0, nb).copy_(o);
   }
   return x_in.scalar_type() == at::kFloat ? out : out.to(x_in.scalar_type());
 }
