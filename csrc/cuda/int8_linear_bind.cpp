@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 
 void pyopt_int8_quant_rows(const void* x, int dtype, int8_t* q, float* scales, int64_t M, int64_t K,
