@@ -274,3 +274,14 @@ def test_conv_weight_only_matches_float_conv_of_dequantised_weight():
     w = q.weight.float() * q.weight_scales.view(-1, 1, 1, 1)
     x = torch.randn(2, 4, 7, 7)
     torch.testing.assert_close(q(x), F.conv2d(x, w, q.bias, padding=1), **tol(torch.float32))
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_linear_grad_wrt_x(op):
+    # weight-only: exact gradient; dynamic: straight-through (same formula)
+    w, s, b = _weights(6, 10)
+    x = torch.randn(3, 10, requires_grad=True)
+    out = getattr(torch.ops.pyopt, op)(x, w, s, b)
+    out.pow(2).sum().backward()
+    w_deq = w.float() * s.unsqueeze(1)
+    torch.testing.assert_close(x.grad, (2 * out.detach()) @ w_deq, **tol(torch.float32))  # d sum(out^2)/dx

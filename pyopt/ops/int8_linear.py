@@ -155,3 +155,23 @@ def int8_linear_weight_only_cuda(x, w_q, w_scales, bias):
         _rows(x).contiguous(), w_q.contiguous(), w_scales.contiguous(), _bias_f32(bias)
     )
     return out.reshape(*x.shape[:-1], w_q.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# autograd (w.r.t. x only: the int8 weights are frozen buffers). Weight-only: the exact gradient of
+# x @ (s * w_q)^T. Dynamic: the straight-through estimator (activation rounding treated as identity), as in
+# quantisation-aware training. The backward expands w_q to x's dtype (a training-time cost only).
+# ----------------------------------------------------------------------------------------------------------
+def _linear_setup_context(ctx, inputs, output):
+    _, w_q, w_scales, _ = inputs
+    ctx.save_for_backward(w_q, w_scales)
+
+
+def _linear_backward(ctx, grad):
+    w_q, w_scales = ctx.saved_tensors
+    grad_x = (grad.float() * w_scales) @ w_q.float()
+    return grad_x.to(grad.dtype), None, None, None
+
+
+for _op in ("int8_linear_dynamic", "int8_linear_weight_only"):
+    torch.library.register_autograd(f"pyopt::{_op}", _linear_backward, setup_context=_linear_setup_context)
