@@ -285,3 +285,16 @@ def test_linear_grad_wrt_x(op):
     out.pow(2).sum().backward()
     w_deq = w.float() * s.unsqueeze(1)
     torch.testing.assert_close(x.grad, (2 * out.detach()) @ w_deq, **tol(torch.float32))  # d sum(out^2)/dx
+
+
+@pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
+def test_conv_grad_wrt_x(op):
+    w, s, b = _weights(4, 3 * 9)
+    w = w.view(4, 3, 3, 3)
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    grad_out = torch.randn(2, 4, 5, 4)
+    getattr(torch.ops.pyopt, op)(x, w, s, b, [2, 2], [1, 1], [1, 1]).backward(grad_out)
+    w_deq = (w.float() * s.view(-1, 1, 1, 1)).requires_grad_(False)
+    x_ref = x.detach().clone().requires_grad_()
+    F.conv2d(x_ref, w_deq, b, 2, 1, 1).backward(grad_out)
+    torch.testing.assert_close(x.grad, x_ref.grad, **tol(torch.float32))

@@ -175,3 +175,20 @@ def _linear_backward(ctx, grad):
 
 for _op in ("int8_linear_dynamic", "int8_linear_weight_only"):
     torch.library.register_autograd(f"pyopt::{_op}", _linear_backward, setup_context=_linear_setup_context)
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, w_q, w_scales, _, stride, padding, dilation = inputs
+    ctx.save_for_backward(w_q, w_scales)
+    ctx.x_shape, ctx.conv_args = x.shape, (stride, padding, dilation)
+
+
+def _conv_backward(ctx, grad):
+    w_q, w_scales = ctx.saved_tensors
+    w_deq = w_q.float() * w_scales.view(-1, 1, 1, 1)
+    grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, w_deq, grad.float(), *ctx.conv_args)
+    return grad_x.to(grad.dtype), None, None, None, None, None, None
+
+
+for _op in ("int8_conv2d_dynamic", "int8_conv2d_weight_only"):
+    torch.library.register_autograd(f"pyopt::{_op}", _conv_backward, setup_context=_conv_setup_context)
