@@ -294,7 +294,7 @@ std::vector<at::Tensor> int8_quantize_rows(const at::Tensor& x, int64_t isa) {
   return {q, s};
 }
 
-// The dequant epilogue as an op (used by the conv path in Python-free form below and by tests).
+// Epilogue over a contiguous int32 accumulator into `out` (which may alias it, for float32 output).
 void epilogue_into(const at::Tensor& acc, const at::Tensor& sx, const at::Tensor& sw,
                    const c10::optional<at::Tensor>& bias, at::Tensor& out, Isa isa) {
   const int64_t M = acc.size(0), N = acc.size(1);
