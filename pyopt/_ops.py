@@ -292,6 +292,100 @@ DEQUANTIZE_PER_GROUP = defop(
 # int8 / binary layers (issue: quantised layers). Implementations: pyopt/ops/int8_linear.py, ...
 # ----------------------------------------------------------------------------------------------------------
 # (section owned by the int8/binary layer family)
+def _check_int8_weights(w_q, w_scales, bias, w_ndim: int) -> None:
+    if not isinstance(w_q, torch.Tensor) or w_q.dtype != torch.int8:
+        raise TypeError(f"w_q must be an int8 tensor, got {getattr(w_q, 'dtype', type(w_q).__name__)}")
+    if w_q.dim() != w_ndim:
+        raise ValueError(f"w_q must be {w_ndim}-d, got shape {tuple(w_q.shape)}")
+    if not isinstance(w_scales, torch.Tensor) or w_scales.dtype != torch.float32:
+        raise TypeError(
+            f"w_scales must be a float32 tensor, got {getattr(w_scales, 'dtype', type(w_scales))}"
+        )
+    if w_scales.shape != (w_q.shape[0],):
+        raise ValueError(f"w_scales must have shape ({w_q.shape[0]},), got {tuple(w_scales.shape)}")
+    if bias is not None:
+        check_float_input("bias", bias)
+        if bias.shape != (w_q.shape[0],):
+            raise ValueError(f"bias must have shape ({w_q.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _check_int8_linear(x, w_q, w_scales, bias):
+    check_float_input("x", x)
+    _check_int8_weights(w_q, w_scales, bias, 2)
+    if x.dim() < 1 or x.shape[-1] != w_q.shape[1]:
+        raise ValueError(f"x: last dim must equal in_features={w_q.shape[1]}, got shape {tuple(x.shape)}")
+
+
+def _int8_linear_fake(x, w_q, w_scales, bias):
+    _check_int8_linear(x, w_q, w_scales, bias)
+    return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+
+
+# W8A8: per-token symmetric int8 activations (quantize_per_token's rule) x per-output-channel int8 weights,
+# int32 accumulation, out = acc * sx[token] * w_scales[n] + bias[n] in x's dtype.
+INT8_LINEAR_DYNAMIC = defop(
+    "int8_linear_dynamic(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias) -> Tensor",
+    _int8_linear_fake,
+    _check_int8_linear,
+)
+# W8A16/W8A32: out = (x @ w_q^T) * w_scales + bias, weights dequantised inside the GEMM/GEMV.
+INT8_LINEAR_WEIGHT_ONLY = defop(
+    "int8_linear_weight_only(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias) -> Tensor",
+    _int8_linear_fake,
+    _check_int8_linear,
+)
+
+
+def _conv_out_hw(x, w_q, stride, padding, dilation) -> tuple[int, int]:
+    return tuple(
+        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w_q.shape[2 + i] - 1) - 1) // stride[i] + 1
+        for i in range(2)
+    )
+
+
+def _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation):
+    check_float_input("x", x)
+    _check_int8_weights(w_q, w_scales, bias, 4)
+    if x.dim() != 4 or x.shape[1] != w_q.shape[1]:
+        raise ValueError(
+            f"x must be [B, {w_q.shape[1]}, H, W] (in_channels={w_q.shape[1]}), got {tuple(x.shape)}"
+        )
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(v) != 2 or any(int(e) < lo for e in v):
+            raise ValueError(f"{name} must be 2 ints >= {lo}, got {list(v)}")
+    if min(_conv_out_hw(x, w_q, stride, padding, dilation)) < 1:
+        raise ValueError(f"x spatial size {tuple(x.shape[2:])} is smaller than the (dilated) kernel")
+
+
+def _int8_conv2d_dynamic_fake(x, w_q, w_scales, bias, stride, padding, dilation):
+    _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
+    ho, wo = _conv_out_hw(x, w_q, stride, padding, dilation)
+    return x.new_empty((x.shape[0], w_q.shape[0], ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+# Dynamic conv: one symmetric activation scale per sample (factors out of every im2col row of that image),
+# per-output-channel int8 weights; output is a channels-last NCHW tensor in x's dtype.
+INT8_CONV2D_DYNAMIC = defop(
+    "int8_conv2d_dynamic(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias, int[2] stride, int[2] padding, "
+    "int[2] dilation) -> Tensor",
+    _int8_conv2d_dynamic_fake,
+    _check_int8_conv2d,
+)
+
+
+def _int8_conv2d_weight_only_fake(x, w_q, w_scales, bias, stride, padding, dilation):
+    _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
+    w = w_q.to(x.dtype)  # fake tensors: lets torch's own conv meta decide the output strides
+    return torch.nn.functional.conv2d(x, w, None, stride, padding, dilation)
+
+
+# Weight-only conv: the (small) conv weight is dequantised per call and torch's conv runs in x's dtype.
+INT8_CONV2D_WEIGHT_ONLY = defop(
+    "int8_conv2d_weight_only(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias, int[2] stride, "
+    "int[2] padding, int[2] dilation) -> Tensor",
+    _int8_conv2d_weight_only_fake,
+    _check_int8_conv2d,
+)
 
 
 # binary_linear: 1-bit sign weights packed 8 per byte (LSB first, bit 1 <=> W >= 0; rows padded to a whole
@@ -333,6 +427,161 @@ BINARY_LINEAR = defop(
 # sparse masked matmul (issue: pruning). Implementations: pyopt/ops/sparse.py
 # ----------------------------------------------------------------------------------------------------------
 # (section owned by the sparse family)
+# Weights are [out_features N, in_features K]; x is [..., K]; masks are bool [N, K] (True = kept).
+# Training: sparse_masked_linear (autograd: grad_input + SDDMM below). Inference: CSR / BSR weights.
+SPARSE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check_tensor(name: str, t, dtypes=None, ndim=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {tuple(str(d) for d in dtypes)}, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _check_same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def _check_bias(bias, n: int, x: torch.Tensor) -> None:
+    if bias is not None:
+        _check_tensor("bias", bias, ndim=1)
+        _check_same_dtype("bias", bias, "x", x)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+def check_sparse_mask(mask, weight_shape) -> None:
+    _check_tensor("mask", mask, (torch.bool,))
+    if tuple(mask.shape) != tuple(weight_shape):
+        raise ValueError(f"mask must have the weight's shape {tuple(weight_shape)}, got {tuple(mask.shape)}")
+
+
+def _check_input_features(name: str, x: torch.Tensor, k: int, what: str) -> None:
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"{name} must have shape [..., {k}] ({what}), got {tuple(x.shape)}")
+
+
+def _check_sparse_masked_linear(x, weight, mask, bias):
+    _check_tensor("x", x, SPARSE_DTYPES)
+    _check_tensor("weight", weight, SPARSE_DTYPES, ndim=2)
+    _check_same_dtype("weight", weight, "x", x)
+    _check_input_features("x", x, weight.shape[1], "weight.shape[1]")
+    check_sparse_mask(mask, weight.shape)
+    _check_bias(bias, weight.shape[0], x)
+
+
+SPARSE_MASKED_LINEAR = defop(
+    "sparse_masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias) -> Tensor",
+    lambda x, weight, mask, bias: (
+        _check_sparse_masked_linear(x, weight, mask, bias),
+        x.new_empty((*x.shape[:-1], weight.shape[0])),
+    )[1],
+    _check_sparse_masked_linear,
+)
+
+
+def _check_sparse_masked_linear_grad_input(grad_y, weight, mask):
+    _check_tensor("grad_y", grad_y, SPARSE_DTYPES)
+    _check_tensor("weight", weight, SPARSE_DTYPES, ndim=2)
+    _check_same_dtype("weight", weight, "grad_y", grad_y)
+    _check_input_features("grad_y", grad_y, weight.shape[0], "weight.shape[0]")
+    check_sparse_mask(mask, weight.shape)
+
+
+SPARSE_MASKED_LINEAR_GRAD_INPUT = defop(
+    "sparse_masked_linear_grad_input(Tensor grad_y, Tensor weight, Tensor mask) -> Tensor",
+    lambda grad_y, weight, mask: (
+        _check_sparse_masked_linear_grad_input(grad_y, weight, mask),
+        grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1])),
+    )[1],
+    _check_sparse_masked_linear_grad_input,
+)
+
+
+def _check_sparse_masked_sddmm(grad_y, x, mask):
+    _check_tensor("grad_y", grad_y, SPARSE_DTYPES)
+    _check_tensor("x", x, SPARSE_DTYPES)
+    _check_same_dtype("x", x, "grad_y", grad_y)
+    if grad_y.dim() < 1 or x.dim() < 1 or grad_y.shape[:-1] != x.shape[:-1]:
+        raise ValueError(
+            f"grad_y and x must agree on their leading dims, got {tuple(grad_y.shape)} and {tuple(x.shape)}"
+        )
+    check_sparse_mask(mask, (grad_y.shape[-1], x.shape[-1]))
+
+
+SPARSE_MASKED_SDDMM = defop(
+    "sparse_masked_sddmm(Tensor grad_y, Tensor x, Tensor mask) -> Tensor",
+    lambda grad_y, x, mask: (
+        _check_sparse_masked_sddmm(grad_y, x, mask),
+        x.new_empty((grad_y.shape[-1], x.shape[-1])),
+    )[1],
+    _check_sparse_masked_sddmm,
+)
+
+
+def _check_compressed(
+    x, crow_indices, col_indices, values, bias, out_features, rows, col_dtypes, values_ndim
+):
+    _check_tensor("x", x, SPARSE_DTYPES)
+    if not isinstance(out_features, int) or out_features < 0:
+        raise ValueError(f"out_features must be an int >= 0, got {out_features!r}")
+    _check_tensor("crow_indices", crow_indices, (torch.int64,), ndim=1)
+    _check_tensor("col_indices", col_indices, col_dtypes, ndim=1)
+    _check_tensor("values", values, ndim=values_ndim)
+    _check_same_dtype("values", values, "x", x)
+    if crow_indices.shape[0] != rows + 1:
+        raise ValueError(f"crow_indices must have {rows + 1} entries, got {crow_indices.shape[0]}")
+    if col_indices.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"col_indices ({col_indices.shape[0]}) and values ({values.shape[0]}) must have one entry per nonzero"
+        )
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dim")
+    _check_bias(bias, out_features, x)
+
+
+def _check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features):
+    _check_compressed(
+        x, crow_indices, col_indices, values, bias, out_features, out_features, (torch.int16, torch.int32), 1
+    )
+
+
+SPARSE_CSR_LINEAR = defop(
+    "sparse_csr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
+    "int out_features) -> Tensor",
+    lambda x, crow_indices, col_indices, values, bias, out_features: (
+        _check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features),
+        x.new_empty((*x.shape[:-1], out_features)),
+    )[1],
+    _check_sparse_csr_linear,
+)
+
+
+def _check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features):
+    _check_tensor("values", values, ndim=3)
+    bh, bw = values.shape[1], values.shape[2]
+    if bh == 0 or bw == 0 or out_features % bh or (x.dim() >= 1 and x.shape[-1] % bw):
+        raise ValueError(
+            f"block shape ({bh}, {bw}) must divide the weight shape ({out_features}, {x.shape[-1]})"
+        )
+    _check_compressed(
+        x, crow_indices, col_indices, values, bias, out_features, out_features // bh, (torch.int32,), 3
+    )
+
+
+SPARSE_BSR_LINEAR = defop(
+    "sparse_bsr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
+    "int out_features) -> Tensor",
+    lambda x, crow_indices, col_indices, values, bias, out_features: (
+        _check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features),
+        x.new_empty((*x.shape[:-1], out_features)),
+    )[1],
+    _check_sparse_bsr_linear,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,3 +1,3 @@
 """Implementations of the pyopt:: ops, one module per family; importing one registers its backends."""
 
-from . import binary_linear, quant, sgd  # noqa: F401
+from . import binary_linear, int8_linear, quant, sgd, sparse  # noqa: F401

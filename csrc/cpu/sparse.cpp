@@ -1,0 +1,458 @@
+// Sparse family CPU kernels: masked matmul for training (forward, grad_input, SDDMM grad_weight) and the
+// compressed inference formats (CSR with int16/int32 column indices, BSR with any (bh, bw) blocks).
+//
+// Layout trick (all M > 4 paths): activations are transposed to xt = x^T (K x Mp, M padded with zeros to
+// whole vectors) so a nonzero w[n, k] adds w * xt[k, :] to output row n of yt = y^T, a run of vector FMAs
+// over M held in registers (sparse_kernels.h). K is processed in blocks whose xt slice fits in L2, with
+// OpenMP over output rows n. M <= 4 (decode) uses a CSR GEMV that gathers x[k] per nonzero.
+// Masks are bool (1 byte); each (row, K-block) segment is turned into a list of set columns with SSE2
+// movemask + tzcnt, so the training kernels read only the weights the mask keeps and need no CSR copy.
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/cpu_isa.h"
+#if PYOPT_X86
+#include <immintrin.h>
+#endif
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace pyopt_sparse {
+
+// The per-ISA kernels of sparse_kernels.h, as one table of function pointers.
+struct Kernels {
+  int vl;      // floats per vector
+  int bsr_nv;  // vectors per BSR m-tile
+  void (*axpy_tile_i32)(const int32_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
+  void (*axpy_tile_i16)(const int16_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
+  void (*scatter_row)(const int32_t*, const float*, int64_t, const float*, int64_t, float*);
+  void (*dot_row)(const int32_t*, int64_t, const float*, const float*, int64_t, float*);
+  float (*gemv_row_i32)(const int32_t*, const float*, int64_t, const float*, float);
+  float (*gemv_row_i16)(const int16_t*, const float*, int64_t, const float*, float);
+  bool (*in_range_i32)(const int32_t*, int64_t, int64_t);
+  bool (*in_range_i16)(const int16_t*, int64_t, int64_t);
+  void (*bsr_block_row)(const float*, const int32_t*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                        float*);
+};
+
+}  // namespace pyopt_sparse
+
+#if PYOPT_X86
+#define SPARSE_NS avx512
+#define SPARSE_TARGET PYOPT_TARGET_AVX512
+#define SPARSE_VL 16
+#define SPARSE_FMA _mm512_fmadd_ps
+#define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 8
+#include "cpu/sparse_kernels.h"
+#undef SPARSE_NS
+#undef SPARSE_TARGET
+#undef SPARSE_VL
+#undef SPARSE_FMA
+#undef SPARSE_BSR_NV
+#undef SPARSE_BSR_R
+
+#define SPARSE_NS avx2
+#define SPARSE_TARGET PYOPT_TARGET_AVX2
+#define SPARSE_VL 8
+#define SPARSE_FMA _mm256_fmadd_ps
+#define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 4
+#include "cpu/sparse_kernels.h"
+#undef SPARSE_NS
+#undef SPARSE_TARGET
+#undef SPARSE_VL
+#undef SPARSE_FMA
+#undef SPARSE_BSR_NV
+#undef SPARSE_BSR_R
+#endif
+
+#define SPARSE_NS baseline
+#define SPARSE_TARGET
+#define SPARSE_VL 4
+#define SPARSE_FMA(a, b, c) ((a) * (b) + (c))
+#define SPARSE_BSR_NV 2
+#define SPARSE_BSR_R 4
+#include "cpu/sparse_kernels.h"
+
+namespace {
+
+using pyopt_sparse::Kernels;
+
+const Kernels& kernels_for(int64_t isa) {
+#if PYOPT_X86
+  switch (pyopt::select_isa(isa)) {
+    case pyopt::Isa::Avx512Vnni:
+    case pyopt::Isa::Avx512: return pyopt_sparse::avx512::kernels;
+    case pyopt::Isa::Avx2: return pyopt_sparse::avx2::kernels;
+    default: break;
+  }
+#endif
+  return pyopt_sparse::baseline::kernels;
+}
+
+// Bytes of xt (one K-block x Mp) the forward / SDDMM loops keep hot: half of a 1 MiB L2.
+constexpr int64_t kXtBlockBytes = 512 * 1024;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t k_block(int64_t K, int64_t Mp) {
+  return std::min<int64_t>(K, std::max<int64_t>(16, kXtBlockBytes / (Mp * 4)));
+}
+
+// x (M x K) -> x^T (K x Mp), zero in the padding columns.
+at::Tensor transpose_padded(const at::Tensor& x, int64_t Mp) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor xt = Mp == M ? at::empty({K, Mp}, x.options()) : at::zeros({K, Mp}, x.options());
+  xt.narrow(1, 0, M).copy_(x.t());
+  return xt;
+}
+
+at::Tensor untranspose(const at::Tensor& yt, int64_t M) { return yt.narrow(1, 0, M).t().contiguous(); }
+
+// Columns k in [k0, k1) where mask row `m` is set, written to idx; returns how many.
+int64_t mask_list(const uint8_t* m, int64_t k0, int64_t k1, int32_t* idx) {
+  int64_t L = 0, k = k0;
+#if PYOPT_X86
+  const __m128i zero = _mm_setzero_si128();
+  for (; k + 16 <= k1; k += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m + k));
+    unsigned bits = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero))) ^ 0xFFFFu;
+    while (bits) {
+      idx[L++] = static_cast<int32_t>(k + __builtin_ctz(bits));
+      bits &= bits - 1;
+    }
+  }
+#endif
+  for (; k < k1; ++k)
+    if (m[k]) idx[L++] = static_cast<int32_t>(k);
+  return L;
+}
+
+void check_float2d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+}
+
+void check_mask(const at::Tensor& mask, int64_t N, int64_t K) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == K, "mask must have shape [", N, ", ", K,
+              "], got ", mask.sizes());
+  TORCH_CHECK(mask.is_contiguous(), "mask must be contiguous");
+}
+
+const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
+  if (!bias.has_value()) return nullptr;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ", bias->sizes());
+  TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous(), "bias must be contiguous float32");
+  return bias->data_ptr<float>();
+}
+
+// Scheduling: every parallel loop hands out small chunks dynamically and has no barrier inside, so a thread
+// descheduled by a busy machine delays only its own chunk, not every other thread at a barrier.
+//
+// Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
+// 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
+// adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
+// per row segment to pay for the accumulator load/store; L2 feeds one vector per FMA on Zen 4 / SKX.) `Source` yields a row's (idx, val) list in a
+// K-block; each thread works on its own copy (buffers, cursors).
+constexpr int64_t kXtTileBytes = 384 * 1024;
+
+template <typename I, typename Source>
+void forward_tiled(const Kernels& kr,
+                   void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool, float),
+                   const Source& proto, const float* xt, int64_t Mp, int64_t N, int64_t K, const float* b, float* yt) {
+  const int64_t threads = omp_get_max_threads();
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(128, (N + 4 * threads - 1) / (4 * threads)));
+  const int64_t nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel
+  {
+    Source src = proto;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t n0 = c * chunk, n1 = std::min(N, n0 + chunk);
+      for (int64_t m0 = 0; m0 < Mp;) {
+        const int64_t left = (Mp - m0) / kr.vl;
+        const int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const int64_t kb = std::max<int64_t>(16, kXtTileBytes / (nv * kr.vl * 4));
+        src.reset(n0, n1);
+        for (int64_t k0 = 0; k0 < K; k0 += kb) {
+          const int64_t k1 = std::min(K, k0 + kb);
+          for (int64_t n = n0; n < n1; ++n) {
+            const I* idx;
+            const float* val;
+            const int64_t L = src.segment(n, k0, k1, K, idx, val);
+            if (L > 0 || k0 == 0) axpy(idx, val, L, xt + m0, Mp, yt + n * Mp + m0, nv, k0 == 0, b ? b[n] : 0.f);
+          }
+        }
+        m0 += nv * kr.vl;
+      }
+    }
+  }
+}
+
+// Row segments straight from a bool mask: set columns (movemask scan) and the weights there.
+struct MaskSource {
+  const uint8_t* mask;
+  const float* w;
+  std::vector<int32_t> idx;
+  std::vector<float> val;
+  void reset(int64_t, int64_t) {}
+  int64_t segment(int64_t n, int64_t k0, int64_t k1, int64_t K, const int32_t*& pi, const float*& pv) {
+    const int64_t L = mask_list(mask + n * K, k0, k1, idx.data());
+    for (int64_t j = 0; j < L; ++j) val[j] = w[n * K + idx[j]];
+    pi = idx.data();
+    pv = val.data();
+    return L;
+  }
+};
+
+// Row segments of a CSR matrix. pos[n]: first entry of row n not yet used in this m-tile; entries are taken
+// while their column is below the K-block's end (the last block takes the rest), so each is used exactly
+// once even if a row's columns are unsorted (only slower).
+template <typename I>
+struct CsrSource {
+  const int64_t* crow;
+  const I* col;
+  const float* vals;
+  std::vector<int64_t> pos;
+  void reset(int64_t n0, int64_t n1) { std::copy(crow + n0, crow + n1, pos.begin() + n0); }
+  int64_t segment(int64_t n, int64_t, int64_t k1, int64_t K, const I*& pi, const float*& pv) {
+    int64_t end = pos[n];
+    if (k1 == K) end = crow[n + 1];
+    else
+      while (end < crow[n + 1] && col[end] < k1) ++end;
+    pi = col + pos[n];
+    pv = vals + pos[n];
+    const int64_t L = end - pos[n];
+    pos[n] = end;
+    return L;
+  }
+};
+
+// y = x (W*mask)^T + b, reading only the weights the mask keeps.
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                         const std::optional<at::Tensor>& bias, int64_t isa) {
+  check_float2d(x, "x");
+  check_float2d(weight, "weight");
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  TORCH_CHECK(weight.size(1) == K, "weight must have ", K, " columns (x.size(-1)), got ", weight.size(1));
+  check_mask(mask, N, K);
+  const float* b = bias_ptr(bias, N);
+  if (M == 0 || N == 0 || K == 0) {
+    at::Tensor y = at::zeros({M, N}, x.options());
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+  const Kernels& kr = kernels_for(isa);
+  const int64_t Mp = round_up(M, kr.vl);
+  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  const MaskSource src{reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()), weight.data_ptr<float>(),
+                       std::vector<int32_t>(K), std::vector<float>(K)};
+  forward_tiled<int32_t>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
+  return untranspose(yt, M);
+}
+
+// grad_x = grad_y (W*mask): threads own K-blocks of grad_x^T and scatter into them (no reduction needed).
+at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask,
+                                    int64_t isa) {
+  check_float2d(grad_y, "grad_y");
+  check_float2d(weight, "weight");
+  const int64_t M = grad_y.size(0), N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(grad_y.size(1) == N, "grad_y must have ", N, " columns (weight.size(0)), got ", grad_y.size(1));
+  check_mask(mask, N, K);
+  if (M == 0 || N == 0 || K == 0) return at::zeros({M, K}, grad_y.options());
+  const Kernels& kr = kernels_for(isa);
+  const int64_t Mp = round_up(M, kr.vl);
+  const int64_t threads = omp_get_max_threads();
+  const int64_t kb = std::max<int64_t>(16, std::min(k_block(K, Mp), round_up(K, 2 * threads) / (2 * threads)));
+  at::Tensor gyt = transpose_padded(grad_y, Mp), gxt = at::zeros({K, Mp}, grad_y.options());
+  const float *pgy = gyt.data_ptr<float>(), *pw = weight.data_ptr<float>();
+  const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  float* pgx = gxt.data_ptr<float>();
+  const int64_t nblocks = (K + kb - 1) / kb;
+#pragma omp parallel
+  {
+    std::vector<int32_t> idx(kb);
+    std::vector<float> val(kb);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t k0 = blk * kb, k1 = std::min(K, k0 + kb);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t L = mask_list(pm + n * K, k0, k1, idx.data());
+        if (L == 0) continue;
+        for (int64_t j = 0; j < L; ++j) val[j] = pw[n * K + idx[j]];
+        kr.scatter_row(idx.data(), val.data(), L, pgy + n * Mp, Mp, pgx);
+      }
+    }
+  }
+  return untranspose(gxt, M);
+}
+
+// SDDMM: grad_W = (grad_y^T x) * mask, each kept entry one dot product over M; pruned entries exactly 0.
+at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask, int64_t isa) {
+  check_float2d(grad_y, "grad_y");
+  check_float2d(x, "x");
+  const int64_t M = grad_y.size(0), N = grad_y.size(1), K = x.size(1);
+  TORCH_CHECK(x.size(0) == M, "x must have ", M, " rows (grad_y.size(0)), got ", x.size(0));
+  check_mask(mask, N, K);
+  if (M == 0 || N == 0 || K == 0) return at::zeros({N, K}, x.options());
+  const Kernels& kr = kernels_for(isa);
+  const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
+  at::Tensor gyt = transpose_padded(grad_y, Mp), xt = transpose_padded(x, Mp), gw = at::empty({N, K}, x.options());
+  const float *pgy = gyt.data_ptr<float>(), *pxt = xt.data_ptr<float>();
+  const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  float* pgw = gw.data_ptr<float>();
+  const int64_t chunk = 64, nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel
+  {
+    std::vector<int32_t> idx(kb);
+    std::vector<float> dots(kb);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t n1 = std::min(N, (c + 1) * chunk);
+      for (int64_t k0 = 0; k0 < K; k0 += kb) {  // the chunk's rows share the K-block of xt in L2
+        const int64_t k1 = std::min(K, k0 + kb);
+        for (int64_t n = c * chunk; n < n1; ++n) {
+          const int64_t L = mask_list(pm + n * K, k0, k1, idx.data());
+          float* row = pgw + n * K;
+          std::fill(row + k0, row + k1, 0.f);
+          kr.dot_row(idx.data(), L, pgy + n * Mp, pxt, Mp, dots.data());
+          for (int64_t j = 0; j < L; ++j) row[idx[j]] = dots[j];
+        }
+      }
+    }
+  }
+  return gw;
+}
+
+// Checks of a compressed row structure: crow (rows+1, int64) monotone from 0 to nnz.
+void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* what) {
+  TORCH_CHECK(crow.scalar_type() == at::kLong && crow.dim() == 1 && crow.is_contiguous(),
+              "crow_indices must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(crow.size(0) == rows + 1, "crow_indices must have ", rows + 1, " entries (", what, " + 1), got ",
+              crow.size(0));
+  const int64_t* c = crow.data_ptr<int64_t>();
+  TORCH_CHECK(c[0] == 0 && c[rows] == nnz, "crow_indices must start at 0 and end at nnz=", nnz);
+  for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(c[i] <= c[i + 1], "crow_indices must be non-decreasing");
+}
+
+template <typename I>
+at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* col, const float* val, int64_t N,
+                           const float* b, const Kernels& kr,
+                           float (*gemv)(const I*, const float*, int64_t, const float*, float),
+                           void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool,
+                                        float),
+                           bool (*in_range)(const I*, int64_t, int64_t)) {
+  const int64_t M = x.size(0), K = x.size(1);
+  // Column indices are range-checked before any kernel reads x with them (a row at a time, in L1 after).
+  auto row_ok = [&](int64_t n) { return in_range(col + crow[n], crow[n + 1] - crow[n], K); };
+  bool bad = false;
+  if (M <= 4) {  // decode: GEMV per row of x, gathers of x[col] straight from row-major x
+    at::Tensor y = at::empty({M, N}, x.options());
+    const float* px = x.data_ptr<float>();
+    float* py = y.data_ptr<float>();
+#pragma omp parallel for schedule(dynamic, 64) reduction(|| : bad)
+    for (int64_t n = 0; n < N; ++n) {
+      if (!row_ok(n)) {
+        bad = true;
+        continue;
+      }
+      for (int64_t m = 0; m < M; ++m)
+        py[m * N + n] = gemv(col + crow[n], val + crow[n], crow[n + 1] - crow[n], px + m * K, b ? b[n] : 0.f);
+    }
+    TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
+    return y;
+  }
+#pragma omp parallel for schedule(dynamic, 256) reduction(|| : bad)
+  for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
+  TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
+  const int64_t Mp = round_up(M, kr.vl);
+  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  const CsrSource<I> src{crow, col, val, std::vector<int64_t>(N)};
+  forward_tiled<I>(kr, axpy, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
+  return untranspose(yt, M);
+}
+
+// y = x W^T + b with W (N x K) in CSR: crow (N+1, int64), col (nnz, int16 or int32), values (nnz, float32).
+at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                      const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
+  check_float2d(x, "x");
+  const int64_t N = out_features;
+  TORCH_CHECK(N >= 0, "out_features must be >= 0");
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.is_contiguous(),
+              "values must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
+                  col.is_contiguous() && col.size(0) == values.size(0),
+              "col_indices must be a contiguous 1-D int16/int32 tensor with one entry per value");
+  check_crow(crow, N, values.size(0), "out_features");
+  const float* b = bias_ptr(bias, N);
+  const int64_t M = x.size(0);
+  if (M == 0 || N == 0) {
+    at::Tensor y = at::zeros({M, N}, x.options());
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+  const Kernels& kr = kernels_for(isa);
+  const int64_t* pc = crow.data_ptr<int64_t>();
+  const float* pv = values.data_ptr<float>();
+  if (col.scalar_type() == at::kShort)
+    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_tile_i16,
+                                    kr.in_range_i16);
+  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_tile_i32,
+                                    kr.in_range_i32);
+}
+
+// y = x W^T + b with W in BSR: crow (N/bh + 1, int64), col (nnzb, int32 block columns), values (nnzb, bh, bw).
+at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                      const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
+  check_float2d(x, "x");
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 3 && values.is_contiguous(),
+              "values must be a contiguous float32 tensor of shape [nnz_blocks, bh, bw]");
+  const int64_t nnzb = values.size(0), bh = values.size(1), bw = values.size(2);
+  const int64_t M = x.size(0), K = x.size(1), N = out_features;
+  TORCH_CHECK(bh > 0 && bw > 0 && N % bh == 0 && K % bw == 0, "block shape (", bh, ", ", bw,
+              ") must divide the weight shape (", N, ", ", K, ")");
+  TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous() && col.size(0) == nnzb,
+              "col_indices must be a contiguous 1-D int32 tensor with one entry per block");
+  check_crow(crow, N / bh, nnzb, "out_features / bh");
+  const int32_t* pcol = col.data_ptr<int32_t>();
+  for (int64_t j = 0; j < nnzb; ++j)
+    TORCH_CHECK(pcol[j] >= 0 && pcol[j] < K / bw, "col_indices must be in [0, ", K / bw, ")");
+  const float* b = bias_ptr(bias, N);
+  if (M == 0 || N == 0) {
+    at::Tensor y = at::zeros({M, N}, x.options());
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+  const Kernels& kr = kernels_for(isa);
+  const int64_t tile = static_cast<int64_t>(kr.vl) * kr.bsr_nv, Mp = round_up(M, tile), nbr = N / bh;
+  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  const float *pxt = xt.data_ptr<float>(), *pv = values.data_ptr<float>();
+  const int64_t* pc = crow.data_ptr<int64_t>();
+  float* pyt = yt.data_ptr<float>();
+  // (m-tile, chunk of block rows) pairs, m-tile major: the threads sweep one m-tile of xt (K x tile floats,
+  // in L2) over all block rows before the next; no barrier between m-tiles.
+  const int64_t chunk = std::max<int64_t>(1, 64 / bh), nchunks = (nbr + chunk - 1) / chunk, ntiles = Mp / tile;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < ntiles * nchunks; ++t) {
+    const int64_t m0 = (t / nchunks) * tile, c = t % nchunks, i1 = std::min(nbr, (c + 1) * chunk);
+    for (int64_t I = c * chunk; I < i1; ++I)
+      kr.bsr_block_row(pv + pc[I] * bh * bw, pcol + pc[I], pc[I + 1] - pc[I], bh, bw, pxt + m0, Mp,
+                       b ? b + I * bh : nullptr, pyt + I * bh * Mp + m0);
+  }
+  return untranspose(yt, M);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
+  m.def("sparse_masked_linear", &masked_linear);
+  m.def("sparse_masked_linear_grad_input", &masked_linear_grad_input);
+  m.def("sparse_masked_sddmm", &masked_sddmm);
+  m.def("sparse_csr_linear", &csr_linear);
+  m.def("sparse_bsr_linear", &bsr_linear);
+}

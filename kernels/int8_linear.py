@@ -1,0 +1,146 @@
+"""Triton kernels of the int8 layers (pyopt::int8_linear_dynamic, pyopt::int8_linear_weight_only).
+
+dynamic:     one program per row quantises the activations (quantize_per_token's rule, round half to even
+             via the 1.5*2^23 trick: no libdevice needed, so it runs in the interpreter), then an int8
+             tl.dot GEMM (int32 accumulators) with the dequant epilogue fused: acc * sx * sw + bias.
+weight_only: the int8 weight tile is converted to x's dtype inside the GEMM loop (never a float weight
+             matrix in memory); fp32 accumulation; epilogue * sw + bias.
+One config per shape class (the interpreter dislikes autotune); 64-wide tiles keep interpreter tests quick.
+K is a constexpr: a layer's in_features is fixed (one compile per layer shape), and the interpreter of
+triton 3.6 with numpy 2.4 cannot loop to a runtime scalar bound (int() of a 1-element array).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_RNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + c) - c rounds |v| < 2**22 to the nearest integer, ties to even
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * K
+    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = tl.max(amax, axis=0) / 127.0
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    inv = 1.0 / scale
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32) * inv
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)  # clamp to integers first: rounding stays in range
+        r = (v + _RNE_MAGIC) - _RNE_MAGIC
+        tl.store(q_ptr + row * K + offs, r.to(tl.int8), mask=offs < K)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _int8_gemm_kernel(
+    a_ptr,  # [M, K] activations: int8 (DYNAMIC) or float
+    w_ptr,  # [N, K] int8
+    sx_ptr,  # [M] float32 row scales (DYNAMIC only)
+    sw_ptr,  # [N] float32
+    bias_ptr,  # [N] float32 (HAS_BIAS only)
+    out_ptr,  # [M, N]
+    M,
+    N,
+    K: tl.constexpr,
+    DYNAMIC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    if DYNAMIC:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        mask_k = ks < K
+        a = tl.load(
+            a_ptr + offs_m[:, None] * K + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0
+        )
+        w = tl.load(
+            w_ptr + offs_n[None, :] * K + ks[:, None], mask=mask_n[None, :] & mask_k[:, None], other=0
+        )
+        if DYNAMIC:
+            acc += tl.dot(a, w, out_dtype=tl.int32)
+        elif IEEE_FP32:
+            acc += tl.dot(a, w.to(a.dtype), input_precision="ieee")
+        else:
+            acc += tl.dot(a, w.to(a.dtype))
+    out = acc.to(tl.float32)
+    if DYNAMIC:
+        out = out * tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+    out = out * tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def quantize_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 quantisation of a contiguous [M, K] tensor -> (q, float32 scales [M])."""
+    M, K = x2d.shape
+    q = torch.empty((M, K), dtype=torch.int8, device=x2d.device)
+    s = torch.empty((M,), dtype=torch.float32, device=x2d.device)
+    if M:
+        block_k = min(1024, max(16, triton.next_power_of_2(max(K, 1))))
+        _quant_rows_kernel[(M,)](x2d, q, s, K, BLOCK_K=block_k)
+    return q, s
+
+
+def _gemm(a, w_q, sx, w_scales, bias, out_dtype, dynamic: bool) -> torch.Tensor:
+    M, K = a.shape
+    N = w_q.shape[0]
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
+    block_m = 16 if M <= 16 else (64 if M <= 64 or a.device.type == "cpu" else 128)
+    block_n = 64 if a.device.type == "cpu" else 128
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    _int8_gemm_kernel[grid](
+        a,
+        w_q,
+        sx if sx is not None else w_scales,  # unused when not DYNAMIC
+        w_scales,
+        bias if bias is not None else w_scales,  # unused when not HAS_BIAS
+        out,
+        M,
+        N,
+        K,
+        DYNAMIC=dynamic,
+        HAS_BIAS=bias is not None,
+        IEEE_FP32=a.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=64,
+        num_warps=4 if block_m * block_n <= 64 * 128 else 8,
+    )
+    return out
+
+
+def int8_linear_dynamic(x2d, w_q, w_scales, bias):
+    q, sx = quantize_rows(x2d)
+    return _gemm(q, w_q, sx, w_scales, bias, x2d.dtype, dynamic=True)
+
+
+def int8_linear_weight_only(x2d, w_q, w_scales, bias):
+    return _gemm(x2d, w_q, None, w_scales, bias, x2d.dtype, dynamic=False)

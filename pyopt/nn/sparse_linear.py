@@ -1,0 +1,186 @@
+"""SparseLinear: a pruned nn.Linear that trains with a masked-matmul kernel and runs compressed.
+
+Training mode ("masked"): parameter `weight` [N, K] with pruned entries exactly 0, buffer `mask` (bool);
+forward = torch.ops.pyopt.sparse_masked_linear (backward: grad_input + SDDMM, see pyopt/ops/sparse.py).
+The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0.
+Inference (`compress()` / `pyopt.sparsify`): the weight is stored as "csr", "bsr", "2:4" or "dense",
+whichever the dispatcher (pyopt/ops/sparse_dispatch.py) measured fastest — never slower than dense.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _ops
+from ..ops import sparse_dispatch as dispatch
+from ..report import Report
+from ._base import register_module, set_param_mask
+
+_COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values")
+
+
+@register_module
+class SparseLinear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        format: str = "masked",
+        block: tuple[int, int] | None = None,
+        nnz: int = 0,
+        reason: str = "",
+    ) -> None:
+        super().__init__()
+        if format not in ("masked", *dispatch.FORMATS):
+            raise ValueError(f"format must be 'masked' or one of {dispatch.FORMATS}, got {format!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.format, self.block, self.reason = format, None if block is None else tuple(block), reason
+        fk = {"device": device, "dtype": dtype}
+        n, k = out_features, in_features
+        if format == "masked":
+            self.weight = nn.Parameter(torch.empty(n, k, **fk))
+            self.register_buffer("mask", torch.ones(n, k, dtype=torch.bool, device=device))
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        elif format in ("dense", "2:4"):
+            self.register_buffer("weight", torch.empty(n, k, **fk))
+        else:
+            bh, bw = self.block if format == "bsr" else (1, 1)
+            col_dtype = torch.int32 if format == "bsr" or k > torch.iinfo(torch.int16).max else torch.int16
+            self.register_buffer("crow_indices", torch.zeros(n // bh + 1, dtype=torch.int64, device=device))
+            self.register_buffer("col_indices", torch.zeros(nnz, dtype=col_dtype, device=device))
+            shape = (nnz, bh, bw) if format == "bsr" else (nnz,)
+            self.register_buffer("values", torch.zeros(shape, **fk))
+        self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
+        self._semi = None  # the 2:4 weight (torch.sparse semi-structured), rebuilt from `weight` when needed
+        self._sync_param_mask()
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_param_mask())
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
+        """Training-mode layer with linear's weight * mask (pruned entries exactly 0) and bias."""
+        w = linear.weight
+        _ops.check_sparse_mask(mask, w.shape)
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
+        with torch.no_grad():
+            m.mask.copy_(mask)
+            m.weight.copy_(torch.where(m.mask, w, torch.zeros((), dtype=w.dtype, device=w.device)))
+            if linear.bias is not None:
+                m.bias.copy_(linear.bias)
+        return m
+
+    def _sync_param_mask(self) -> None:
+        if self.format == "masked":
+            set_param_mask(self.weight, self.mask)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._semi = None
+        self._sync_param_mask()  # .to()/.cuda() replace the buffer object
+        return out
+
+    def _tensors(self) -> dict:
+        t = {name: getattr(self, name) for name in _COMPRESSED_BUFFERS if hasattr(self, name)}
+        if self.format == "2:4":
+            if self._semi is None:
+                self._semi = dispatch.semi_structured(self.weight)
+            t["semi"] = self._semi
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.format == "masked":
+            return torch.ops.pyopt.sparse_masked_linear(x, self.weight, self.mask, self.bias)
+        return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
+
+    @torch.no_grad()
+    def compress(self, format: str | None = None, block=None, cache: dispatch.DispatchCache | None = None):
+        """Switch to inference storage. format=None/"auto": the dispatcher's choice; or force one of
+        "dense", "csr", "bsr" (block=(bh, bw), default the mask's own block shape), "2:4". Returns self."""
+        if self.format != "masked":
+            raise RuntimeError(f"compress: layer is already compressed (format={self.format!r})")
+        weight, mask = self.weight.detach(), self.mask
+        if format in (None, "auto"):
+            decision = dispatch.choose(weight, mask, self.bias, cache)
+        elif format in dispatch.FORMATS:
+            if format == "bsr":
+                block = tuple(block) if block is not None else dispatch.detect_block(mask)
+                if block is None:
+                    raise ValueError(
+                        "compress(format='bsr') needs block=(bh, bw): the mask has no block structure"
+                    )
+            decision = dispatch.Decision(format, f"{format}: forced by compress(format={format!r})", block)
+        else:
+            raise ValueError(f"format must be None, 'auto' or one of {dispatch.FORMATS}, got {format!r}")
+        tensors = dispatch.build(decision.format, weight, mask, decision.block)
+        self.sparsity = 1.0 - mask.float().mean().item()
+        del self.weight, self.mask
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+        self.format, self.block, self.reason, self.decision = (
+            decision.format,
+            decision.block,
+            decision.reason,
+            decision,
+        )
+        return self
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """(bytes of the equivalent dense nn.Linear weight, bytes this layer stores for its weight)."""
+        itemsize = (self.values if self.format in ("csr", "bsr") else self.weight).element_size()
+        dense = self.in_features * self.out_features * itemsize
+        own = [self.weight, self.mask] if self.format == "masked" else self._tensors().values()
+        return dense, sum(t.numel() * t.element_size() for t in own if t.layout == torch.strided)
+
+    def extra_config(self) -> dict:
+        nnz = self.values.shape[0] if self.format in ("csr", "bsr") else 0
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "format": self.format,
+            "block": None if self.block is None else list(self.block),
+            "nnz": nnz,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> SparseLinear:
+        cfg = dict(cfg)
+        return cls(cfg.pop("in_features"), cfg.pop("out_features"), cfg.pop("bias"), **cfg)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        s += f", format={self.format}" + (f", block={self.block}" if self.block else "")
+        return s + (f", reason='{self.reason}'" if self.reason else "")
+
+
+def sparsify(model: nn.Module, format: str | None = None, cache: dispatch.DispatchCache | None = None):
+    """compress() every SparseLinear (and every other module with a compress() method, e.g. a masked
+    Conv2d) in `model`, in place. Returns (model, Report) with the format, reason and memory per layer."""
+    report = Report("pyopt.sparsify")
+    dense_total = own_total = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseLinear):
+            if mod.format == "masked":
+                mod.compress(format=format, cache=cache)
+            dense, own = mod.memory_bytes()
+            dense_total, own_total = dense_total + dense, own_total + own
+            report.add(
+                name, "compressed", format=mod.format, sparsity=getattr(mod, "sparsity", float("nan")),
+                dense_bytes=dense, bytes=own, saving=1 - own / max(dense, 1), reason=mod.reason,
+            )  # fmt: skip
+        elif callable(getattr(mod, "compress", None)) and mod is not model:
+            mod.compress()
+            report.add(
+                name, "compressed", format=getattr(mod, "format", ""), reason=getattr(mod, "reason", "")
+            )
+    report.summary = {
+        "dense_bytes": dense_total,
+        "bytes": own_total,
+        "memory_saving": 1 - own_total / max(dense_total, 1),
+    }
+    return model, report

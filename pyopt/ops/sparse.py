@@ -1,0 +1,240 @@
+"""sparse family: reference, cpu, triton and cuda implementations of the pyopt::sparse_* ops, the autograd
+of the masked matmul, and the conversions from a masked dense weight to CSR / BSR.
+
+Masked matmul (training): y = x (W*M)^T + b;  grad_x = grad_y (W*M);  grad_W = (grad_y^T x) * M (SDDMM:
+only kept entries are computed; pruned entries of grad_W are exactly 0, so W*M stays W*M under SGD).
+The C++ kernels compute in float32: float32 runs natively, bf16/fp16 are widened to float32 and rounded
+back, float64 (gradcheck) runs the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import register, requested_isa
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference: pure torch (fallback on any device and the tests' oracle)
+# ----------------------------------------------------------------------------------------------------------
+def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # where(), not weight * mask: a pruned inf/nan weight must not leak into the product
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
+@register("sparse_masked_linear", "reference")
+def masked_linear_ref(x, weight, mask, bias):
+    return F.linear(x, _masked(weight, mask), bias)
+
+
+@register("sparse_masked_linear_grad_input", "reference")
+def masked_linear_grad_input_ref(grad_y, weight, mask):
+    return grad_y @ _masked(weight, mask)
+
+
+@register("sparse_masked_sddmm", "reference")
+def masked_sddmm_ref(grad_y, x, mask):
+    gy = grad_y.reshape(-1, grad_y.shape[-1])
+    return _masked(gy.t() @ x.reshape(-1, x.shape[-1]), mask)
+
+
+def _check_col_range(col_indices: torch.Tensor, k: int) -> None:
+    if col_indices.numel() and (int(col_indices.min()) < 0 or int(col_indices.max()) >= k):
+        raise ValueError(f"col_indices must be in [0, {k})")
+
+
+@register("sparse_csr_linear", "reference")
+def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
+    k = x.shape[-1]
+    _check_col_range(col_indices, k)
+    w = torch.sparse_csr_tensor(
+        crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
+    ).to_dense()
+    return F.linear(x, w, bias)
+
+
+@register("sparse_bsr_linear", "reference")
+def bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
+    k = x.shape[-1]
+    _check_col_range(col_indices, k // values.shape[2])
+    w = torch.sparse_bsr_tensor(
+        crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
+    ).to_dense()
+    return F.linear(x, w, bias)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cpu: C++ kernels (csrc/cpu/sparse.cpp) on 2-D contiguous float32
+# ----------------------------------------------------------------------------------------------------------
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).float().contiguous()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float().contiguous()
+
+
+@register("sparse_masked_linear", "cpu")
+def masked_linear_cpu(x, weight, mask, bias):
+    if x.dtype == torch.float64:
+        return masked_linear_ref(x, weight, mask, bias)
+    y = torch.ops.pyopt_cpu.sparse_masked_linear(
+        _flat(x), _f32(weight), mask.contiguous(), _f32(bias), requested_isa()
+    )
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+@register("sparse_masked_linear_grad_input", "cpu")
+def masked_linear_grad_input_cpu(grad_y, weight, mask):
+    if grad_y.dtype == torch.float64:
+        return masked_linear_grad_input_ref(grad_y, weight, mask)
+    gx = torch.ops.pyopt_cpu.sparse_masked_linear_grad_input(
+        _flat(grad_y), _f32(weight), mask.contiguous(), requested_isa()
+    )
+    return gx.to(grad_y.dtype).reshape(*grad_y.shape[:-1], weight.shape[1])
+
+
+@register("sparse_masked_sddmm", "cpu")
+def masked_sddmm_cpu(grad_y, x, mask):
+    if x.dtype == torch.float64:
+        return masked_sddmm_ref(grad_y, x, mask)
+    gw = torch.ops.pyopt_cpu.sparse_masked_sddmm(_flat(grad_y), _flat(x), mask.contiguous(), requested_isa())
+    return gw.to(x.dtype)
+
+
+def _compressed_cpu(op, ref, x, crow_indices, col_indices, values, bias, out_features):
+    if x.dtype == torch.float64:
+        return ref(x, crow_indices, col_indices, values, bias, out_features)
+    y = op(
+        _flat(x),
+        crow_indices.contiguous(),
+        col_indices.contiguous(),
+        _f32(values),
+        _f32(bias),
+        out_features,
+        requested_isa(),
+    )
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+@register("sparse_csr_linear", "cpu")
+def csr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
+    op = torch.ops.pyopt_cpu.sparse_csr_linear
+    return _compressed_cpu(op, csr_linear_ref, x, crow_indices, col_indices, values, bias, out_features)
+
+
+@register("sparse_bsr_linear", "cpu")
+def bsr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
+    op = torch.ops.pyopt_cpu.sparse_bsr_linear
+    return _compressed_cpu(op, bsr_linear_ref, x, crow_indices, col_indices, values, bias, out_features)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# triton: block-sparse (BSR) kernel, kernels/sparse.py
+# ----------------------------------------------------------------------------------------------------------
+@register("sparse_bsr_linear", "triton")
+def bsr_linear_triton(x, crow_indices, col_indices, values, bias, out_features):
+    from ..kernels import sparse as tk
+
+    y = tk.bsr_linear(
+        x.reshape(-1, x.shape[-1]).contiguous(), crow_indices, col_indices, values, bias, out_features
+    )
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cuda: CSR SpMM (csrc/cuda/sparse.cu), float32
+# ----------------------------------------------------------------------------------------------------------
+@register("sparse_csr_linear", "cuda")
+def csr_linear_cuda(x, crow_indices, col_indices, values, bias, out_features):
+    if x.dtype != torch.float32:
+        return csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features)
+    y = torch.ops.pyopt_cuda.sparse_csr_linear(
+        x.reshape(-1, x.shape[-1]).contiguous(),
+        crow_indices.contiguous(),
+        col_indices.int().contiguous(),
+        values.contiguous(),
+        bias,
+        out_features,
+    )
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# autograd of the masked matmul
+# ----------------------------------------------------------------------------------------------------------
+def _setup_masked_linear(ctx, inputs, output):
+    x, weight, mask, bias = inputs
+    ctx.save_for_backward(x, weight, mask)
+    ctx.has_bias = bias is not None
+
+
+def _backward_masked_linear(ctx, grad_y):
+    x, weight, mask = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.pyopt.sparse_masked_linear_grad_input(grad_y, weight, mask)
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.ops.pyopt.sparse_masked_sddmm(grad_y, x, mask)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return grad_x, grad_w, None, grad_b
+
+
+torch.library.register_autograd(
+    "pyopt::sparse_masked_linear", _backward_masked_linear, setup_context=_setup_masked_linear
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# formats: masked dense weight -> CSR / BSR tensors for the ops above
+# ----------------------------------------------------------------------------------------------------------
+def to_csr(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(crow_indices int64, col_indices int16 if in_features < 2^15 else int32, values) of weight*mask.
+
+    Every kept entry is stored (also a kept weight that happens to be 0), columns sorted within rows.
+    """
+    n, k = weight.shape
+    rows, cols = mask.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=n)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=weight.device)
+    crow[1:] = counts.cumsum(0)
+    col_dtype = torch.int16 if k <= torch.iinfo(torch.int16).max else torch.int32
+    return crow, cols.to(col_dtype), weight[rows, cols].contiguous()
+
+
+def block_mask(mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """[N/bh, K/bw] bool: which (bh, bw) blocks hold any kept entry."""
+    bh, bw = block
+    n, k = mask.shape
+    if bh <= 0 or bw <= 0 or n % bh or k % bw:
+        raise ValueError(f"block {block} must divide the weight shape {(n, k)}")
+    return mask.reshape(n // bh, bh, k // bw, bw).any(dim=3).any(dim=1)
+
+
+def is_block_structured(mask: torch.Tensor, block: tuple[int, int]) -> bool:
+    """Whether every (bh, bw) block of the mask is all kept or all pruned."""
+    bh, bw = block
+    n, k = mask.shape
+    if n % bh or k % bw:
+        return False
+    blocks = mask.reshape(n // bh, bh, k // bw, bw)
+    return bool((blocks.all(dim=3).all(dim=1) == blocks.any(dim=3).any(dim=1)).all())
+
+
+def to_bsr(
+    weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(crow_indices int64, col_indices int32, values [nnz_blocks, bh, bw]) of weight*mask.
+
+    Blocks with any kept entry are stored whole (pruned entries inside them as 0).
+    """
+    bh, bw = block
+    n, k = weight.shape
+    keep = block_mask(mask, block)
+    brow, bcol = keep.nonzero(as_tuple=True)
+    crow = torch.zeros(n // bh + 1, dtype=torch.int64, device=weight.device)
+    crow[1:] = torch.bincount(brow, minlength=n // bh).cumsum(0)
+    blocks = _masked(weight, mask).reshape(n // bh, bh, k // bw, bw).permute(0, 2, 1, 3)
+    return crow, bcol.to(torch.int32), blocks[brow, bcol].contiguous()

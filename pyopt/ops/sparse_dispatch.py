@@ -1,0 +1,214 @@
+"""The never-slower-than-dense dispatcher of compressed sparse layers.
+
+For a masked weight, `choose()` times every format that can run it here — "dense" (F.linear on the
+masked weight), "csr", "bsr" (when the mask is block-structured) and "2:4" (CUDA sm80+, half precision,
+2:4 masks) — at a few batch sizes M (CALIBRATION_M), and picks the sparse format only if it was faster
+than dense at *every* M measured; otherwise dense. That micro-benchmark is the cost model: it is run once
+per (shape, dtype, device, sparsity bucket, block structure, threads) and kept in a `DispatchCache`, an
+explicit object (the default one, DEFAULT_CACHE, is the only process-wide state; pass your own to
+isolate). The `Decision` keeps the measured times, so the choice and its reason can be shown and tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import sparse as sparse_ops
+
+FORMATS = ("dense", "csr", "bsr", "2:4")
+CALIBRATION_M = (1, 64, 256)
+BLOCK_SIZES = (64, 32, 16, 8, 4)
+# (bh, bw) pairs, largest area first; all multiples of 4, so a mask that is not (4, 4)-structured has none
+BLOCK_CANDIDATES = sorted(((h, w) for h in BLOCK_SIZES for w in BLOCK_SIZES), key=lambda b: -b[0] * b[1])
+
+
+@dataclasses.dataclass
+class Decision:
+    format: str
+    reason: str
+    block: tuple[int, int] | None = None
+    times_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)  # format -> {M: ms}
+
+    def ratio(self, fmt: str, m: int) -> float:
+        """Dense time / `fmt` time at batch M in this calibration (> 1: fmt is faster)."""
+        return self.times_ms["dense"][m] / self.times_ms[fmt][m]
+
+
+class DispatchCache:
+    """Calibrated decisions, keyed by layer shape, dtype, device, sparsity bucket, block structure."""
+
+    def __init__(self) -> None:
+        self._decisions: dict[tuple, Decision] = {}
+
+    def get(self, key: tuple) -> Decision | None:
+        return self._decisions.get(key)
+
+    def put(self, key: tuple, decision: Decision) -> None:
+        self._decisions[key] = decision
+
+    def items(self):
+        return list(self._decisions.items())
+
+    def clear(self) -> None:
+        self._decisions.clear()
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+
+DEFAULT_CACHE = DispatchCache()
+
+
+def detect_block(mask: torch.Tensor) -> tuple[int, int] | None:
+    """The largest block shape the mask is made of (all-kept or all-pruned blocks), if any."""
+    if mask.all() or not mask.any() or not sparse_ops.is_block_structured(mask, (4, 4)):
+        return None
+    for block in BLOCK_CANDIDATES:
+        if sparse_ops.is_block_structured(mask, block):
+            return block
+    return None
+
+
+def is_2_4(mask: torch.Tensor) -> bool:
+    k = mask.shape[1]
+    return k % 4 == 0 and bool((mask.reshape(mask.shape[0], k // 4, 4).sum(-1) <= 2).all())
+
+
+def _semi_structured_ok(weight: torch.Tensor, mask: torch.Tensor) -> bool:
+    if weight.device.type != "cuda" or weight.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    n, k = weight.shape
+    return (
+        torch.cuda.get_device_capability(weight.device) >= (8, 0)
+        and n % 64 == 0
+        and k % 64 == 0
+        and is_2_4(mask)
+    )
+
+
+def build(fmt: str, weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, int] | None = None) -> dict:
+    """The tensors that store weight*mask in `fmt` (names = SparseLinear buffer names)."""
+    if fmt == "dense":
+        return {"weight": sparse_ops._masked(weight, mask).contiguous()}
+    if fmt == "csr":
+        crow, col, values = sparse_ops.to_csr(weight, mask)
+        return {"crow_indices": crow, "col_indices": col, "values": values}
+    if fmt == "bsr":
+        if block is None:
+            raise ValueError("format='bsr' needs a block shape (bh, bw)")
+        crow, col, values = sparse_ops.to_bsr(weight, mask, block)
+        return {"crow_indices": crow, "col_indices": col, "values": values}
+    if fmt == "2:4":
+        if not _semi_structured_ok(weight, mask):
+            raise ValueError(
+                "format='2:4' needs a CUDA sm80+ device, float16/bfloat16 weights, dims divisible by 64 "
+                "and a 2:4 mask"
+            )
+        return {"weight": sparse_ops._masked(weight, mask).contiguous()}
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def semi_structured(weight: torch.Tensor) -> torch.Tensor:
+    from torch.sparse import to_sparse_semi_structured
+
+    return to_sparse_semi_structured(weight)
+
+
+def linear(
+    fmt: str, tensors: dict, x: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """Forward of a layer stored in `fmt` (tensors from build(); "2:4" also needs "semi")."""
+    if fmt == "dense":
+        return F.linear(x, tensors["weight"], bias)
+    if fmt == "csr":
+        op = torch.ops.pyopt.sparse_csr_linear
+    elif fmt == "bsr":
+        op = torch.ops.pyopt.sparse_bsr_linear
+    elif fmt == "2:4":
+        return F.linear(x, tensors["semi"], bias)
+    else:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    return op(x, tensors["crow_indices"], tensors["col_indices"], tensors["values"], bias, out_features)
+
+
+def _median_ms(fns: dict, device: torch.device, rounds: int) -> dict[str, float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(rounds):  # interleaved rounds: a neighbour's load hits every format alike
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def cache_key(weight: torch.Tensor, mask: torch.Tensor, block, ms) -> tuple:
+    sparsity = 1.0 - mask.float().mean().item()
+    bucket = round(sparsity * 20) / 20  # 5% buckets
+    return (
+        tuple(weight.shape),
+        str(weight.dtype),
+        weight.device.type,
+        bucket,
+        block,
+        torch.get_num_threads(),
+        ms,
+    )
+
+
+@torch.no_grad()
+def choose(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    cache: DispatchCache | None = None,
+    ms: tuple[int, ...] = CALIBRATION_M,
+    rounds: int = 5,
+) -> Decision:
+    """Calibrate (or look up) the fastest format for weight*mask; never one slower than dense."""
+    cache = DEFAULT_CACHE if cache is None else cache
+    block = detect_block(mask)
+    key = cache_key(weight, mask, block, tuple(ms))
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    candidates = {"dense": build("dense", weight, mask), "csr": build("csr", weight, mask)}
+    if block is not None:
+        candidates["bsr"] = build("bsr", weight, mask, block)
+    if _semi_structured_ok(weight, mask):
+        t = build("2:4", weight, mask)
+        candidates["2:4"] = {**t, "semi": semi_structured(t["weight"])}
+    n, k = weight.shape
+    times: dict[str, dict[int, float]] = {f: {} for f in candidates}
+    for m in ms:
+        x = torch.randn(m, k, dtype=weight.dtype, device=weight.device)
+        fns = {f: (lambda f=f, t=t, x=x: linear(f, t, x, bias, n)) for f, t in candidates.items()}
+        for f, v in _median_ms(fns, weight.device, rounds).items():
+            times[f][m] = v
+    # worst-case speedup over the calibrated batch sizes; sparse must beat dense at every one of them
+    worst = {f: min(times["dense"][m] / times[f][m] for m in ms) for f in candidates if f != "dense"}
+    best = max(worst, key=worst.get) if worst else None
+    at = ", ".join
+    if best is not None and worst[best] > 1.0:
+        ratios = at(f"{times['dense'][m] / times[best][m]:.2f}x at M={m}" for m in ms)
+        decision = Decision(
+            best, f"{best} vs dense: {ratios} (calibrated)", block if best == "bsr" else None, times
+        )
+    else:
+        why = (
+            f"best sparse ({best}) only {worst[best]:.2f}x dense at its worst M"
+            if best
+            else "no sparse format"
+        )
+        decision = Decision("dense", f"dense: {why} (calibrated)", None, times)
+    cache.put(key, decision)
+    return decision

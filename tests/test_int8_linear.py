@@ -1,0 +1,300 @@
+"""Int8Linear / Int8Conv2d and their ops: every backend and ISA vs the reference, accuracy vs float, module
+protocol (state_dict, deepcopy, torch.save/load weights_only, torch.compile), bad inputs."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import backend_params, isa_params
+from tolerances import tol
+from torch import nn
+
+import pyopt
+from pyopt.nn import Int8Conv2d, Int8Linear
+from pyopt.nn._base import MODULES
+from pyopt.ops.int8_linear import quantize_rows_cpu, quantize_rows_symmetric
+
+LINEAR_OPS = ("int8_linear_dynamic", "int8_linear_weight_only")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _weights(n, k, bias=True, device="cpu"):
+    q, s = quantize_rows_symmetric(torch.randn(n, k))
+    b = torch.randn(n) if bias else None
+    return q.to(device), s.to(device), None if b is None else b.to(device)
+
+
+def _run(op, backend, *args):
+    with pyopt.use_backend(backend):
+        return getattr(torch.ops.pyopt, op)(*args)
+
+
+def _skip_interp_bf16(device, backend, dtype):
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes bf16 dots wrongly (loads bf16, computes fp32)")
+
+
+def _sqnr_db(ref, out):
+    return 10 * math.log10(ref.pow(2).sum().item() / (ref - out).pow(2).sum().item())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-token quantisation (the integer part): exact
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (2, 1003)])
+def test_quantize_rows_cpu_exact(isa, dtype, shape):
+    x = torch.randn(shape).to(dtype) * 3
+    x[0, 0] = 0.5 * 3  # ties appear after scaling too; plus a zero row below
+    if shape[0] > 1:
+        x[1] = 0
+    with pyopt.use_isa(isa):
+        q, s = quantize_rows_cpu(x)
+    q_ref, s_ref = quantize_rows_symmetric(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    assert q.abs().max() <= 127 and s[1 if shape[0] > 1 else 0] > 0
+
+
+def test_quantize_rows_rule():
+    # amax 127 -> scale 1: q = rint_half_even(x); 2.5 -> 2, 3.5 -> 4, -0.5 -> 0
+    x = torch.tensor([[127.0, 2.5, 3.5, -0.5, -127.0]])
+    q, s = quantize_rows_symmetric(x)
+    assert s.tolist() == [1.0] and q.tolist() == [[127, 2, 4, 0, -127]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# linear ops vs reference
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", LINEAR_OPS)
+@pytest.mark.parametrize(("device", "backend"), backend_params("int8_linear_dynamic"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("shape", "n", "bias"), [((1, 7), 3, True), ((5, 33), 17, False), ((2, 3, 40), 65, True)]
+)
+def test_linear_backends_vs_reference(op, device, backend, dtype, shape, n, bias):
+    _skip_interp_bf16(device, backend, dtype)
+    x = torch.randn(shape, device=device).to(dtype)
+    w, s, b = _weights(n, shape[-1], bias, device)
+    out = _run(op, backend, x, w, s, b)
+    ref = _run(op, "reference", x, w, s, b)
+    assert out.shape == (*shape[:-1], n) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **tol(dtype))
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(1, 1, 5), (1, 1003, 9), (4, 17, 7), (17, 100, 13), (70, 33, 6), (1003, 48, 21)]
+)
+def test_linear_cpu_isas(op, isa, dtype, m, k, n):
+    x = torch.randn(m, k).to(dtype)
+    w, s, b = _weights(n, k)
+    with pyopt.use_isa(isa):
+        out = _run(op, "cpu", x, w, s, b)
+    torch.testing.assert_close(out, _run(op, "reference", x, w, s, b), **tol(dtype))
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_linear_noncontiguous_and_empty(op):
+    x = torch.randn(40, 6)[:, 1:].t()  # [5, 40], non-contiguous
+    w_full, s, b = _weights(9, 80)
+    w = w_full[:, ::2]  # non-contiguous weight view
+    torch.testing.assert_close(
+        _run(op, "cpu", x, w, s, b), _run(op, "reference", x, w, s, b), **tol(torch.float32)
+    )
+    w, s, b = _weights(9, 40)
+    assert _run(op, "cpu", torch.randn(0, 40), w, s, b).shape == (0, 9)
+    assert _run(op, "cpu", torch.randn(2, 0, 40), w, s, b).shape == (2, 0, 9)
+    w0, s0, b0 = _weights(9, 0)
+    torch.testing.assert_close(_run(op, "cpu", torch.randn(3, 0), w0, s0, b0), b0.expand(3, 9))
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_linear_opcheck(op):
+    x = torch.randn(3, 5, 24)
+    w, s, b = _weights(10, 24)
+    torch.library.opcheck(getattr(torch.ops.pyopt, op), (x, w, s, b))
+    torch.library.opcheck(getattr(torch.ops.pyopt, op), (x[0], w, s, None))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"x": torch.randn(3, 7)}, ValueError, "in_features"),
+        ({"x": torch.randn(3, 8).double()}, TypeError, "x must have dtype"),
+        ({"w": torch.zeros(4, 8)}, TypeError, "w_q must be an int8"),
+        ({"s": torch.ones(5)}, ValueError, "w_scales must have shape"),
+        ({"s": torch.ones(4, dtype=torch.float64)}, TypeError, "w_scales must be a float32"),
+        ({"b": torch.ones(3)}, ValueError, "bias must have shape"),
+    ],
+)
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_linear_bad_inputs(op, kwargs, exc, match):
+    args = {"x": torch.randn(3, 8), "w": torch.zeros(4, 8, dtype=torch.int8), "s": torch.ones(4), "b": None}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        getattr(torch.ops.pyopt, op)(args["x"], args["w"], args["s"], args["b"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conv ops
+# ----------------------------------------------------------------------------------------------------------
+CONV_CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
+    (2, 3, 9, 7, 5, 3, 1, 1, 1),
+    (1, 8, 10, 10, 4, 1, 1, 0, 1),
+    (2, 4, 11, 9, 6, 3, 2, 2, 2),
+    (1, 5, 6, 6, 3, 1, 2, 0, 1),
+]
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_dynamic_cpu_vs_reference(isa, case, dtype):
+    B, C, H, W, cout, k, st, p, d = case
+    x = torch.randn(B, C, H, W).to(dtype)
+    wq, ws, b = _weights(cout, C * k * k)
+    args = (x, wq.view(cout, C, k, k), ws, b, [st, st], [p, p], [d, d])
+    with pyopt.use_isa(isa):
+        out = _run("int8_conv2d_dynamic", "cpu", *args)
+    ref = _run("int8_conv2d_dynamic", "reference", *args)
+    assert out.stride() == ref.stride()
+    torch.testing.assert_close(out, ref, **tol(dtype))
+    # channels-last input takes the same path
+    torch.testing.assert_close(
+        _run("int8_conv2d_dynamic", "cpu", x.to(memory_format=torch.channels_last), *args[1:]),
+        ref,
+        **tol(dtype),
+    )
+
+
+@pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
+def test_conv_opcheck_and_bad_inputs(op):
+    wq, ws, b = _weights(4, 3 * 9)
+    wq = wq.view(4, 3, 3, 3)
+    fn = getattr(torch.ops.pyopt, op)
+    torch.library.opcheck(fn, (torch.randn(2, 3, 8, 8), wq, ws, b, [1, 1], [1, 1], [1, 1]))
+    with pytest.raises(ValueError, match="in_channels"):
+        fn(torch.randn(2, 5, 8, 8), wq, ws, b, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="smaller than"):
+        fn(torch.randn(2, 3, 2, 2), wq, ws, b, [1, 1], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match="stride"):
+        fn(torch.randn(2, 3, 8, 8), wq, ws, b, [0, 1], [0, 0], [1, 1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# modules: accuracy vs float, protocol
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("mode", "min_db"), [("dynamic", 30.0), ("weight_only", 38.0)])
+def test_linear_sqnr_vs_float(mode, min_db):
+    lin = nn.Linear(512, 256)
+    with torch.no_grad():
+        lin.weight.normal_()
+        lin.bias.normal_()
+    x = torch.randn(64, 512)
+    q = Int8Linear.from_float(lin, mode=mode)
+    db = _sqnr_db(lin(x).detach(), q(x))
+    assert db >= min_db, f"{mode}: SQNR {db:.1f} dB < {min_db}"
+
+
+@pytest.mark.parametrize(("mode", "min_db"), [("dynamic", 30.0), ("weight_only", 38.0)])
+def test_conv_sqnr_vs_float(mode, min_db):
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(2, 16, 12, 12)
+    q = Int8Conv2d.from_float(conv, mode=mode)
+    db = _sqnr_db(conv(x).detach(), q(x))
+    assert db >= min_db, f"{mode}: SQNR {db:.1f} dB < {min_db}"
+
+
+def _modules():
+    lin = nn.Linear(24, 10)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1)
+    return [
+        (Int8Linear.from_float(lin, "dynamic"), torch.randn(2, 5, 24)),
+        (Int8Linear.from_float(nn.Linear(24, 10, bias=False), "weight_only"), torch.randn(3, 24)),
+        (Int8Conv2d.from_float(conv, "dynamic"), torch.randn(2, 3, 9, 9)),
+        (Int8Conv2d.from_float(conv, "weight_only"), torch.randn(2, 3, 9, 9)),
+    ]
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_module_protocol_roundtrip(idx):
+    mod, x = _modules()[idx]
+    y = mod(x)
+    assert MODULES[type(mod).__name__] is type(mod)
+    assert all(t.dtype in (torch.int8, torch.float32) for t in mod.state_dict().values())
+    fresh = type(mod).from_config(mod.extra_config())
+    fresh.load_state_dict(mod.state_dict())
+    assert torch.equal(fresh(x), y)
+    assert torch.equal(copy.deepcopy(mod)(x), y)
+    buf = io.BytesIO()
+    torch.save(mod.state_dict(), buf)
+    buf.seek(0)
+    again = type(mod).from_config(mod.extra_config())
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(again(x), y)
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_module_compile_fullgraph(idx):
+    torch._dynamo.reset()
+    mod, x = _modules()[idx]
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), mod(x))
+
+
+def test_module_matches_float_layer_shapes_and_errors():
+    lin = nn.Linear(16, 8)
+    q = Int8Linear.from_float(lin)
+    assert q(torch.randn(4, 16)).shape == (4, 8)
+    with pytest.raises(ValueError, match="in_features"):
+        q(torch.randn(4, 15))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        q(torch.randint(0, 3, (4, 16)))
+    with pytest.raises(ValueError, match="mode"):
+        Int8Linear.from_float(lin, mode="int4")
+    with pytest.raises(TypeError, match="nn.Linear"):
+        Int8Linear.from_float(nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="groups=1"):
+        Int8Conv2d.from_float(nn.Conv2d(8, 8, 3, groups=8))
+    with pytest.raises(ValueError, match="padding_mode"):
+        Int8Conv2d.from_float(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+
+
+def test_conv_weight_only_matches_float_conv_of_dequantised_weight():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    q = Int8Conv2d.from_float(conv, mode="weight_only")
+    w = q.weight.float() * q.weight_scales.view(-1, 1, 1, 1)
+    x = torch.randn(2, 4, 7, 7)
+    torch.testing.assert_close(q(x), F.conv2d(x, w, q.bias, padding=1), **tol(torch.float32))
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_linear_grad_wrt_x(op):
+    # weight-only: exact gradient; dynamic: straight-through (same formula)
+    w, s, b = _weights(6, 10)
+    x = torch.randn(3, 10, requires_grad=True)
+    out = getattr(torch.ops.pyopt, op)(x, w, s, b)
+    out.pow(2).sum().backward()
+    w_deq = w.float() * s.unsqueeze(1)
+    torch.testing.assert_close(x.grad, (2 * out.detach()) @ w_deq, **tol(torch.float32))  # d sum(out^2)/dx
+
+
+@pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
+def test_conv_grad_wrt_x(op):
+    w, s, b = _weights(4, 3 * 9)
+    w = w.view(4, 3, 3, 3)
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    grad_out = torch.randn(2, 4, 5, 4)
+    getattr(torch.ops.pyopt, op)(x, w, s, b, [2, 2], [1, 1], [1, 1]).backward(grad_out)
+    w_deq = (w.float() * s.view(-1, 1, 1, 1)).requires_grad_(False)
+    x_ref = x.detach().clone().requires_grad_()
+    F.conv2d(x_ref, w_deq, b, 2, 1, 1).backward(grad_out)
+    torch.testing.assert_close(x.grad, x_ref.grad, **tol(torch.float32))

@@ -1,0 +1,294 @@
+"""sparse family: masked matmul (training), CSR/BSR linear (inference), SparseLinear, dispatcher, sparsify."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import backend_params, isa_params
+from tolerances import tol
+from torch import nn
+
+import pyopt
+from pyopt import _backend
+from pyopt.nn._base import get_param_mask
+from pyopt.ops import sparse as sparse_ops
+from pyopt.ops import sparse_dispatch as dispatch
+
+OPS = [
+    "sparse_masked_linear",
+    "sparse_masked_linear_grad_input",
+    "sparse_masked_sddmm",
+    "sparse_csr_linear",
+    "sparse_bsr_linear",
+]
+SHAPES = [(1, 7, 5), (7, 33, 17), (70, 1003, 19), (0, 9, 4)]  # (M, K, N)
+
+
+def _problem(m, k, n, density=0.3, dtype=torch.float32, block=None):
+    x = torch.randn(m, k, dtype=dtype)
+    w = torch.randn(n, k, dtype=dtype)
+    if block is None:
+        mask = torch.rand(n, k) < density
+    else:
+        bh, bw = block
+        mask = (torch.rand(n // bh, k // bw) < density).repeat_interleave(bh, 0).repeat_interleave(bw, 1)
+    return x, w, mask, torch.randn(n, dtype=dtype)
+
+
+def _dense_ref(x, w, mask, b):
+    """float64 oracle: x (W*mask)^T + b."""
+    return F.linear(x.double(), (w.double() * mask), None if b is None else b.double())
+
+
+def _close(actual, expected, dtype=torch.float32):
+    torch.testing.assert_close(actual.double(), expected.double(), **tol(dtype))
+
+
+# ---------------------------------------------------------------- training ops vs the float64 reference
+@pytest.mark.parametrize("device,backend", backend_params("sparse_masked_linear"))
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_masked_linear_ops(device, backend, m, k, n, with_bias):
+    x, w, mask, b = (t.to(device) for t in _problem(m, k, n))
+    b = b if with_bias else None
+    gy = torch.randn(m, n, device=device)
+    with pyopt.use_backend(backend):
+        y = torch.ops.pyopt.sparse_masked_linear(x, w, mask, b)
+        gx = torch.ops.pyopt.sparse_masked_linear_grad_input(gy, w, mask)
+        gw = torch.ops.pyopt.sparse_masked_sddmm(gy, x, mask)
+    _close(y, _dense_ref(x, w, mask, b))
+    _close(gx, gy.double() @ (w.double() * mask))
+    _close(gw, (gy.double().t() @ x.double()) * mask)
+    assert (gw[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_every_isa_matches_reference(isa):
+    """Each C++ path (AVX-512, AVX2, baseline) on odd shapes, M on both sides of the GEMV switch."""
+    if not _backend.usable("cpu", "cpu"):
+        pytest.skip("C++ CPU kernels not built")
+    for m in (1, 3, 5, 37):
+        x, w, mask, b = _problem(m, 77, 45, density=0.2)
+        wb = torch.randn(48, 80)
+        bmask = _problem(1, 80, 48, density=0.5, block=(8, 5))[2]
+        gy = torch.randn(m, 45)
+        with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
+            y = torch.ops.pyopt.sparse_masked_linear(x, w, mask, b)
+            gx = torch.ops.pyopt.sparse_masked_linear_grad_input(gy, w, mask)
+            gw = torch.ops.pyopt.sparse_masked_sddmm(gy, x, mask)
+            csr = sparse_ops.to_csr(w, mask)
+            y_csr16 = torch.ops.pyopt.sparse_csr_linear(x, *csr, b, 45)
+            y_csr32 = torch.ops.pyopt.sparse_csr_linear(x, csr[0], csr[1].int(), csr[2], b, 45)
+            xb = torch.randn(m, 80)
+            y_bsr = torch.ops.pyopt.sparse_bsr_linear(xb, *sparse_ops.to_bsr(wb, bmask, (8, 5)), None, 48)
+        ref = _dense_ref(x, w, mask, b)
+        for out in (y, y_csr16, y_csr32):
+            _close(out, ref)
+        _close(gx, gy.double() @ (w.double() * mask))
+        _close(gw, (gy.double().t() @ x.double()) * mask)
+        _close(y_bsr, _dense_ref(xb, wb, bmask, None))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_masked_linear"))
+def test_gradcheck_float64(device, backend):
+    x, w, mask, b = (t.to(device) for t in _problem(3, 11, 6, dtype=torch.float64))
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    with pyopt.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: torch.ops.pyopt.sparse_masked_linear(x, w, mask, b), (x, w, b)
+        )
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_masked_linear"))
+def test_backward_float32_vs_float64_dense(device, backend):
+    """Autograd through the (C++) float32 kernels vs autograd of the dense masked layer in float64;
+    3-D, non-contiguous input."""
+    x, w, mask, b = _problem(2 * 9, 40, 23)
+    x = x.reshape(9, 2, 40).transpose(0, 1)  # [2, 9, 40], not contiguous
+    xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    gy = torch.randn(2, 9, 23)
+    with pyopt.use_backend(backend):
+        torch.ops.pyopt.sparse_masked_linear(xs, ws, mask, bs).backward(gy)
+    F.linear(xd, wd * mask, bd).backward(gy.double())
+    for a, e in ((xs.grad, xd.grad), (ws.grad, wd.grad), (bs.grad, bd.grad)):
+        _close(a, e)
+    assert (ws.grad[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_dtypes(dtype):
+    x, w, mask, b = _problem(5, 64, 16, dtype=dtype)
+    y = torch.ops.pyopt.sparse_masked_linear(x, w, mask, b)
+    assert y.dtype == dtype
+    _close(y, _dense_ref(x, w, mask, b), dtype)
+    y_csr = torch.ops.pyopt.sparse_csr_linear(x, *sparse_ops.to_csr(w, mask), b, 16)
+    _close(y_csr, _dense_ref(x, w, mask, b), dtype)
+
+
+# ---------------------------------------------------------------- inference formats
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_linear"))
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_csr_linear(device, backend, m, k, n):
+    x, w, mask, b = (t.to(device) for t in _problem(m, k, n, density=0.1))
+    crow, col, values = sparse_ops.to_csr(w, mask)
+    with pyopt.use_backend(backend):
+        y = torch.ops.pyopt.sparse_csr_linear(x.reshape(1, m, k), crow, col, values, b, n)
+    _close(y.reshape(m, n), _dense_ref(x, w, mask, b))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_bsr_linear"))
+def test_bsr_linear(device, backend):
+    block = (64, 64) if backend == "triton" else (16, 8)  # the Triton kernel wants blocks >= 16; tests use 64
+    x, w, mask, b = (t.to(device) for t in _problem(5, 192, 128, density=0.5, block=block))
+    crow, col, values = sparse_ops.to_bsr(w, mask, block)
+    with pyopt.use_backend(backend):
+        y = torch.ops.pyopt.sparse_bsr_linear(x, crow, col, values, b, 128)
+        y0 = torch.ops.pyopt.sparse_bsr_linear(x[:0], crow, col, values, b, 128)
+    _close(y, _dense_ref(x, w, mask, b))
+    assert y0.shape == (0, 128)
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_masked_linear"))
+def test_opcheck_every_op(device, backend):
+    x, w, mask, b = (t.to(device) for t in _problem(6, 32, 16, density=0.3, block=(8, 8)))
+    gy = torch.randn(6, 16, device=device)
+    csr = sparse_ops.to_csr(w, mask)
+    bsr = sparse_ops.to_bsr(w, mask, (8, 8))
+    cases = {
+        "sparse_masked_linear": (x.requires_grad_(), w, mask, b),
+        "sparse_masked_linear_grad_input": (gy, w, mask),
+        "sparse_masked_sddmm": (gy, x.detach(), mask),
+        "sparse_csr_linear": (x.detach(), *csr, b, 16),
+        "sparse_bsr_linear": (x.detach(), *bsr, b, 16),
+    }
+    assert set(cases) == set(OPS)
+    with pyopt.use_backend(backend):
+        for name, args in cases.items():
+            torch.library.opcheck(getattr(torch.ops.pyopt, name).default, args)
+
+
+def test_bad_inputs():
+    x, w, mask, b = _problem(4, 16, 8)
+    with pytest.raises(ValueError, match="mask"):
+        torch.ops.pyopt.sparse_masked_linear(x, w, mask[:, :8], b)
+    with pytest.raises(TypeError, match="mask"):
+        torch.ops.pyopt.sparse_masked_linear(x, w, mask.float(), b)
+    with pytest.raises(TypeError, match="weight"):
+        torch.ops.pyopt.sparse_masked_linear(x, w.double(), mask, b)
+    with pytest.raises(ValueError, match="x"):
+        torch.ops.pyopt.sparse_masked_linear(x[:, :5], w, mask, b)
+    with pytest.raises(ValueError, match="bias"):
+        torch.ops.pyopt.sparse_masked_linear(x, w, mask, b[:3])
+    crow, col, values = sparse_ops.to_csr(w, mask)
+    bad_col = col.clone()
+    bad_col[0] = 16
+    for backend in [b for b in ("cpu", "reference") if _backend.usable(b, "cpu")]:
+        with pyopt.use_backend(backend), pytest.raises((RuntimeError, ValueError), match="col_indices"):
+            torch.ops.pyopt.sparse_csr_linear(x, crow, bad_col, values, b, 8)
+    with pytest.raises(ValueError, match="crow_indices"):
+        torch.ops.pyopt.sparse_csr_linear(x, crow[:-1], col, values, b, 8)
+    with pytest.raises(ValueError, match="block"):
+        torch.ops.pyopt.sparse_bsr_linear(x, crow, col.int(), values.reshape(-1, 1, 1).expand(-1, 3, 1), b, 8)
+    with pytest.raises(ValueError, match="mask"):
+        pyopt.nn.SparseLinear.from_dense(nn.Linear(16, 8), mask.t())
+    with pytest.raises(ValueError, match="block"):
+        sparse_ops.to_bsr(w, mask, (3, 3))
+
+
+# ---------------------------------------------------------------- SparseLinear, compress, dispatcher
+def _layer(k=48, n=32, density=0.2, block=None):
+    lin = nn.Linear(k, n)
+    mask = _problem(1, k, n, density=density, block=block)[2]
+    return lin, mask, pyopt.nn.SparseLinear.from_dense(lin, mask)
+
+
+def test_sparse_linear_training_keeps_pruned_zero():
+    lin, mask, layer = _layer()
+    assert (layer.weight[~mask] == 0).all() and get_param_mask(layer.weight) is layer.mask
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(2, 3, 48)).square().mean().backward()
+        opt.step()
+    assert (layer.weight[~mask] == 0).all()  # SDDMM grads are 0 there, so plain SGD keeps them 0
+    layer.to(torch.float64)
+    assert get_param_mask(layer.weight) is layer.mask  # re-attached after .to()
+
+
+@pytest.mark.parametrize("fmt", ["masked", "dense", "csr", "bsr"])
+def test_formats_match_and_round_trip(fmt):
+    lin, mask, layer = _layer(density=0.4, block=(8, 16))
+    x = torch.randn(5, 48)
+    expected = _dense_ref(x, lin.weight.detach(), mask, lin.bias.detach())
+    if fmt != "masked":
+        layer.compress(format=fmt)
+        assert layer.format == fmt and fmt in repr(layer)
+    if fmt == "bsr":  # the mask's own block shape (or a larger one it happens to have)
+        assert layer.block[0] % 8 == 0 and layer.block[1] % 16 == 0
+        assert sparse_ops.is_block_structured(mask, layer.block)
+    with torch.no_grad():
+        y = layer(x)
+    _close(y, expected)
+    assert layer.memory_bytes()[0] == 48 * 32 * 4  # the dense float32 weight it replaces
+    # what pyopt.save/load does: config -> empty module -> state_dict; bit-exact
+    clone = pyopt.nn.SparseLinear.from_config(layer.extra_config())
+    clone.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone(x), y)
+    if fmt == "masked":
+        assert get_param_mask(clone.weight) is clone.mask
+
+
+def test_compress_errors():
+    _, _, layer = _layer()
+    with pytest.raises(ValueError, match="format"):
+        layer.compress(format="coo")
+    with pytest.raises(ValueError, match="block"):
+        layer.compress(format="bsr")  # unstructured mask, no block given
+    with pytest.raises(ValueError, match="2:4"):
+        layer.compress(format="2:4")  # CPU
+    layer.compress(format="csr")
+    with pytest.raises(RuntimeError, match="already compressed"):
+        layer.compress()
+
+
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.01])
+def test_dispatcher_never_picks_slower_than_dense(density):
+    """In its own calibration, the chosen format is at least as fast as dense at every calibrated M."""
+    w = torch.randn(256, 256)
+    mask = torch.rand(256, 256) < density
+    cache = dispatch.DispatchCache()
+    d = dispatch.choose(w, mask, None, cache, ms=(1, 32), rounds=3)
+    assert d.format in ("dense", "csr") and d.format in d.reason
+    for m in (1, 32):
+        assert d.times_ms[d.format][m] <= d.times_ms["dense"][m]
+    if d.format == "dense":  # no sparse format beat dense everywhere
+        assert all(min(d.ratio(f, m) for m in (1, 32)) <= 1.0 for f in d.times_ms if f != "dense")
+    assert dispatch.choose(w, mask, None, cache, ms=(1, 32)) is d and len(cache) == 1  # cached
+
+
+def test_dispatcher_offers_bsr_for_block_masks():
+    w = torch.randn(64, 64)
+    mask = _problem(1, 64, 64, density=0.3, block=(16, 16))[2]
+    assert dispatch.detect_block(mask) == (16, 16)
+    d = dispatch.choose(w, mask, None, dispatch.DispatchCache(), ms=(8,), rounds=1)
+    assert "bsr" in d.times_ms
+
+
+def test_sparsify_report():
+    model = nn.Sequential(_layer(density=0.05)[2], nn.ReLU(), _layer(k=32, n=16, density=0.05)[2])
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        before = model(x)
+    model, report = pyopt.sparsify(model, format="csr")
+    assert [r["format"] for r in report] == ["csr", "csr"]
+    assert report.summary["memory_saving"] > 0.5 and "csr" in str(report)
+    with torch.no_grad():
+        _close(model(x), before)
+    model, report = pyopt.sparsify(model)  # already compressed: reported, unchanged
+    assert [r["format"] for r in report] == ["csr", "csr"]
+
+
+def test_info_extra_runs(capsys):
+    pyopt._info_extra()
+    assert "sparse dispatcher" in capsys.readouterr().out
