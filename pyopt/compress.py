@@ -184,10 +184,20 @@ def run(args) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     pyopt.save(model, args.output)
     before, after = os.path.getsize(args.weights), os.path.getsize(args.output)
-    print(
-        f"saved {args.output}: {after / 2**20:.2f} MiB ({before / after:.1f}x smaller than --weights); "
-        f"reload with pyopt.load({args.model.split(':')[1]}(), {args.output!r})"
-    )
+    print(f"saved {args.output}: {after / 2**20:.2f} MiB ({before / after:.1f}x smaller than --weights)")
+    factory = args.model.split(":")[1]
+    if args.pattern == "channel":  # the layers are physically smaller now
+        shapes = ", ".join(
+            f"{name} {tuple(m.weight.shape)}"
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))
+        )
+        print(
+            f"note: --pattern channel removed channels, so {factory}() no longer matches: reload with "
+            f"pyopt.load into a float model built with the new shapes ({shapes})"
+        )
+    else:
+        print(f"reload with pyopt.load({factory}(), {args.output!r})")
 
 
 def main(args) -> int:

@@ -212,6 +212,17 @@ def test_compress_recipes(user, capsys, recipe, new_layer):
         assert out.stat().st_size < (user / "w.safetensors").stat().st_size
 
 
+def test_compress_channel_pruning_names_the_new_shapes(user, capsys):
+    out = user / "small.safetensors"
+    rc, printed, err = compress(
+        capsys, "--model", "usermodels:make", "--weights", user / "w.safetensors", "--prune", "0.5",
+        "--pattern", "channel", "-o", out,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "no longer matches" in printed and "0 (128, 256)" in printed and "2 (16, 128)" in printed
+    assert out.stat().st_size < (user / "w.safetensors").stat().st_size
+
+
 def test_compress_calib_is_accepted_and_explained(user, capsys):
     torch.save(torch.randn(8, 256), user / "calib.pt")
     rc, printed, err = compress(
