@@ -87,7 +87,7 @@ def load_digits(size: int) -> Data:
     return Data(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
 
 
-def build_model(channels=(16, 32, 32), hidden=(1024, 1024), size: int = 16) -> nn.Sequential:
+def build_model(channels=(16, 32, 32), hidden=(2048, 2048), size: int = 16) -> nn.Sequential:
     """conv-BN-ReLU x3 (the second with stride 2), then a 3-layer Linear head. Named layers, so that
     include/exclude lists and reports read well. `channels`/`hidden` are explicit so that a channel-pruned
     model's architecture can be rebuilt (for the reload check)."""
@@ -249,7 +249,6 @@ def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, min_time: flo
             m.eval()
             for _ in range(3):
                 m(x)
-        spent = 0.0
         while True:
             for name, m in models.items():
                 t0 = time.perf_counter()
@@ -361,10 +360,9 @@ def config_from_args(args) -> Config:
             epochs=1,
             finetune_epochs=1,
             width=4,
-            hidden=128,
+            hidden=128,  # fc2 128x128: the smallest layer pyopt.quantize converts by default
             size=8,
-            latency_min_time=0.01,  # fc 128x128: the
-            # smallest layer pyopt.quantize converts by default
+            latency_min_time=0.01,
         )
     for field in ("out", "seed", "epochs", "finetune_epochs", "width", "hidden", "size"):
         value = getattr(args, field, None)
