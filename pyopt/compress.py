@@ -142,6 +142,13 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
         if args.quantize is not None:
             model, report = pyopt.quantize(model, mode=args.quantize, exclude=exclude)
             print(report)
+            if not any(row["action"] == "quantized" for row in report):  # every layer unsupported
+                why = (
+                    "; ".join(f"{r['layer']}: {r.get('reason', '')}" for r in report) or "no dense layer left"
+                )
+                if args.prune is None:  # the output would be the input: an error
+                    raise CompressError(f"--quantize {args.quantize}: no layer could be quantised ({why})")
+                print(f"note: --quantize {args.quantize} converted no layer after pruning ({why})")
     except (ValueError, TypeError, NotImplementedError) as e:
         step = "--quantize" if args.prune is None else "--prune/--quantize"
         raise CompressError(f"{step}: {str(e).splitlines()[0]}") from None
