@@ -52,7 +52,7 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 setup(
-    packages=["pyopt", "pyopt.ops", "pyopt.nn", "pyopt.optim", "pyopt.kernels"],
+    packages=["pyopt", "pyopt.ops", "pyopt.nn", "pyopt.optim", "pyopt.pruning", "pyopt.kernels"],
     package_dir={"pyopt.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
