@@ -352,7 +352,7 @@ def run(cfg: Config) -> dict:
 
 def config_from_args(args) -> Config:
     cfg = Config()
-    if getattr(args, "quick", False):  # a faster, smaller run (~1 minute)
+    if getattr(args, "quick", False):  # a faster, smaller run (well under a minute)
         cfg = dataclasses.replace(cfg, epochs=4, finetune_epochs=1, hidden=1024, latency_min_time=0.3)
     if getattr(args, "smoke", False):  # the test suite's run: a tiny model, seconds
         cfg = dataclasses.replace(
@@ -403,6 +403,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--size", type=int, default=None, help="digits upsampled to SIZE x SIZE (16)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs, smaller head (~1 minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, smaller head (well under a minute)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 1 epoch: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
