@@ -403,6 +403,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--size", type=int, default=None, help="digits upsampled to SIZE x SIZE (16)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs, smaller head (well under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer epochs, smaller head (well under a minute)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, 1 epoch: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
