@@ -180,6 +180,9 @@ def write_all(
     print()
     print(text)
     print()
+    for name, desc in layers.items():
+        print(f"   {name:15s} {desc}")
+    print()
     for n in notes:
         print(" - " + n)
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
