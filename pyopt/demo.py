@@ -6,8 +6,9 @@ the tutorial — and measured the same way:
 
     float32          the trained model
     pruned-90        pyopt.prune(0.9, magnitude) of the hidden Linear layers -> masked fine-tune with
-                     FusedSGD -> pyopt.sparsify (compressed sparse weights, sparse kernels)
-    pruned-2:4       pyopt.prune(pattern="2:4")  -> masked fine-tune -> pyopt.sparsify
+                     FusedSGD -> pyopt.sparsify(format="csr") (compressed weights, sparse kernels)
+    pruned-2:4       pyopt.prune(pattern="2:4")  -> masked fine-tune -> pyopt.sparsify (the dispatcher
+                     picks the fastest format, never one slower than dense)
     channel-50       pyopt.prune(0.5, pattern="channel"): a physically smaller dense model -> fine-tune
     int8             pyopt.quantize(mode="dynamic"): int8 weights, int8 activations quantised on the fly
     pruned-90+int8   the fine-tuned pruned-90 model, sparsified, then quantised (layers still dense)
@@ -187,10 +188,17 @@ def _prune_finetune(base, data, cfg, desc, **prune_args):
     return model, report
 
 
+# At 90% sparsity CSR is the known winner (several times faster than dense here, 6.7x smaller), so the
+# pruned-90 variants ask for it: that keeps their file size independent of the dispatcher's timing
+# calibration, which a busy machine makes noisy. Without `format`, pyopt.sparsify lets the dispatcher pick
+# the fastest format, never one slower than dense (as pruned-2:4 does).
+SPARSE_FORMAT_90 = "csr"
+
+
 def make_pruned_90(base, data, cfg, done):
     model, _ = _prune_finetune(base, data, cfg, "fine-tune 90%", amount=0.9, include=HEAD)
     done["pruned-90 (trained, masked)"] = copy.deepcopy(model)  # reused by pruned-90+int8
-    model, _ = pyopt.sparsify(model)  # inference format: compressed weights, sparse kernels
+    model, _ = pyopt.sparsify(model, format=SPARSE_FORMAT_90)  # compressed weights, sparse kernels
     return model
 
 
@@ -214,7 +222,7 @@ def make_pruned_90_int8(base, data, cfg, done):
     pruned = done.get("pruned-90 (trained, masked)")
     if pruned is None:  # pruned-90 was not asked for: prune and fine-tune here
         pruned, _ = _prune_finetune(base, data, cfg, "fine-tune 90%", amount=0.9, include=HEAD)
-    model, _ = pyopt.sparsify(copy.deepcopy(pruned))  # the pruned head: compressed sparse weights
+    model, _ = pyopt.sparsify(copy.deepcopy(pruned), format=SPARSE_FORMAT_90)  # the pruned head
     model, _ = pyopt.quantize(model, mode="dynamic")  # int8 for the layers still dense
     return model
 
