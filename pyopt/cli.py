@@ -25,7 +25,12 @@ def cmd_info(args) -> int:
     cuda_built = _native.cuda_ext_built()
     print(f"pyopt._C_cuda  : {'built' if cuda_built else 'not built'} (torch CUDA: {torch.version.cuda})")
     tv = _native.triton_version()
-    mode = "interpreter (TRITON_INTERPRET=1)" if _native.triton_interpret() else "compiled (GPU)"
+    if _native.triton_interpret():
+        mode = "interpreter (TRITON_INTERPRET=1): also runs on CPU tensors when forced"
+    elif torch.version.cuda is not None:
+        mode = "compiled for the GPU"
+    else:
+        mode = "unused here (no CUDA in this torch; TRITON_INTERPRET=1 interprets it on CPU)"
     print(f"triton         : {tv + ', ' + mode if tv else 'not installed'}")
     print(f"backends       : {', '.join(_backend.available_backends())}")
     print()
