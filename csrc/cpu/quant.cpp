@@ -269,14 +269,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
     parallel_items(rows, rows * K > kGrain, [&](int64_t r) {
-      float mn = 0.0f, mx = 0.0f;
-      if (K > 0) minmax_span<In>(isa, px + r * K, K, &mn, &mx);
-      const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
-      float scale = amax / 127.0f;
-      if (scale == 0.0f) scale = 1.0f;
-      const float inv = 1.0f / scale, zero = 0.0f;
-      ps[r] = scale;
-      quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f, nt);
+      ps[r] = quantize_row_per_token<In>(isa, px + r * K, reinterpret_cast<int8_t*>(po + r * K), K, nt);
     });
   });
   return {out, scales};
