@@ -342,6 +342,21 @@ void dispatch_out(at::ScalarType out_dtype, bool is_signed, const F& f) {
   });
 }
 
+// dequant_span over per_channel_ranges (see there): the broadcast and the per-element variant of one
+// (Out, signedness) pair.
+template <class Out, bool S>
+void dequant_channels(Isa isa, const uint8_t* pq, Out* po, int64_t numel, int64_t C, int64_t inner,
+                      const std::vector<float>& scale, const std::vector<float>& zp, bool nt) {
+  per_channel_ranges(
+      numel, C, inner, scale, zp,
+      [&](int64_t i, int64_t n, const float* a, const float* b) {
+        dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
+      },
+      [&](int64_t i, int64_t n, const float* a, const float* b) {
+        dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
+      });
+}
+
 at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zero_point, at::ScalarType out_dtype,
                                  int64_t isa_req) {
   check_q_input(q_);
@@ -393,14 +408,7 @@ at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales
       });
       return;
     }
-    per_channel_ranges(
-        q.numel(), C, inner, p.scale32, p.zp,
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
-        },
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
-        });
+    dequant_channels<Out, S>(isa, pq, po, q.numel(), C, inner, p.scale32, p.zp, nt);
   });
   (void)outer;
   return out;
@@ -425,14 +433,7 @@ at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, 
     constexpr bool S = decltype(is_signed)::value;
     Out* po = static_cast<Out*>(out.data_ptr());
     // Groups are channels of a (groups, group_size) view; per-group math is float32 (float32(scales)).
-    per_channel_ranges(
-        q.numel(), groups, group_size, p.scale32, p.zp,
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
-        },
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
-        });
+    dequant_channels<Out, S>(isa, pq, po, q.numel(), groups, group_size, p.scale32, p.zp, nt);
   });
   return out;
 }
