@@ -28,6 +28,7 @@ def run(quick: bool = False) -> list[harness.Row]:
     scales = (torch.rand(rows_) * 0.05 + 0.01).double()
     zps = torch.randint(-10, 10, (rows_,))
     repeat = 5 if quick else 10
+    common = dict(nbytes=nbytes, memcpy_target_pct=TARGET_MEMCPY_PCT, repeat=repeat)
     out = []
     out.append(
         harness.compare(
@@ -37,9 +38,7 @@ def run(quick: bool = False) -> list[harness.Row]:
             "torch.quantize_per_channel(...).int_repr()",
             lambda: torch.quantize_per_channel(x, scales, zps, 0, torch.qint8).int_repr(),
             target=20.0,
-            nbytes=nbytes,
-            memcpy_target_pct=TARGET_MEMCPY_PCT,
-            repeat=repeat,
+            **common,
         )
     )
     out.append(
@@ -50,9 +49,7 @@ def run(quick: bool = False) -> list[harness.Row]:
             "torch.quantize_per_tensor(...).int_repr()",
             lambda: torch.quantize_per_tensor(x, scale, zp, torch.qint8).int_repr(),
             target=1.0,
-            nbytes=nbytes,
-            memcpy_target_pct=TARGET_MEMCPY_PCT,
-            repeat=repeat,
+            **common,
         )
     )
     qt = torch.quantize_per_tensor(x, scale, zp, torch.qint8)
@@ -65,9 +62,7 @@ def run(quick: bool = False) -> list[harness.Row]:
             "qtensor.dequantize()",
             qt.dequantize,
             target=1.0,
-            nbytes=nbytes,
-            memcpy_target_pct=TARGET_MEMCPY_PCT,
-            repeat=repeat,
+            **common,
         )
     )
     qc = torch.quantize_per_channel(x, scales, zps, 0, torch.qint8)
@@ -80,9 +75,7 @@ def run(quick: bool = False) -> list[harness.Row]:
             "qtensor.dequantize()",
             qc.dequantize,
             target=1.0,
-            nbytes=nbytes,
-            memcpy_target_pct=TARGET_MEMCPY_PCT,
-            repeat=repeat,
+            **common,
         )
     )
     # No torch baseline with the same semantics for these two; they are compared with the closest torch

@@ -15,7 +15,8 @@ from torch import nn
 import pyopt
 from pyopt.nn import Int8Conv2d, Int8Linear
 from pyopt.nn._base import MODULES
-from pyopt.ops.int8_linear import quantize_rows_cpu, quantize_rows_symmetric
+from pyopt.ops.int8_linear import quantize_rows_symmetric
+from pyopt.ops.quant import quantize_per_token_cpu
 
 LINEAR_OPS = ("int8_linear_dynamic", "int8_linear_weight_only")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -30,6 +31,12 @@ def _weights(n, k, bias=True, device="cpu"):
 def _run(op, backend, *args):
     with pyopt.use_backend(backend):
         return getattr(torch.ops.pyopt, op)(*args)
+
+
+def quantize_rows_cpu(x2d):
+    """The C++ per-token row quantiser the int8 layers use (the quant family's op runs the same function)."""
+    q, s = quantize_per_token_cpu(x2d, torch.int8)
+    return q, s.reshape(x2d.shape[0])
 
 
 def _skip_interp_bf16(device, backend, dtype):

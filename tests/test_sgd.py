@@ -297,43 +297,19 @@ def test_bad_arguments():
     x = torch.randn(4)
     for backend in HOST_BACKENDS:
         with pyopt.use_backend(backend), pytest.raises((ValueError, RuntimeError), match=r"grads\[0\]"):
-            OP([x], [torch.randn(5)], [], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None)
+            _plain_sgd_op([x], [torch.randn(5)])
         with pyopt.use_backend(backend), pytest.raises((ValueError, RuntimeError), match=r"masks\[0\]"):
-            OP(
-                [x],
-                [torch.randn(4)],
-                [],
-                [],
-                [torch.ones(4)],
-                [],
-                0.1,
-                0.0,
-                0.0,
-                0.0,
-                False,
-                False,
-                None,
-                None,
-                None,
-            )
+            _plain_sgd_op([x], [torch.randn(4)], masks=[torch.ones(4)])
     with pytest.raises(ValueError, match="first_step"):
-        OP(
-            [x],
-            [torch.randn(4)],
-            [torch.randn(4)],
-            [],
-            [],
-            [],
-            0.1,
-            0.0,
-            0.9,
-            0.0,
-            False,
-            False,
-            None,
-            None,
-            None,
-        )
+        _plain_sgd_op([x], [torch.randn(4)], momentum_buffers=[torch.randn(4)], momentum=0.9)
+
+
+def _plain_sgd_op(params, grads, momentum_buffers=(), masks=(), momentum=0.0):
+    """fused_sgd_ with lr 0.1, no master weights / first_step flags / AMP tensors (for argument checks)."""
+    return OP(
+        params, grads, list(momentum_buffers), [], list(masks), [], 0.1, 0.0, momentum, 0.0, False, False,
+        None, None, None,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)

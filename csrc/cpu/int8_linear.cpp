@@ -1,7 +1,7 @@
 // Int8 linear / conv kernels for the CPU (pyopt::int8_linear_dynamic, int8_linear_weight_only,
 // int8_conv2d_dynamic).
 //
-// dynamic (W8A8):  per-token symmetric quantisation of the activations (one pass, AVX-512/AVX2), the
+// dynamic (W8A8):  per-token symmetric quantisation of the activations (quant_simd.h's row quantiser), the
 //                  int8 x int8 -> int32 GEMM (at::_int_mm: oneDNN's VNNI kernel, measured faster here than
 //                  our own; small K goes through our loop because _int_mm is wrong for K == 1 in torch 2.13),
 //                  then one epilogue pass: out = float(acc) * sx[m] * sw[n] + bias[n], in x's dtype.
@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/quant_simd.h"
 
 #if PYOPT_X86
 #include <immintrin.h>
@@ -83,89 +84,12 @@ PYOPT_TARGET_AVX2 inline float hsum8(__m256 v) {
 }
 #endif
 
-inline int8_t quantize_one(float v, float inv) {
-  float r = std::nearbyint(v * inv);  // default rounding mode: half to even
-  return static_cast<int8_t>(std::min(std::max(r, -127.0f), 127.0f));
-}
-
-inline float row_scale(float amax) {
-  float s = amax / 127.0f;
-  return s == 0.0f ? 1.0f : s;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Per-token (per-row) symmetric quantisation: q[m, :] int8, scales[m] float32.
-// ---------------------------------------------------------------------------------------------------------
-// One row each; quant_rows runs them in parallel (OpenMP regions cannot inherit a target attribute).
-template <typename T>
-float quant_row_scalar(const T* xr, int8_t* qr, int64_t K) {
-  float amax = 0.0f;
-  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(to_f32(xr[k])));
-  float s = row_scale(amax), inv = 1.0f / s;
-  for (int64_t k = 0; k < K; ++k) qr[k] = quantize_one(to_f32(xr[k]), inv);
-  return s;
-}
-
-#if PYOPT_X86
-template <typename T>
-PYOPT_TARGET_AVX512 float quant_row_avx512(const T* xr, int8_t* qr, int64_t K) {
-  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  __m512 vmax = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
-    vmax = _mm512_max_ps(vmax, _mm512_and_ps(load16(xr + k, m), absmask));
-  }
-  float s = row_scale(_mm512_reduce_max_ps(vmax)), inv = 1.0f / s;
-  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-  for (int64_t k = 0; k < K; k += 16) {
-    __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
-    __m512 v = _mm512_mul_ps(load16(xr + k, m), vinv);
-    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-    _mm_mask_storeu_epi8(qr + k, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
-  }
-  return s;
-}
-
-template <typename T>
-PYOPT_TARGET_AVX2 float quant_row_avx2(const T* xr, int8_t* qr, int64_t K) {
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const int64_t K8 = K / 8 * 8;
-  __m256 vmax = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K8; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(load8(xr + k), absmask));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = *std::max_element(lanes, lanes + 8);
-  for (int64_t k = K8; k < K; ++k) amax = std::max(amax, std::fabs(to_f32(xr[k])));
-  float s = row_scale(amax), inv = 1.0f / s;
-  const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
-  for (int64_t k = 0; k < K8; k += 8) {
-    __m256 v = _mm256_round_ps(_mm256_mul_ps(load8(xr + k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256i i32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
-    __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + k), _mm_packs_epi16(i16, i16));
-  }
-  for (int64_t k = K8; k < K; ++k) qr[k] = quantize_one(to_f32(xr[k]), inv);
-  return s;
-}
-#endif
-
+// Per-token (per-row) symmetric quantisation, q[r, :] int8 and scales[r] float32: the quant family's row
+// quantiser (quant_simd.h), so quantize_per_token and the int8 layers round identically.
 template <typename T>
 void quant_rows(const T* x, int8_t* q, float* scales, int64_t rows, int64_t K, Isa isa) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-#if PYOPT_X86
-      if (isa >= Isa::Avx512) {
-        scales[r] = quant_row_avx512(x + r * K, q + r * K, K);
-        continue;
-      }
-      if (isa == Isa::Avx2) {
-        scales[r] = quant_row_avx2(x + r * K, q + r * K, K);
-        continue;
-      }
-#endif
-      scales[r] = quant_row_scalar(x + r * K, q + r * K, K);
-    }
+    for (int64_t r = r0; r < r1; ++r) scales[r] = pyopt::quant::quantize_row_per_token(isa, x + r * K, q + r * K, K);
   });
 }
 
@@ -280,19 +204,6 @@ void check_x2d(const at::Tensor& x, int64_t K) {
       }                                                                  \
     }                                                                    \
   }()
-
-// Per-token quantisation as an op of its own (tests compare it with the reference bit for bit).
-std::vector<at::Tensor> int8_quantize_rows(const at::Tensor& x, int64_t isa) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-d");
-  check_x2d(x, x.size(1));
-  auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  auto s = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
-    quant_rows(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), s.data_ptr<float>(), x.size(0), x.size(1),
-               pyopt::select_isa(isa));
-  });
-  return {q, s};
-}
 
 // Epilogue over a contiguous int32 accumulator into `out` (which may alias it, for float32 output).
 void epilogue_into(const at::Tensor& acc, const at::Tensor& sx, const at::Tensor& sw,
@@ -576,7 +487,6 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
-  m.def("int8_quantize_rows", &int8_quantize_rows);
   m.def("int8_linear_dynamic", &int8_linear_dynamic);
   m.def("int8_linear_weight_only", &int8_linear_weight_only);
   m.def("int8_conv2d_dynamic", &int8_conv2d_dynamic);

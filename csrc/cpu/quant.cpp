@@ -269,14 +269,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
     parallel_items(rows, rows * K > kGrain, [&](int64_t r) {
-      float mn = 0.0f, mx = 0.0f;
-      if (K > 0) minmax_span<In>(isa, px + r * K, K, &mn, &mx);
-      const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
-      float scale = amax / 127.0f;
-      if (scale == 0.0f) scale = 1.0f;
-      const float inv = 1.0f / scale, zero = 0.0f;
-      ps[r] = scale;
-      quant_span<In, Rule::Product, false, true>(isa, px + r * K, po + r * K, K, &inv, &zero, -127.0f, 127.0f, nt);
+      ps[r] = quantize_row_per_token<In>(isa, px + r * K, reinterpret_cast<int8_t*>(po + r * K), K, nt);
     });
   });
   return {out, scales};
@@ -349,6 +342,21 @@ void dispatch_out(at::ScalarType out_dtype, bool is_signed, const F& f) {
   });
 }
 
+// dequant_span over per_channel_ranges (see there): the broadcast and the per-element variant of one
+// (Out, signedness) pair.
+template <class Out, bool S>
+void dequant_channels(Isa isa, const uint8_t* pq, Out* po, int64_t numel, int64_t C, int64_t inner,
+                      const std::vector<float>& scale, const std::vector<float>& zp, bool nt) {
+  per_channel_ranges(
+      numel, C, inner, scale, zp,
+      [&](int64_t i, int64_t n, const float* a, const float* b) {
+        dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
+      },
+      [&](int64_t i, int64_t n, const float* a, const float* b) {
+        dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
+      });
+}
+
 at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zero_point, at::ScalarType out_dtype,
                                  int64_t isa_req) {
   check_q_input(q_);
@@ -400,14 +408,7 @@ at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales
       });
       return;
     }
-    per_channel_ranges(
-        q.numel(), C, inner, p.scale32, p.zp,
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
-        },
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
-        });
+    dequant_channels<Out, S>(isa, pq, po, q.numel(), C, inner, p.scale32, p.zp, nt);
   });
   (void)outer;
   return out;
@@ -432,14 +433,7 @@ at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, 
     constexpr bool S = decltype(is_signed)::value;
     Out* po = static_cast<Out*>(out.data_ptr());
     // Groups are channels of a (groups, group_size) view; per-group math is float32 (float32(scales)).
-    per_channel_ranges(
-        q.numel(), groups, group_size, p.scale32, p.zp,
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, false, S>(isa, pq + i, po + i, n, a, b, nt);
-        },
-        [&](int64_t i, int64_t n, const float* a, const float* b) {
-          dequant_span<Out, true, S>(isa, pq + i, po + i, n, a, b, nt);
-        });
+    dequant_channels<Out, S>(isa, pq, po, q.numel(), groups, group_size, p.scale32, p.zp, nt);
   });
   return out;
 }

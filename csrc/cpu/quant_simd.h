@@ -17,6 +17,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -421,6 +422,22 @@ inline void minmax_span(Isa isa, const In* x, int64_t n, float* mn, float* mx) {
   if (isa == Isa::Avx2) return avx2::minmax_span<In>(x, n, mn, mx);
 #endif
   scalar::minmax_span<In>(x, n, mn, mx);
+}
+
+// One row of quantize_per_token (docs: API.md): scale = max|x| / 127 (1 where 0, NaN if the row has a NaN),
+// q = clamp(rne(float32(x * float32(1 / scale))), -127, 127); returns the scale. The quant family's op and
+// the int8 layers' dynamic activations share it, so the two can never round differently.
+template <class In>
+inline float quantize_row_per_token(Isa isa, const In* x, int8_t* q, int64_t n, bool nt = false) {
+  float mn = 0.0f, mx = 0.0f;
+  if (n > 0) minmax_span<In>(isa, x, n, &mn, &mx);
+  const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
+  float scale = amax / 127.0f;
+  if (scale == 0.0f) scale = 1.0f;
+  const float inv = 1.0f / scale, zero = 0.0f;
+  quant_span<In, Rule::Product, false, true>(isa, x, reinterpret_cast<uint8_t*>(q), n, &inv, &zero, -127.0f,
+                                             127.0f, nt);
+  return scale;
 }
 
 }  // namespace pyopt::quant

@@ -1,8 +1,9 @@
 """int8 layers: reference, cpu, triton and cuda implementations of the int8 linear / conv ops.
 
-Quantisation rule shared by activations (per token / per sample) and weights (per output channel), the
-one of API.md's quantize_per_token: amax = max|v| over a row (float32), scale = amax / 127 (1 where 0),
-q = clamp(rint_half_even(float32(v * float32(1 / scale))), -127, 127).
+Activations (per token / per sample) and weights (per output channel) are quantised with the quant family's
+quantize_per_token rule (API.md): amax = max|v| over a row (float32), scale = amax / 127 (1 where 0),
+q = clamp(rint_half_even(float32(v * float32(1 / scale))), -127, 127). The reference uses that family's
+reference and the C++ path its row quantiser (csrc/cpu/quant_simd.h), so the two families agree bit for bit.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import register, requested_isa
+from .quant import quantize_per_token_ref
 
 
 def quantize_rows_symmetric(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantisation of each row of a 2-d tensor -> (q int8, scales float32 [rows])."""
-    vf = v.float()
-    scales = vf.abs().amax(dim=1) / 127.0 if vf.shape[1] else vf.new_zeros(vf.shape[0])
-    scales = torch.where(scales == 0, torch.ones_like(scales), scales)
-    q = torch.round(vf * (1.0 / scales).unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-    return q, scales
+    """quantize_per_token of each row of a 2-d tensor -> (q int8, scales float32 [rows])."""
+    q, scales = quantize_per_token_ref(v, torch.int8)
+    return q, scales.reshape(v.shape[0])
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -107,12 +106,6 @@ def int8_conv2d_dynamic_cpu(x, w_q, w_scales, bias, stride, padding, dilation):
         list(dilation),
         requested_isa(),
     )
-
-
-def quantize_rows_cpu(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The C++ per-token quantiser on its own (tests compare it bit for bit with quantize_rows_symmetric)."""
-    q, s = torch.ops.pyopt_cpu.int8_quantize_rows(x2d.contiguous(), requested_isa())
-    return q, s
 
 
 # ----------------------------------------------------------------------------------------------------------
