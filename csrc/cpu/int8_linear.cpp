@@ -522,14 +522,12 @@ float amax_scalar(const T* x, int64_t n) {
   return a;
 }
 
-// Pixels per tile of the transposing quantiser (one AVX-512 vector of a channel plane).
-constexpr int64_t kConvTile = 16;
-
-// tile[c * kConvTile + i] = q(x[c * plane + i]) for i < n (n <= kConvTile): one image row segment, all C.
+// tile[c * n + i] = q(x[c * plane + i]) for i < n: one image row (n = W pixels) of all C channels, each
+// channel's row read contiguously.
 template <typename T>
 void quant_tile_scalar(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t i = 0; i < n; ++i) tile[c * kConvTile + i] = quantize_one(to_f32(x[c * plane + i]), inv);
+    for (int64_t i = 0; i < n; ++i) tile[c * n + i] = quantize_one(to_f32(x[c * plane + i]), inv);
 }
 
 #if PYOPT_X86
@@ -558,28 +556,32 @@ PYOPT_TARGET_AVX2 float amax_avx2(const T* x, int64_t n) {
 template <typename T>
 PYOPT_TARGET_AVX512 void quant_tile_avx512(const T* x, int64_t plane, int64_t C, int64_t n, float inv,
                                            int8_t* tile) {
-  const __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
   const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
   for (int64_t c = 0; c < C; ++c) {
-    __m512 v = _mm512_mul_ps(load16(x + c * plane, m), vinv);
-    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(tile + c * kConvTile), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    for (int64_t k = 0; k < n; k += 16) {
+      const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+      __m512 v = _mm512_mul_ps(load16(x + c * plane + k, m), vinv);
+      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+      _mm_mask_storeu_epi8(tile + c * n + k, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
   }
 }
 
-// Full tiles only (AVX2 has no masked loads for 16-bit types); the caller sends partial tiles to the scalar one.
 template <typename T>
-PYOPT_TARGET_AVX2 void quant_tile_avx2(const T* x, int64_t plane, int64_t C, float inv, int8_t* tile) {
+PYOPT_TARGET_AVX2 void quant_tile_avx2(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
   const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const int64_t n8 = n / 8 * 8;
   for (int64_t c = 0; c < C; ++c) {
-    for (int64_t h = 0; h < kConvTile; h += 8) {
-      __m256 v = _mm256_round_ps(_mm256_mul_ps(load8(x + c * plane + h), vinv),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const T* xc = x + c * plane;
+    int8_t* tc = tile + c * n;
+    for (int64_t k = 0; k < n8; k += 8) {
+      __m256 v = _mm256_round_ps(_mm256_mul_ps(load8(xc + k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       __m256i i32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
       __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(tile + c * kConvTile + h), _mm_packs_epi16(i16, i16));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(tc + k), _mm_packs_epi16(i16, i16));
     }
+    for (int64_t k = n8; k < n; ++k) tc[k] = quantize_one(to_f32(xc[k]), inv);
   }
 }
 #endif
@@ -608,23 +610,20 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
   for (int64_t b = 0; b < B; ++b)
     scales[b] = row_scale(C == 0 ? 0.0f : *std::max_element(plane_amax.begin() + b * C, plane_amax.begin() + (b + 1) * C));
   at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<int8_t> tile(C * kConvTile);
+    std::vector<int8_t> tile(C * W);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / H, h = r % H;
       const float inv = 1.0f / scales[b];
-      for (int64_t w0 = 0; w0 < W; w0 += kConvTile) {
-        const int64_t n = std::min(kConvTile, W - w0);
-        const T* src = x + b * C * plane + h * W + w0;
+      const T* src = x + b * C * plane + h * W;
 #if PYOPT_X86
-        if (isa >= Isa::Avx512) quant_tile_avx512(src, plane, C, n, inv, tile.data());
-        else if (isa == Isa::Avx2 && n == kConvTile) quant_tile_avx2(src, plane, C, inv, tile.data());
-        else
+      if (isa >= Isa::Avx512) quant_tile_avx512(src, plane, C, W, inv, tile.data());
+      else if (isa == Isa::Avx2) quant_tile_avx2(src, plane, C, W, inv, tile.data());
+      else
 #endif
-          quant_tile_scalar(src, plane, C, n, inv, tile.data());
-        int8_t* dst = q + (r * W + w0) * C;
-        for (int64_t i = 0; i < n; ++i, dst += C)
-          for (int64_t c = 0; c < C; ++c) dst[c] = tile[c * kConvTile + i];
-      }
+        quant_tile_scalar(src, plane, C, W, inv, tile.data());
+      int8_t* dst = q + r * W * C;
+      for (int64_t i = 0; i < W; ++i, dst += C)
+        for (int64_t c = 0; c < C; ++c) dst[c] = tile[c * W + i];
     }
   });
 }
