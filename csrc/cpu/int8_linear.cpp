@@ -607,8 +607,10 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
       plane_amax[p] = amax_scalar(xp, plane);
     }
   });
-  for (int64_t b = 0; b < B; ++b)
-    scales[b] = row_scale(C == 0 ? 0.0f : *std::max_element(plane_amax.begin() + b * C, plane_amax.begin() + (b + 1) * C));
+  for (int64_t b = 0; b < B; ++b) {
+    auto first = plane_amax.begin() + b * C;
+    scales[b] = row_scale(C == 0 ? 0.0f : *std::max_element(first, first + C));
+  }
   at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int8_t> tile(C * W);
     for (int64_t r = r0; r < r1; ++r) {
