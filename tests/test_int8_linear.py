@@ -156,6 +156,7 @@ CONV_CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
     (1, 8, 10, 10, 4, 1, 1, 0, 1),
     (2, 4, 11, 9, 6, 3, 2, 2, 2),
     (1, 5, 6, 6, 3, 1, 2, 0, 1),
+    (1, 3, 4, 37, 4, 3, 1, 1, 1),  # W = 37: full SIMD vectors and a tail in each row
 ]
 
 

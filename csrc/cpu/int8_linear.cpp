@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cpu/cpu_isa.h"
 #include "cpu/quant_simd.h"
@@ -421,6 +422,126 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, c
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Conv activations: per-sample quantisation read straight from NCHW and written as NHWC int8, so the float
+// input is never copied to channels-last (that copy cost as much as the quantisation itself). The sample's
+// amax does not depend on the layout: per-plane maxima first (parallel over B * C planes), then per sample.
+// ---------------------------------------------------------------------------------------------------------
+template <typename T>
+float amax_scalar(const T* x, int64_t n) {
+  float a = 0.0f;
+  for (int64_t i = 0; i < n; ++i) a = std::max(a, std::fabs(to_f32(x[i])));
+  return a;
+}
+
+// tile[c * n + i] = q(x[c * plane + i]) for i < n: one image row (n = W pixels) of all C channels, each
+// channel's row read contiguously.
+template <typename T>
+void quant_tile_scalar(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < n; ++i) tile[c * n + i] = quantize_one(to_f32(x[c * plane + i]), inv);
+}
+
+#if PYOPT_X86
+template <typename T>
+PYOPT_TARGET_AVX512 float amax_avx512(const T* x, int64_t n) {
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+    vmax = _mm512_max_ps(vmax, _mm512_and_ps(load16(x + k, m), absmask));
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
+
+template <typename T>
+PYOPT_TARGET_AVX2 float amax_avx2(const T* x, int64_t n) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const int64_t n8 = n / 8 * 8;
+  __m256 vmax = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n8; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(load8(x + k), absmask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  return std::max(*std::max_element(lanes, lanes + 8), amax_scalar(x + n8, n - n8));
+}
+
+template <typename T>
+PYOPT_TARGET_AVX512 void quant_tile_avx512(const T* x, int64_t plane, int64_t C, int64_t n, float inv,
+                                           int8_t* tile) {
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < n; k += 16) {
+      const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+      __m512 v = _mm512_mul_ps(load16(x + c * plane + k, m), vinv);
+      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+      _mm_mask_storeu_epi8(tile + c * n + k, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+  }
+}
+
+template <typename T>
+PYOPT_TARGET_AVX2 void quant_tile_avx2(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
+  const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xc = x + c * plane;
+    int8_t* tc = tile + c * n;
+    for (int64_t k = 0; k < n8; k += 8) {
+      __m256 v = _mm256_round_ps(_mm256_mul_ps(load8(xc + k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m256i i32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+      __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(tc + k), _mm_packs_epi16(i16, i16));
+    }
+    for (int64_t k = n8; k < n; ++k) tc[k] = quantize_one(to_f32(xc[k]), inv);
+  }
+}
+#endif
+
+// x: contiguous NCHW [B, C, H, W] -> q: NHWC int8 [B, H, W, C], scales[b] = per-sample scale.
+template <typename T>
+void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t C, int64_t H, int64_t W, Isa isa) {
+  const int64_t plane = H * W;
+  std::vector<float> plane_amax(B * C);
+  at::parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(plane, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* xp = x + p * plane;
+#if PYOPT_X86
+      if (isa >= Isa::Avx512) {
+        plane_amax[p] = amax_avx512(xp, plane);
+        continue;
+      }
+      if (isa == Isa::Avx2) {
+        plane_amax[p] = amax_avx2(xp, plane);
+        continue;
+      }
+#endif
+      plane_amax[p] = amax_scalar(xp, plane);
+    }
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    auto first = plane_amax.begin() + b * C;
+    scales[b] = row_scale(C == 0 ? 0.0f : *std::max_element(first, first + C));
+  }
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<int8_t> tile(C * W);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, h = r % H;
+      const float inv = 1.0f / scales[b];
+      const T* src = x + b * C * plane + h * W;
+#if PYOPT_X86
+      if (isa >= Isa::Avx512) quant_tile_avx512(src, plane, C, W, inv, tile.data());
+      else if (isa == Isa::Avx2) quant_tile_avx2(src, plane, C, W, inv, tile.data());
+      else
+#endif
+        quant_tile_scalar(src, plane, C, W, inv, tile.data());
+      int8_t* dst = q + r * W * C;
+      for (int64_t i = 0; i < W; ++i, dst += C)
+        for (int64_t c = 0; c < C; ++c) dst[c] = tile[c * W + i];
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Dynamic conv2d (groups = 1): per-sample symmetric activation quantisation (one scale per image, so every
 // im2col row of an image shares it and the scale factors out of the integer dot product), int8 im2col in
 // channels-last order (kh, kw, c), the same int8 GEMM + epilogue as the linear layer. The output is a
@@ -445,12 +566,19 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
   auto out = at::empty({B, O, HO, WO}, x_in.options(), at::MemoryFormat::ChannelsLast);
   if (B == 0 || O == 0) return out;
 
-  auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);  // NHWC in memory: one sample is one row
-  auto q = at::empty({B, H * W * C}, x.options().dtype(at::kChar));
-  auto sx = at::empty({B}, x.options().dtype(at::kFloat));
-  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
-    quant_rows(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), B, H * W * C, isa);
-  });
+  auto q = at::empty({B, H * W * C}, x_in.options().dtype(at::kChar));  // NHWC int8
+  auto sx = at::empty({B}, x_in.options().dtype(at::kFloat));
+  if (x_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !x_in.is_contiguous()) {
+    // Already NHWC in memory: one sample is one row of the per-token quantiser.
+    PYOPT_FLOAT_DISPATCH(x_in.scalar_type(), [&] {
+      quant_rows(x_in.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), B, H * W * C, isa);
+    });
+  } else {
+    auto x = x_in.contiguous();
+    PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
+      quant_nchw_to_nhwc(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), B, C, H, W, isa);
+    });
+  }
 
   const bool pointwise = KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
   at::Tensor cols;
