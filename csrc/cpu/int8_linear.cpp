@@ -426,6 +426,14 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, c
 // input is never copied to channels-last (that copy cost as much as the quantisation itself). The sample's
 // amax does not depend on the layout: per-plane maxima first (parallel over B * C planes), then per sample.
 // ---------------------------------------------------------------------------------------------------------
+// One value of the per-token rule (quant_simd.h, quantize_row_per_token): clamp(rne(float32(v * inv)), ±127),
+// NaN -> 0. For the scalar tails of the NCHW conv quantiser below.
+inline int8_t quantize_one(float v, float inv) {
+  const float r = std::nearbyint(v * inv);  // default rounding mode: half to even
+  if (r != r) return 0;
+  return static_cast<int8_t>(std::min(std::max(r, -127.0f), 127.0f));
+}
+
 template <typename T>
 float amax_scalar(const T* x, int64_t n) {
   float a = 0.0f;
@@ -520,7 +528,7 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
   });
   for (int64_t b = 0; b < B; ++b) {
     auto first = plane_amax.begin() + b * C;
-    scales[b] = row_scale(C == 0 ? 0.0f : *std::max_element(first, first + C));
+    scales[b] = pyopt::quant::per_token_scale(C == 0 ? 0.0f : *std::max_element(first, first + C));
   }
   at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int8_t> tile(C * W);

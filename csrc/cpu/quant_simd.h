@@ -424,6 +424,13 @@ inline void minmax_span(Isa isa, const In* x, int64_t n, float* mn, float* mx) {
   scalar::minmax_span<In>(x, n, mn, mx);
 }
 
+// The symmetric int8 scale of a row (or image) whose largest |x| is amax: amax / 127, and 1 where that is 0
+// (an all-zero row quantises to zeros with a harmless scale instead of dividing by zero).
+inline float per_token_scale(float amax) {
+  const float scale = amax / 127.0f;
+  return scale == 0.0f ? 1.0f : scale;
+}
+
 // One row of quantize_per_token (docs: API.md): scale = max|x| / 127 (1 where 0, NaN if the row has a NaN),
 // q = clamp(rne(float32(x * float32(1 / scale))), -127, 127); returns the scale. The quant family's op and
 // the int8 layers' dynamic activations share it, so the two can never round differently.
@@ -432,8 +439,7 @@ inline float quantize_row_per_token(Isa isa, const In* x, int8_t* q, int64_t n, 
   float mn = 0.0f, mx = 0.0f;
   if (n > 0) minmax_span<In>(isa, x, n, &mn, &mx);
   const float amax = std::isnan(mn) ? NAN : std::max(-mn, mx);
-  float scale = amax / 127.0f;
-  if (scale == 0.0f) scale = 1.0f;
+  const float scale = per_token_scale(amax);
   const float inv = 1.0f / scale, zero = 0.0f;
   quant_span<In, Rule::Product, false, true>(isa, x, reinterpret_cast<uint8_t*>(q), n, &inv, &zero, -127.0f,
                                              127.0f, nt);
