@@ -26,6 +26,11 @@ BLOCK_SIZES = (64, 32, 16, 8, 4)
 # (bh, bw) pairs, largest area first; all multiples of 4, so a mask that is not (4, 4)-structured has none
 BLOCK_CANDIDATES = sorted(((h, w) for h in BLOCK_SIZES for w in BLOCK_SIZES), key=lambda b: -b[0] * b[1])
 
+# A sparse format must beat dense by this factor at every calibrated M to be chosen: a one-time calibration
+# of a few rounds is noisy (±5-10% on the 2-core machines), and a format that only ties dense in calibration
+# came out 0.92x dense in the demo's later measurement — the margin keeps "never slower than dense" true.
+SPARSE_MARGIN = 1.10
+
 
 @dataclasses.dataclass
 class Decision:
@@ -198,7 +203,7 @@ def choose(
     worst = {f: min(times["dense"][m] / times[f][m] for m in ms) for f in candidates if f != "dense"}
     best = max(worst, key=worst.get) if worst else None
     at = ", ".join
-    if best is not None and worst[best] > 1.0:
+    if best is not None and worst[best] > SPARSE_MARGIN:
         ratios = at(f"{times['dense'][m] / times[best][m]:.2f}x at M={m}" for m in ms)
         decision = Decision(
             best, f"{best} vs dense: {ratios} (calibrated)", block if best == "bsr" else None, times
