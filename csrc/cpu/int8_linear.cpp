@@ -434,13 +434,6 @@ inline int8_t quantize_one(float v, float inv) {
   return static_cast<int8_t>(std::min(std::max(r, -127.0f), 127.0f));
 }
 
-template <typename T>
-float amax_scalar(const T* x, int64_t n) {
-  float a = 0.0f;
-  for (int64_t i = 0; i < n; ++i) a = std::max(a, std::fabs(to_f32(x[i])));
-  return a;
-}
-
 // tile[c * n + i] = q(x[c * plane + i]) for i < n: one image row (n = W pixels) of all C channels, each
 // channel's row read contiguously.
 template <typename T>
@@ -450,28 +443,6 @@ void quant_tile_scalar(const T* x, int64_t plane, int64_t C, int64_t n, float in
 }
 
 #if PYOPT_X86
-template <typename T>
-PYOPT_TARGET_AVX512 float amax_avx512(const T* x, int64_t n) {
-  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  __m512 vmax = _mm512_setzero_ps();
-  for (int64_t k = 0; k < n; k += 16) {
-    __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
-    vmax = _mm512_max_ps(vmax, _mm512_and_ps(load16(x + k, m), absmask));
-  }
-  return _mm512_reduce_max_ps(vmax);
-}
-
-template <typename T>
-PYOPT_TARGET_AVX2 float amax_avx2(const T* x, int64_t n) {
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const int64_t n8 = n / 8 * 8;
-  __m256 vmax = _mm256_setzero_ps();
-  for (int64_t k = 0; k < n8; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(load8(x + k), absmask));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  return std::max(*std::max_element(lanes, lanes + 8), amax_scalar(x + n8, n - n8));
-}
-
 template <typename T>
 PYOPT_TARGET_AVX512 void quant_tile_avx512(const T* x, int64_t plane, int64_t C, int64_t n, float inv,
                                            int8_t* tile) {
@@ -512,18 +483,9 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
   std::vector<float> plane_amax(B * C);
   at::parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(plane, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const T* xp = x + p * plane;
-#if PYOPT_X86
-      if (isa >= Isa::Avx512) {
-        plane_amax[p] = amax_avx512(xp, plane);
-        continue;
-      }
-      if (isa == Isa::Avx2) {
-        plane_amax[p] = amax_avx2(xp, plane);
-        continue;
-      }
-#endif
-      plane_amax[p] = amax_scalar(xp, plane);
+      float mn = 0.0f, mx = 0.0f;  // the quant family's SIMD min/max (NaN-propagating), as per-token uses
+      pyopt::quant::minmax_span<T>(isa, x + p * plane, plane, &mn, &mx);
+      plane_amax[p] = std::isnan(mn) ? NAN : std::max(-mn, mx);
     }
   });
   for (int64_t b = 0; b < B; ++b) {
