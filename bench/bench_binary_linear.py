@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import harness
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import pyopt
 from pyopt.nn import BinaryLinear
 
 CASES = [  # (M, K, N, target speedup)
@@ -41,4 +43,27 @@ def run(quick: bool) -> list[harness.Row]:
                         repeat=repeat,
                     )
                 )
+    return rows
+
+
+def run_gpu(quick: bool = False) -> list[harness.Row]:
+    """BinaryLinear on the GPU (each GPU backend) vs bf16 F.linear at M=1 and M=64 (no GPU target in the
+    issue: reported so the router's default can follow the numbers)."""
+    dev, dt = "cuda", torch.bfloat16
+    torch.manual_seed(0)
+    rows = []
+    linear = nn.Linear(4096, 4096).to(dev, dt)
+    layer = BinaryLinear.from_float(linear)
+    for m in (1, 64):
+        x = torch.randn(m, 4096, device=dev, dtype=dt)
+        with torch.no_grad():
+            with pyopt.use_backend("reference"):
+                want = layer(x)
+            for b in harness.gpu_backends("binary_linear"):
+                fn = harness.on_backend(b, lambda x=x: layer(x))
+                harness.check_close("binary_linear", f"[{b}] M={m}", fn(), want, 0.02, 0.05)
+                rows.append(harness.compare(
+                    "binary_linear", f"(info) BinaryLinear [{b}] M={m} 4096x4096 bf16 (GPU)", fn,
+                    "F.linear bf16", lambda x=x: F.linear(x, linear.weight, linear.bias), device=dev, repeat=10,
+                ))  # fmt: skip
     return rows

@@ -84,3 +84,48 @@ if __name__ == "__main__":
     import sys
 
     print(harness.format_table(run(quick="--quick" in sys.argv)))
+
+
+def run_gpu(quick: bool = False) -> list[harness.Row]:
+    """GPU targets (issue 3): W8A8 >= 1.6x bf16 F.linear at M >= 1024; weight-only >= 1.7x bf16 at M=1.
+
+    Every GPU backend implementing the op (CUDA C++, Triton) gets its own row, so the router's default
+    order can follow the numbers. 4096^2 int8 weights (16 MB) fit the H100/H200 L2; the 8192^2 weight-only
+    row (64 MB int8 vs 128 MB bf16) is the memory-bound case the target is about.
+    """
+    dev, dt = "cuda", torch.bfloat16
+    torch.manual_seed(0)
+    rows = []
+    rep = dict(device=dev, repeat=10, min_time=0.05 if quick else 0.2)
+    with torch.inference_mode():
+        lin = nn.Linear(4096, 4096).to(dev, dt).eval()
+        dyn = Int8Linear.from_float(lin, "dynamic")
+        for m in (1024,) if quick else (1024, 4096):
+            x = torch.randn(m, 4096, device=dev, dtype=dt)
+            want = F.linear(x.float(), dyn.weight.float() * dyn.weight_scales[:, None], dyn.bias)
+            for b in harness.gpu_backends("int8_linear_dynamic"):
+                fn = harness.on_backend(b, lambda x=x: dyn(x))
+                harness.check_close(FAMILY, f"dynamic [{b}] M={m}", fn(), want, rtol=0.05, atol=0.05)
+                rows.append(harness.compare(
+                    FAMILY, f"dynamic W8A8 [{b}] M={m} K=N=4096 bf16 (GPU)", fn, "F.linear bf16",
+                    lambda x=x: F.linear(x, lin.weight, lin.bias), target=1.6, **rep,
+                ))  # fmt: skip
+            a = torch.randint(-127, 128, (m, 4096), device=dev, dtype=torch.int8)
+            rows.append(harness.compare(
+                FAMILY, f"(info) torch._int_mm alone M={m} K=N=4096 (GPU)", lambda a=a: torch._int_mm(a, dyn.weight.t()),
+                "F.linear bf16", lambda x=x: F.linear(x, lin.weight, lin.bias), **rep,
+            ))  # fmt: skip
+        for kn in (4096,) if quick else (4096, 8192):
+            lin_k = lin if kn == 4096 else nn.Linear(kn, kn).to(dev, dt).eval()
+            wo = Int8Linear.from_float(lin_k, "weight_only")
+            x1 = torch.randn(1, kn, device=dev, dtype=dt)
+            want = F.linear(x1.float(), wo.weight.float() * wo.weight_scales[:, None], wo.bias)
+            for b in harness.gpu_backends("int8_linear_weight_only"):
+                fn = harness.on_backend(b, lambda x1=x1, wo=wo: wo(x1))
+                harness.check_close(FAMILY, f"weight-only [{b}] K=N={kn}", fn(), want, rtol=0.02, atol=0.05)
+                rows.append(harness.compare(
+                    FAMILY, f"weight-only [{b}] M=1 K=N={kn} bf16 (GPU)", fn, "F.linear bf16",
+                    lambda x1=x1, lin_k=lin_k: F.linear(x1, lin_k.weight, lin_k.bias), target=1.7,
+                    nbytes=kn * kn + 4 * kn * 2, **rep,
+                ))  # fmt: skip
+    return rows

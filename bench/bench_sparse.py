@@ -107,3 +107,64 @@ def run(quick: bool = False) -> list[harness.Row]:
     if not quick:
         print(f"[bench] sparse dispatcher at 50%: {layer.reason}")
     return rows
+
+
+def _2_4_mask(n, k, device):
+    """Keep the 2 largest |w| of every 4 along K (what pyopt.prune(pattern="2:4") keeps)."""
+    w = torch.randn(n, k, device=device)
+    idx = w.abs().reshape(n, k // 4, 4).topk(2, dim=-1).indices
+    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool, device=device).scatter_(-1, idx, True)
+    return w, mask.reshape(n, k)
+
+
+def run_gpu(quick: bool = False) -> list[harness.Row]:
+    """GPU targets (issue 4): BSR 90% with 32x32 blocks >= 3x dense bf16 at M >= 1024 (Triton kernel);
+    2:4 (torch semi-structured, chosen by SparseLinear.compress) >= 1.1x dense bf16 at M >= 2048.
+    CSR 90% float32 (CUDA C++ kernel) vs dense and vs torch's CSR (cuSPARSE) is reported for information."""
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    dev, dt = "cuda", torch.bfloat16
+    compare = functools.partial(harness.compare, device=dev, repeat=10, min_time=0.05 if quick else 0.2)
+    torch.manual_seed(0)
+    n = k = 4096
+    rows = []
+    wb, maskb = _masked_weight(n, k, 0.9, block=(32, 32))
+    wb, maskb = wb.to(dev, dt), maskb.to(dev)
+    wbm, bsr = wb * maskb, sparse_ops.to_bsr(wb, maskb, (32, 32))
+    for m in (1024,) if quick else (1024, 4096):
+        x = torch.randn(m, k, device=dev, dtype=dt)
+        for b in harness.gpu_backends("sparse_bsr_linear"):
+            fn = harness.on_backend(b, lambda x=x: torch.ops.pyopt.sparse_bsr_linear(x, *bsr, None, n))
+            harness.check_close("sparse", f"BSR [{b}] M={m}", fn(), x.float() @ wbm.float().t(), 0.02, 0.1)
+            rows.append(compare("sparse", f"90% BSR 32x32 [{b}] M={m} K=N={k} bf16 (GPU)", fn,
+                                "F.linear dense bf16", lambda x=x: F.linear(x, wbm), target=3.0))  # fmt: skip
+    w4, mask4 = _2_4_mask(n, k, dev)
+    layer = pyopt.nn.SparseLinear.from_dense(nn.Linear(k, n, bias=False).to(dev, dt), mask4)
+    with torch.no_grad():
+        layer.weight.copy_(w4 * mask4)
+    w4m = layer.weight.detach().clone()
+    try:
+        layer.compress(format="2:4")
+    except Exception as e:  # noqa: BLE001  (no cuSPARSELt / unsupported card: say so, keep benching)
+        print(f"[bench] sparse 2:4 unavailable on this GPU: {e}")
+        layer = None
+    for m in () if layer is None else ((2048,) if quick else (2048, 8192)):
+        x = torch.randn(m, k, device=dev, dtype=dt)
+        with torch.no_grad():
+            harness.check_close("sparse", f"2:4 M={m}", layer(x), x.float() @ w4m.float().t(), 0.02, 0.1)
+            rows.append(compare("sparse", f"2:4 SparseLinear M={m} K=N={k} bf16 (GPU)", lambda x=x: layer(x),
+                                "F.linear dense bf16", lambda x=x: F.linear(x, w4m), target=1.1))  # fmt: skip
+    w, mask = _masked_weight(n, k, 0.9)
+    wm = (w * mask).to(dev)
+    csr = sparse_ops.to_csr(w.to(dev), mask.to(dev))
+    torch_csr = wm.to_sparse_csr()
+    for m in (1, 256):
+        x = torch.randn(m, k, device=dev)
+        xt = x.t().contiguous()
+        for b in harness.gpu_backends("sparse_csr_linear"):
+            fn = harness.on_backend(b, lambda x=x: torch.ops.pyopt.sparse_csr_linear(x, *csr, None, n))
+            harness.check_close("sparse", f"CSR [{b}] M={m}", fn(), x.double() @ wm.double().t(), 1e-4, 1e-4)
+            rows.append(compare("sparse", f"(info) 90% CSR [{b}] M={m} K=N={k} fp32 (GPU)", fn,
+                                "F.linear dense fp32", lambda x=x: F.linear(x, wm)))  # fmt: skip
+            rows.append(compare("sparse", f"(info) 90% CSR [{b}] M={m} K=N={k} fp32 (GPU)", fn,
+                                "torch CSR W@x^T", lambda xt=xt: torch_csr @ xt))  # fmt: skip
+    return rows

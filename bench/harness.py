@@ -45,6 +45,8 @@ def time_many(
         fn()
         fn()
     _sync(device)
+    if device.startswith("cuda"):
+        return _time_many_cuda(fns, repeat, min_time)
     samples: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     while True:
@@ -60,6 +62,65 @@ def time_many(
         if n >= 1000:
             break
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _time_many_cuda(fns: dict[str, Callable[[], object]], repeat: int, min_time: float) -> dict[str, float]:
+    """GPU variant: a sample is `inner` back-to-back calls between two CUDA events, so a ~10 us launch
+    does not swamp a ~20 us kernel; `inner` is sized per fn so one sample lasts about 1 ms."""
+    inner = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        inner[k] = max(1, min(200, int(1e-3 / max((time.perf_counter() - t0) / 3, 1e-7))))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    while True:
+        for k, fn in fns.items():
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(inner[k]):
+                fn()
+            end.record()
+            end.synchronize()
+            samples[k].append(begin.elapsed_time(end) * 1e-3 / inner[k])
+        n = len(next(iter(samples.values())))
+        if (n >= repeat and time.perf_counter() - start >= min_time) or n >= 1000:
+            break
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def gpu_backends(op: str) -> list[str]:
+    """The GPU backends ("cuda", "triton") implementing pyopt::<op> that can run here; benches time each."""
+    from pyopt import _backend
+
+    return [b for b in ("cuda", "triton") if b in _backend.implementations(op) and _backend.usable(b, "cuda")]
+
+
+def on_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with pyopt.use_backend(backend) (the context is entered per call: a few us of Python)."""
+    import pyopt
+
+    def call():
+        with pyopt.use_backend(backend):
+            return fn()
+
+    return call
+
+
+def check_close(
+    family: str, case: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float
+) -> None:
+    """A benchmark is only worth reading if it computes the right thing: compare once, loudly."""
+    err = (got.double() - want.double()).abs()
+    bound = atol + rtol * want.double().abs()
+    bad = int((err > bound).sum())
+    status = "ok" if bad == 0 else f"MISMATCH in {bad} of {err.numel()} elements"
+    print(
+        f"[check] {family} {case}: max abs err {err.max().item() if err.numel() else 0:.3g} {status}",
+        flush=True,
+    )
 
 
 def memcpy_seconds(nbytes: int, device: str = "cpu", repeat: int = 10) -> float:

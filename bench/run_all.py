@@ -20,7 +20,14 @@ FAMILIES = sorted(
 )
 
 
-def main(ops: list[str] | None = None, quick: bool = False, out: str | None = None) -> int:
+def main(ops: list[str] | None = None, quick: bool = False, out: str | None = None, gpu: bool = False) -> int:
+    """gpu=True: only the GPU cases (each family's run_gpu); otherwise the CPU cases, plus the GPU cases
+    where a GPU is present."""
+    import torch
+
+    if gpu and not torch.cuda.is_available():
+        print("[bench] --gpu: no CUDA device here", file=sys.stderr)
+        return 1
     families = ops or FAMILIES
     rows = []
     t0 = time.perf_counter()
@@ -33,18 +40,22 @@ def main(ops: list[str] | None = None, quick: bool = False, out: str | None = No
                 continue
             raise
         print(f"[bench] ({i}/{len(families)}) {fam} ...", file=sys.stderr, flush=True)
-        fam_rows = mod.run(quick=quick)
+        fam_rows = [] if gpu else mod.run(quick=quick)
+        if (gpu or torch.cuda.is_available()) and hasattr(mod, "run_gpu"):
+            fam_rows += mod.run_gpu(quick=quick)
         print(
             f"[bench] {fam}: {len(fam_rows)} cases, {time.perf_counter() - t0:.0f} s so far", file=sys.stderr
         )
         print(harness.format_table(fam_rows), flush=True)
         rows += fam_rows
-    stem = out or os.path.join(HERE, "results", harness.machine_name() + ("-quick" if quick else ""))
+    stem = out or os.path.join(
+        HERE, "results", harness.machine_name() + ("-gpu" if gpu else "") + ("-quick" if quick else "")
+    )
     if not rows:
         print("[bench] no benchmark ran, nothing written", file=sys.stderr)
         return 1
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    harness.write_results(rows, stem, {"quick": quick, "families": families})
+    harness.write_results(rows, stem, {"quick": quick, "families": families, "gpu": gpu})
     pngs = ", ".join(f"{stem}-{fam}.png" for fam in dict.fromkeys(r.family for r in rows))
     print(f"[bench] wrote {stem}.json, {stem}.md, {pngs}", file=sys.stderr)
     return 0

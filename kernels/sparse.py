@@ -17,7 +17,7 @@ import triton.language as tl
 def _bsr_linear_kernel(
     x_ptr, crow_ptr, col_ptr, values_ptr, bias_ptr, y_ptr,
     M, K, N,
-    HAS_BIAS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE_FP32: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     block_row = tl.program_id(1)
@@ -34,7 +34,12 @@ def _bsr_linear_kernel(
             x_ptr + rm[:, None].to(tl.int64) * K + bcol * BW + rw[None, :], mask=rm[:, None] < M, other=0.0
         )
         blk = tl.load(values_ptr + b.to(tl.int64) * (BH * BW) + rh[:, None] * BW + rw[None, :])
-        acc += tl.dot(x.to(tl.float32), tl.trans(blk.to(tl.float32)))
+        # fp16/bf16: tensor-core dot in the input dtype, float32 accumulation; float32: exact IEEE products
+        # (tl.dot's default would be TF32, which torch's own fp32 matmul does not use by default)
+        if IEEE_FP32:
+            acc += tl.dot(x, tl.trans(blk.to(x.dtype)), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(blk.to(x.dtype)))
         b += 1
     rn = block_row * BH + rh
     if HAS_BIAS:
@@ -54,17 +59,22 @@ def bsr_linear(x, crow_indices, col_indices, values, bias, out_features):
     """x: [M, K] contiguous; values [nnz_blocks, bh, bw]; returns [M, out_features] in x.dtype."""
     m, k = x.shape
     bh, bw = values.shape[1], values.shape[2]
-    if not (_pow2_at_least_16(bh) and _pow2_at_least_16(bw)) or m == 0 or out_features == 0:
+    if (
+        not (_pow2_at_least_16(bh) and _pow2_at_least_16(bw))
+        or m == 0
+        or out_features == 0
+        or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+    ):
         from ..ops.sparse import bsr_linear_ref
 
         return bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features)
     y = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
-    block_m = 64
+    block_m = 128 if m >= 512 and x.device.type == "cuda" else 64
     grid = (triton.cdiv(m, block_m), out_features // bh)
     _bsr_linear_kernel[grid](
         x, crow_indices.contiguous(), col_indices.contiguous(), values.contiguous(),
         bias if bias is not None else values, y,
         m, k, out_features,
-        HAS_BIAS=bias is not None, BH=bh, BW=bw, BLOCK_M=block_m,
+        HAS_BIAS=bias is not None, IEEE_FP32=x.dtype == torch.float32, BH=bh, BW=bw, BLOCK_M=block_m,
     )  # fmt: skip
     return y

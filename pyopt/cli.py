@@ -66,7 +66,7 @@ def cmd_bench(args) -> int:
     sys.path.insert(0, _bench_dir())
     import run_all  # bench/run_all.py
 
-    return run_all.main(ops=args.op, quick=args.quick, out=args.out)
+    return run_all.main(ops=args.op, quick=args.quick, out=args.out, gpu=args.gpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "--op", action="append", help="one family (bench/bench_<family>.py, e.g. sparse); repeatable"
     )
     b.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    b.add_argument("--gpu", action="store_true", help="only the GPU cases (each family's run_gpu)")
     b.add_argument("--out", default=None, help="results stem (default bench/results/<machine>)")
     b.set_defaults(fn=cmd_bench)
     d = sub.add_parser("demo", help="the end-to-end CNN case: train, prune, quantise, save, measure")
