@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/
 
 echo "== build (CUDA extension for this GPU's architecture only, to keep it short)"
 arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "8.0;9.0")
-if TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-16} timeout 300 \
+if TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-16} timeout 200 \
     $PY -m pip install --no-build-isolation --no-deps -e . >"$LOG/build.log" 2>&1; then
   record build "ok (arch $arch)"
 else
@@ -38,13 +38,13 @@ $PY -m pyopt info 2>&1 | tee "$LOG/info.log"
 
 echo "== GPU tests"
 tmo=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
-timeout 200 $PY -m pytest tests -k cuda -p no:cacheprovider -rfE --tb=short $tmo >"$LOG/tests.log" 2>&1
+timeout 150 $PY -m pytest tests -k cuda -p no:cacheprovider -rfE --tb=short $tmo >"$LOG/tests.log" 2>&1
 tail -25 "$LOG/tests.log"
 record "GPU tests" "$(grep -E '(passed|failed|error)' "$LOG/tests.log" | tail -1 | tr -d '=' | xargs)"
 
 echo "== GPU benchmarks"
 stem=$(mktemp -d)/gpu
-if timeout 240 $PY -m pyopt bench --gpu --out "$stem" 2>&1 | tee "$LOG/bench.log"; then
+if timeout 120 $PY -m pyopt bench --gpu --out "$stem" 2>&1 | tee "$LOG/bench.log"; then
   cp "$stem.md" "$stem.json" "$LOG/" 2>/dev/null
   met=$(grep -c '| yes |' "$stem.md" || true)
   missed=$(grep -c '| NO |' "$stem.md" || true)
