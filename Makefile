@@ -4,7 +4,11 @@ VENV      ?= .venv
 VPY       := $(VENV)/bin/python
 VPIP      := $(VPY) -m pip
 NVCC      ?= nvcc
-NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+# the defines torch's CUDAExtension passes to nvcc (torch/utils/cpp_extension.py COMMON_NVCC_FLAGS), so that
+# check-cuda here fails where the real extension build on a GPU box would
+TORCH_NVCC_DEFS := -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+  -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr
+NVCCFLAGS := -O3 -std=c++17 $(TORCH_NVCC_DEFS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90 -I csrc
 CU_SRCS   := $(wildcard csrc/cuda/*.cu)
 CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))

@@ -17,7 +17,7 @@ FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 1e-45, -0.0, 0.0, 1e10, -1e10]
 
 
-def assert_bits_equal(a, b):
+def assert_bits_equal(a, b, x=None):
     """Exact equality, NaN payloads and signed zeros included (floats compared as their bit patterns)."""
     if isinstance(a, (tuple, list)):
         assert len(a) == len(b)
@@ -30,7 +30,12 @@ def assert_bits_equal(a, b):
         bits = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[a.dtype]
         a, b = a.contiguous().view(bits), b.contiguous().view(bits)
     mismatch = (a != b).nonzero()
-    assert mismatch.numel() == 0, f"{len(mismatch)} mismatches, first at {mismatch[0].tolist()}"
+    if mismatch.numel():
+        idx = tuple(mismatch[:4].t())
+        shown = f"got {a[idx].tolist()} want {b[idx].tolist()}"
+        if x is not None:
+            shown += f" for x = {[float.hex(v) for v in x.cpu().double()[idx].tolist()]}"
+        raise AssertionError(f"{len(mismatch)} mismatches, first at {mismatch[0].tolist()}: {shown}")
 
 
 def with_specials(x):
@@ -414,7 +419,7 @@ def test_ties_match_torch_on_every_backend_and_isa(device, backend, isa):
         for c in range(x.shape[0]):
             s, z = scales[c].item(), zps[c].item()
             want = torch.quantize_per_tensor(x[c].cpu(), s, z, torch.qint8).int_repr()
-            assert_bits_equal(pyopt.quantize_per_tensor(x[c], s, z), want)
+            assert_bits_equal(pyopt.quantize_per_tensor(x[c], s, z), want, x[c])
         want = torch.quantize_per_channel(x.cpu(), scales.cpu(), zps.cpu(), 0, torch.qint8)
         assert_bits_equal(pyopt.quantize_per_channel(x, scales, zps, 0), want.int_repr())
         assert_bits_equal(

@@ -23,6 +23,9 @@ __device__ __forceinline__ float widen(T v) {
   return static_cast<float>(v);
 }
 __device__ __forceinline__ double widen(double v) { return v; }
+// explicit: torch's extension build defines __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__
+__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
+__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T>
 __device__ __forceinline__ T narrow(float v);
 template <>
