@@ -7,6 +7,7 @@ device of the op's tensors and picks one implementation:
     forced backend (pyopt.use_backend), if it implements the op and can run on that device, else
     cpu tensors:   "cpu" (C++, pyopt._C)      -> "reference"
     cuda tensors:  "cuda" (C++, pyopt._C_cuda) -> "triton" -> "reference"
+                   (Triton first for the ops in CUDA_TRITON_FIRST, where it measured faster)
     other devices: "reference"
 
 "reference" is pure torch: the fallback on any device and the oracle of the tests. "triton" also runs on
@@ -29,6 +30,16 @@ from . import _native
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 DEFAULT_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+# Ops whose Triton kernel measured faster than the CUDA C++ one on the GPU (NVIDIA H200, torch 2.11,
+# bench/results/NVIDIA-H200-gpu.md; both backends timed in the same run, results checked):
+#   int8_linear_dynamic  M=1024 K=N=4096 bf16: triton 0.195 ms, cuda 1.094 ms (dp4a, no tensor cores)
+#   binary_linear        M=64 4096x4096 bf16:  triton 0.092 ms, cuda 0.644 ms (M=1: 0.096 vs 0.101)
+#   quantize_per_channel 8192^2 fp32:         triton 0.413 ms, cuda 0.633 ms
+#   dequantize_per_channel 8192^2 int8:       triton 0.299 ms, cuda 0.403 ms
+# Everything else was faster on the CUDA C++ kernel (or has only one GPU implementation).
+CUDA_TRITON_FIRST = frozenset(
+    {"int8_linear_dynamic", "binary_linear", "quantize_per_channel", "dequantize_per_channel"}
+)
 
 _impls: dict[str, dict[str, Callable]] = {}
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyopt_backend", default=None)
@@ -95,7 +106,10 @@ def select(op: str, device_type: str) -> tuple[str, Callable]:
     forced = _forced_backend.get()
     if forced is not None and forced in impls and usable(forced, device_type):
         return forced, impls[forced]
-    for b in DEFAULT_ORDER.get(device_type, ("reference",)):
+    order = DEFAULT_ORDER.get(device_type, ("reference",))
+    if device_type == "cuda" and op in CUDA_TRITON_FIRST:
+        order = ("triton", "cuda", "reference")
+    for b in order:
         if b in impls and usable(b, device_type):
             return b, impls[b]
     raise NotImplementedError(f"pyopt::{op} has no implementation for {device_type} tensors")

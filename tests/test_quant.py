@@ -17,6 +17,41 @@ FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 1e-45, -0.0, 0.0, 1e10, -1e10]
 
 
+def _torch_tie_rule() -> str | None:
+    """None when the installed torch's CPU quantizers round ties by the rules pyopt follows (measured on
+    torch 2.13 CPU, README "Rounding rules"); otherwise the rule torch was seen to use.
+
+    torch is not consistent here: torch 2.11 (cu130 build, Intel Xeon) rounds rne(float32(x * inv)) + zp
+    for both per-tensor and per-channel, whatever ATEN_CPU_CAPABILITY (bench/probe_torch_rounding.py, run on
+    the H200 box); torch 2.13 CPU uses fma(x, inv, zp) per tensor. The tie tests compare with torch only
+    where it follows pyopt's rules; on torch 2.13 (the version the rules were measured on, and CI's) they
+    never skip, so a regression in pyopt cannot hide behind this.
+    """
+    if torch.__version__.startswith("2.13"):
+        return None
+    g = torch.Generator().manual_seed(1)
+    scale, zp = 0.0371, 3
+    k = torch.randint(-100, 100, (3000,), generator=g, dtype=torch.float64)
+    x = ((k + 0.5) * scale).float()
+    x = torch.cat([x, x.nextafter(x + 1), x.nextafter(x - 1)])
+    inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    got = torch.quantize_per_tensor(x, scale, zp, torch.qint8).int_repr().float()
+    fma_rule = (x.double() * inv.double() + zp).float().round()  # x*inv is exact in float64
+    if torch.equal(got, fma_rule):
+        return None
+    if torch.equal(got, (x * inv).round() + zp):
+        return "rne(float32(x * inv)) + zp"
+    return "a rule other than fma(x, inv, zp)"
+
+
+TORCH_TIE_RULE = _torch_tie_rule()
+requires_torch_tie_rule = pytest.mark.skipif(
+    TORCH_TIE_RULE is not None,
+    reason=f"torch {torch.__version__} on this CPU rounds quantize ties as {TORCH_TIE_RULE}, not by the rules "
+    "pyopt follows (torch 2.13 CPU's); see README 'Rounding rules'",
+)
+
+
 def assert_bits_equal(a, b, x=None):
     """Exact equality, NaN payloads and signed zeros included (floats compared as their bit patterns)."""
     if isinstance(a, (tuple, list)):
@@ -58,6 +93,7 @@ def ties(scale: torch.Tensor, zp: torch.Tensor, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # reference vs torch (the measured rules)
 # ----------------------------------------------------------------------------------------------------------
+@requires_torch_tie_rule
 @pytest.mark.parametrize("dtype", list(QDTYPES))
 def test_per_tensor_reference_matches_torch_on_ties(dtype):
     disagreements = 0
@@ -71,6 +107,7 @@ def test_per_tensor_reference_matches_torch_on_ties(dtype):
     assert disagreements > 0, "the tie cases must separate the fma rule from the product rule"
 
 
+@requires_torch_tie_rule
 @pytest.mark.parametrize("dtype", list(QDTYPES))
 @pytest.mark.parametrize("axis", [0, 1])
 def test_per_channel_reference_matches_torch_on_ties(dtype, axis):
@@ -409,6 +446,7 @@ def tie_cases(device):
     return x.to(device), scales.to(device), zps.to(device)
 
 
+@requires_torch_tie_rule
 @pytest.mark.parametrize("device,backend", backend_params("quantize_per_channel"))
 @pytest.mark.parametrize("isa", isa_params())
 def test_ties_match_torch_on_every_backend_and_isa(device, backend, isa):
