@@ -288,6 +288,46 @@ DEQUANTIZE_PER_GROUP = defop(
 )
 
 
+def _defop_dequantize_out(name: str, params: str, check_meta: Callable, check: Callable) -> str:
+    """`<name>_out(q, <params>, Tensor(a!) out) -> ()`: the dequantize op written into the caller's float
+    tensor of q's shape (its dtype is the output dtype). Why: a fresh 64 MB float32 result costs more in
+    page faults (the kernel zeroing new pages) than the dequantize itself on a CPU; a reused buffer does not."""
+
+    def with_out(fn):
+        def run(q, *rest):
+            *params_, out = rest
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+            fn(q, *params_, out.dtype)
+            if out.shape != q.shape:
+                raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+
+        return run
+
+    meta = with_out(check_meta)
+    return defop(f"{name}_out(Tensor q, {params}, Tensor(a!) out) -> ()", meta, with_out(check))
+
+
+DEQUANTIZE_PER_TENSOR_OUT = _defop_dequantize_out(
+    "dequantize_per_tensor",
+    "float scale, int zero_point",
+    _check_dequantize_per_tensor,
+    _check_dequantize_per_tensor,
+)
+DEQUANTIZE_PER_CHANNEL_OUT = _defop_dequantize_out(
+    "dequantize_per_channel",
+    "Tensor scales, Tensor zero_points, int axis",
+    _check_dequantize_per_channel_meta,
+    _check_dequantize_per_channel,
+)
+DEQUANTIZE_PER_GROUP_OUT = _defop_dequantize_out(
+    "dequantize_per_group",
+    "Tensor scales, Tensor zero_points, int group_size",
+    _check_dequantize_per_group_meta,
+    _check_dequantize_per_group,
+)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # int8 / binary layers (issue: quantised layers). Implementations: pyopt/ops/int8_linear.py, ...
 # ----------------------------------------------------------------------------------------------------------

@@ -91,27 +91,53 @@ def quantize_per_group(
     return torch.ops.pyopt.quantize_per_group(x, int(group_size), dtype, bool(symmetric))
 
 
-def dequantize_per_tensor(q: torch.Tensor, scale, zero_point, out_dtype=torch.float32) -> torch.Tensor:
+# out=: every dequantize can write into the caller's float tensor of q's shape (out_dtype is then out.dtype).
+# On a CPU that is the fast way to dequantize repeatedly: a fresh 64 MB float32 result costs more in page
+# faults than the kernel itself (README "Speed (CPU)").
+def _dequantize(op: str, q, params: tuple, out_dtype, out):
+    if out is None:
+        return getattr(torch.ops.pyopt, op)(q, *params, out_dtype)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    getattr(torch.ops.pyopt, f"{op}_out")(q, *params, out)
+    return out
+
+
+def dequantize_per_tensor(
+    q: torch.Tensor, scale, zero_point, out_dtype=torch.float32, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """(float32(q) - zero_point) * float32(scale), then cast to out_dtype; = torch's .dequantize()."""
     scale = _scalar("scale", scale, float)
     zero_point = _scalar("zero_point", zero_point, int)
-    return torch.ops.pyopt.dequantize_per_tensor(q, scale, zero_point, out_dtype)
+    return _dequantize("dequantize_per_tensor", q, (scale, zero_point), out_dtype, out)
 
 
 def dequantize_per_channel(
-    q: torch.Tensor, scales, zero_points, axis: int, out_dtype=torch.float32
+    q: torch.Tensor,
+    scales,
+    zero_points,
+    axis: int,
+    out_dtype=torch.float32,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float32((q - zp[c]) * scales[c]) computed in float64 (as torch's .dequantize()), then out_dtype."""
     scales = _as_tensor("scales", scales, q, torch.float64)
     zero_points = _as_tensor("zero_points", zero_points, q, torch.int64)
-    return torch.ops.pyopt.dequantize_per_channel(q, scales, zero_points, int(axis), out_dtype)
+    return _dequantize("dequantize_per_channel", q, (scales, zero_points, int(axis)), out_dtype, out)
 
 
 def dequantize_per_group(
-    q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, group_size: int, out_dtype=torch.float32
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    zero_points: torch.Tensor,
+    group_size: int,
+    out_dtype=torch.float32,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(float32(q) - zp[g]) * float32(scales[g]) for each group of the last dim (inverse of quantize_per_group)."""
-    return torch.ops.pyopt.dequantize_per_group(q, scales, zero_points, int(group_size), out_dtype)
+    return _dequantize("dequantize_per_group", q, (scales, zero_points, int(group_size)), out_dtype, out)
 
 
 def choose_qparams(

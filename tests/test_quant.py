@@ -366,6 +366,9 @@ def op_samples():
         (ops.dequantize_per_tensor, (q, 0.1, 2, torch.float32)),
         (ops.dequantize_per_channel, (q, s, z, 0, torch.bfloat16)),
         (ops.dequantize_per_group, (q, gs, gz, 32, torch.float16)),
+        (ops.dequantize_per_tensor_out, (q, 0.1, 2, torch.empty(4, 64))),
+        (ops.dequantize_per_channel_out, (q, s, z, 0, torch.empty(4, 64, dtype=torch.bfloat16))),
+        (ops.dequantize_per_group_out, (q, gs, gz, 32, torch.empty(4, 64, dtype=torch.float16))),
     ]
 
 
@@ -488,3 +491,54 @@ def test_gpu_matches_cpu_on_large_inputs(backend):
     with pyopt.use_backend(backend):
         got = ops(x_gpu, s_gpu, z_gpu)
     assert_bits_equal(got, ops(x, s, z))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dequantize into the caller's tensor (out=)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", backend_params("dequantize_per_tensor_out"))
+@pytest.mark.parametrize("out_dtype", FLOATS)
+@pytest.mark.parametrize("qdtype", list(QDTYPES))
+def test_dequantize_out_equals_allocating(device, backend, out_dtype, qdtype):
+    lo, hi = pyopt._ops.QRANGE[qdtype]
+    q = torch.randint(lo, hi + 1, (7, 1003), dtype=qdtype, device=device)
+    s = torch.rand(7, dtype=torch.float64, device=device) + 0.01
+    z = torch.randint(lo // 2, hi // 2, (7,), device=device)
+    gs = (torch.rand(7, 17, device=device) + 0.01).float()
+    gz = torch.randint(lo // 2, hi // 2, (7, 17), device=device)
+    P = pyopt
+    cases = [
+        (lambda **o: P.dequantize_per_tensor(q, 0.03, int(z[0]), out_dtype, **o)),
+        (lambda **o: P.dequantize_per_channel(q, s, z, 0, out_dtype, **o)),
+        (lambda **o: P.dequantize_per_channel(q.t(), s, z, 1, out_dtype, **o)),  # non-contiguous q
+        (lambda **o: P.dequantize_per_group(q, gs, gz, 59, out_dtype, **o)),
+    ]
+    with pyopt.use_backend(backend):
+        for fn in cases:
+            want = fn()
+            out = torch.full_like(want, float("nan"))
+            assert fn(out=out) is out
+            assert_bits_equal(out, want)
+            wide = torch.full(
+                (want.shape[0], 2 * want.shape[1]), float("nan"), dtype=out_dtype, device=device
+            )
+            fn(out=wide[:, ::2])  # non-contiguous out: written in place, the gaps untouched
+            assert_bits_equal(wide[:, ::2], want)
+            assert torch.isnan(wide[:, 1::2].float()).all()
+    empty = torch.empty(0, 5, dtype=torch.int8, device=device)
+    assert P.dequantize_per_tensor(empty, 0.1, 0, out=torch.empty(0, 5, device=device)).shape == (0, 5)
+
+
+def test_dequantize_out_bad_arguments():
+    q = torch.randint(-128, 127, (4, 8), dtype=torch.int8)
+    with pytest.raises(ValueError, match="out must have q's shape"):
+        pyopt.dequantize_per_tensor(q, 0.1, 0, out=torch.empty(8, 4))
+    with pytest.raises(TypeError, match="out_dtype"):
+        pyopt.dequantize_per_tensor(q, 0.1, 0, out=torch.empty(4, 8, dtype=torch.int32))
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        pyopt.dequantize_per_tensor(q, 0.1, 0, out=[1.0])
+    with pytest.raises(ValueError, match="scale"):
+        pyopt.dequantize_per_tensor(q, -1.0, 0, out=torch.empty(4, 8))
+    if "cpu" in pyopt.available_backends("cpu"):  # the C++ op checks on its own too
+        with pytest.raises(RuntimeError, match="out must have q's shape"):
+            torch.ops.pyopt_cpu.dequantize_per_tensor_out(q, 0.1, 0, torch.empty(3), -1)

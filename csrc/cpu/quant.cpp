@@ -357,85 +357,139 @@ void dequant_channels(Isa isa, const uint8_t* pq, Out* po, int64_t numel, int64_
       });
 }
 
-at::Tensor dequantize_per_tensor(const at::Tensor& q_, double scale, int64_t zero_point, at::ScalarType out_dtype,
-                                 int64_t isa_req) {
-  check_q_input(q_);
-  check_out_dtype(out_dtype);
-  const float s = checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
-  check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
+// The caller's output (the pyopt::dequantize_*_out ops): a float tensor of q's shape on the CPU. A fresh
+// output is the other case (new_output); writing into a reused one skips the page faults of a new mapping.
+void check_out(const at::Tensor& q, const at::Tensor& out) {
+  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
+  check_out_dtype(out.scalar_type());
+  TORCH_CHECK(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
+}
+
+// Every dequantize op: checks, then `body(q, out, nt)` writes the contiguous q into the contiguous out
+// (fresh, or the caller's; a non-contiguous caller's out gets a contiguous result copied in).
+template <class Body>
+void dequantize_into(const at::Tensor& q_, at::Tensor& out, const Body& body) {
   const at::Tensor q = q_.contiguous();
+  at::Tensor dst = out.is_contiguous() ? out : new_output(q.sizes(), q.options().dtype(out.scalar_type()));
+  body(q, dst, dst.nbytes() >= kStreamBytes);
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
+template <class Body>
+at::Tensor dequantize_new(const at::Tensor& q, at::ScalarType out_dtype, const Body& body) {
   at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
-  const bool nt = out.nbytes() >= kStreamBytes;
-  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
-  const Isa isa = pyopt::select_isa(isa_req);
-  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
-    using Out = decltype(tag);
-    constexpr bool S = decltype(is_signed)::value;
-    Out* po = static_cast<Out*>(out.data_ptr());
-    parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
-      dequant_span<Out, false, S>(isa, pq + b, po + b, e - b, &s, &zp, nt);
-    });
-  });
+  dequantize_into(q, out, body);
   return out;
 }
 
-at::Tensor dequantize_per_channel(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
-                                  int64_t axis, at::ScalarType out_dtype, int64_t isa_req) {
+auto per_tensor_body(const at::Tensor& q_, double scale, int64_t zero_point, int64_t isa_req) {
   check_q_input(q_);
+  const float s = checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
+  check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
+  const Isa isa = pyopt::select_isa(isa_req);
+  return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
+    const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+    dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+      using Out = decltype(tag);
+      constexpr bool S = decltype(is_signed)::value;
+      Out* po = static_cast<Out*>(out.data_ptr());
+      parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
+        dequant_span<Out, false, S>(isa, pq + b, po + b, e - b, &s, &zp, nt);
+      });
+    });
+  };
+}
+
+at::Tensor dequantize_per_tensor(const at::Tensor& q, double scale, int64_t zero_point, at::ScalarType out_dtype,
+                                 int64_t isa_req) {
   check_out_dtype(out_dtype);
+  return dequantize_new(q, out_dtype, per_tensor_body(q, scale, zero_point, isa_req));
+}
+
+void dequantize_per_tensor_out(const at::Tensor& q, double scale, int64_t zero_point, at::Tensor out,
+                               int64_t isa_req) {
+  auto body = per_tensor_body(q, scale, zero_point, isa_req);
+  check_out(q, out);
+  dequantize_into(q, out, body);
+}
+
+auto per_channel_body(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points, int64_t axis,
+                      int64_t isa_req) {
+  check_q_input(q_);
   int64_t outer, C, inner;
   std::tie(outer, C, inner) = around_axis(q_, axis, "q");
+  (void)outer;
   ChannelParams p = channel_params(scales, zero_points, C, qrange(q_.scalar_type(), "q.dtype"));
-  const at::Tensor q = q_.contiguous();
-  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
-  const bool nt = out.nbytes() >= kStreamBytes;
-  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   // torch computes (q - zp) * scale in float64 and rounds once. With float32-representable scales the
   // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
   const bool f32_exact = std::all_of(p.scale.begin(), p.scale.end(), [](double v) { return (double)(float)v == v; });
   const Isa isa = f32_exact ? pyopt::select_isa(isa_req) : Isa::Scalar;
-  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
-    using Out = decltype(tag);
-    constexpr bool S = decltype(is_signed)::value;
-    Out* po = static_cast<Out*>(out.data_ptr());
-    if (!f32_exact) {
-      parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          const int64_t c = (i / inner) % C;
-          const double qv = S ? static_cast<int8_t>(pq[i]) : pq[i];
-          po[i] = from_float<Out>(static_cast<float>((qv - p.zp[c]) * p.scale[c]));
-        }
-      });
-      return;
-    }
-    dequant_channels<Out, S>(isa, pq, po, q.numel(), C, inner, p.scale32, p.zp, nt);
-  });
-  (void)outer;
-  return out;
+  return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
+    const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+    dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+      using Out = decltype(tag);
+      constexpr bool S = decltype(is_signed)::value;
+      Out* po = static_cast<Out*>(out.data_ptr());
+      if (!f32_exact) {
+        parallel_chunks(q.numel(), [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            const int64_t c = (i / inner) % C;
+            const double qv = S ? static_cast<int8_t>(pq[i]) : pq[i];
+            po[i] = from_float<Out>(static_cast<float>((qv - p.zp[c]) * p.scale[c]));
+          }
+        });
+        return;
+      }
+      dequant_channels<Out, S>(isa, pq, po, q.numel(), C, inner, p.scale32, p.zp, nt);
+    });
+  };
 }
 
-at::Tensor dequantize_per_group(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
-                                int64_t group_size, at::ScalarType out_dtype, int64_t isa_req) {
-  check_q_input(q_);
+at::Tensor dequantize_per_channel(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                  int64_t axis, at::ScalarType out_dtype, int64_t isa_req) {
   check_out_dtype(out_dtype);
+  return dequantize_new(q, out_dtype, per_channel_body(q, scales, zero_points, axis, isa_req));
+}
+
+void dequantize_per_channel_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                int64_t axis, at::Tensor out, int64_t isa_req) {
+  auto body = per_channel_body(q, scales, zero_points, axis, isa_req);
+  check_out(q, out);
+  dequantize_into(q, out, body);
+}
+
+auto per_group_body(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
+                    int64_t group_size, int64_t isa_req) {
+  check_q_input(q_);
   TORCH_CHECK(q_.dim() >= 1, "q must have at least 1 dimension");
   TORCH_CHECK(group_size >= 1 && q_.size(-1) % group_size == 0, "group_size (", group_size,
               ") must be positive and divide the last dim of q (", q_.size(-1), ")");
   const int64_t groups = q_.numel() / std::max<int64_t>(group_size, 1);
   ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
-  const at::Tensor q = q_.contiguous();
-  at::Tensor out = new_output(q.sizes(), q.options().dtype(out_dtype));
-  const bool nt = out.nbytes() >= kStreamBytes;
-  const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
   const Isa isa = pyopt::select_isa(isa_req);
-  dispatch_out(out_dtype, q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
-    using Out = decltype(tag);
-    constexpr bool S = decltype(is_signed)::value;
-    Out* po = static_cast<Out*>(out.data_ptr());
-    // Groups are channels of a (groups, group_size) view; per-group math is float32 (float32(scales)).
-    dequant_channels<Out, S>(isa, pq, po, q.numel(), groups, group_size, p.scale32, p.zp, nt);
-  });
-  return out;
+  return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
+    const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
+    dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
+      using Out = decltype(tag);
+      constexpr bool S = decltype(is_signed)::value;
+      // Groups are channels of a (groups, group_size) view; per-group math is float32 (float32(scales)).
+      dequant_channels<Out, S>(isa, pq, static_cast<Out*>(out.data_ptr()), q.numel(), groups, group_size,
+                               p.scale32, p.zp, nt);
+    });
+  };
+}
+
+at::Tensor dequantize_per_group(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                int64_t group_size, at::ScalarType out_dtype, int64_t isa_req) {
+  check_out_dtype(out_dtype);
+  return dequantize_new(q, out_dtype, per_group_body(q, scales, zero_points, group_size, isa_req));
+}
+
+void dequantize_per_group_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                              int64_t group_size, at::Tensor out, int64_t isa_req) {
+  auto body = per_group_body(q, scales, zero_points, group_size, isa_req);
+  check_out(q, out);
+  dequantize_into(q, out, body);
 }
 
 }  // namespace
@@ -448,4 +502,12 @@ TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
   m.def("dequantize_per_tensor", &dequantize_per_tensor);
   m.def("dequantize_per_channel", &dequantize_per_channel);
   m.def("dequantize_per_group", &dequantize_per_group);
+  m.def("dequantize_per_tensor_out(Tensor q, float scale, int zero_point, Tensor(a!) out, int isa) -> ()",
+        &dequantize_per_tensor_out);
+  m.def("dequantize_per_channel_out(Tensor q, Tensor scales, Tensor zero_points, int axis, Tensor(a!) out, "
+        "int isa) -> ()",
+        &dequantize_per_channel_out);
+  m.def("dequantize_per_group_out(Tensor q, Tensor scales, Tensor zero_points, int group_size, Tensor(a!) out, "
+        "int isa) -> ()",
+        &dequantize_per_group_out);
 }

@@ -317,3 +317,37 @@ def dequantize_per_channel_cuda(q, scales, zero_points, axis, out_dtype):
 @register("dequantize_per_group", "cuda")
 def dequantize_per_group_cuda(q, scales, zero_points, group_size, out_dtype):
     return torch.ops.pyopt_cuda.dequantize_per_group(q, scales, zero_points, group_size, out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dequantize into the caller's tensor (pyopt::dequantize_*_out). CPU: the C++ kernels write into `out`
+# directly (no fresh pages to fault in). Elsewhere: the allocating op, then a copy — on CUDA the caching
+# allocator already makes the fresh output cheap, so a dedicated kernel would buy little.
+# ----------------------------------------------------------------------------------------------------------
+def _register_out_variant(name: str) -> None:
+    cpu_out = f"{name}_out"
+
+    def by_copy(q, *rest):
+        *params, out = rest
+        out.copy_(getattr(torch.ops.pyopt, name)(q, *params, out.dtype))
+
+    def reference(q, *rest):
+        *params, out = rest
+        with_ref = {
+            "dequantize_per_tensor": dequantize_per_tensor_ref,
+            "dequantize_per_channel": dequantize_per_channel_ref,
+            "dequantize_per_group": dequantize_per_group_ref,
+        }[name]
+        out.copy_(with_ref(q, *params, out.dtype))
+
+    def cpu(q, *rest):
+        getattr(torch.ops.pyopt_cpu, cpu_out)(q, *rest, requested_isa())
+
+    register(cpu_out, "reference")(reference)
+    register(cpu_out, "cpu")(cpu)
+    register(cpu_out, "cuda")(by_copy)
+    register(cpu_out, "triton")(by_copy)
+
+
+for _name in ("dequantize_per_tensor", "dequantize_per_channel", "dequantize_per_group"):
+    _register_out_variant(_name)
