@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/int8_gemm.h"
 #include "cpu/quant_simd.h"
 
 #if PYOPT_X86
@@ -223,6 +224,21 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
   const Isa isa = pyopt::select_isa(isa_req);
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
+  if (pyopt::int8gemm::available(isa) && K > 0) {
+    // Native VNNI GEMM: each block of rows is quantised into a per-thread buffer right before its GEMM, and
+    // the epilogue runs on the accumulators.
+    auto out = at::empty({M, N}, x.options());
+    PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
+      const scalar_t* px = x.data_ptr<scalar_t>();
+      auto fill = [&](int64_t m0, int64_t rows, int8_t* q, int64_t ld, float* sx) {
+        for (int64_t r = 0; r < rows; ++r)
+          sx[r] = pyopt::quant::quantize_row_per_token(isa, px + (m0 + r) * K, q + r * ld, K);
+      };
+      pyopt::int8gemm::gemm_dequant<scalar_t>(M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
+                                              bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(), N);
+    });
+    return out;
+  }
   auto q = at::empty({M, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({M}, x.options().dtype(at::kFloat));
   PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
