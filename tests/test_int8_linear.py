@@ -240,6 +240,20 @@ def test_conv_dynamic_cpu_vs_reference(isa, case, dtype):
     )
 
 
+@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_dynamic_vnni_bit_exact(case, dtype):
+    # the native GEMM with the im2col fused into its packing: exact accumulators, the reference's epilogue
+    B, C, H, W, cout, k, st, p, d = case
+    x = torch.randn(B, C, H, W).to(dtype)
+    wq, ws, b = _weights(cout, C * k * k)
+    args = (x, wq.view(cout, C, k, k), ws, b, [st, st], [p, p], [d, d])
+    with pyopt.use_isa("avx512_vnni"):
+        out = _run("int8_conv2d_dynamic", "cpu", *args)
+    assert torch.equal(out, _run("int8_conv2d_dynamic", "reference", *args))
+
+
 @pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
 def test_conv_opcheck_and_bad_inputs(op):
     wq, ws, b = _weights(4, 3 * 9)
