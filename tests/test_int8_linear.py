@@ -110,8 +110,9 @@ def test_linear_cpu_isas(op, isa, dtype, m, k, n):
 # each column is corrected by 128 * sum_k w, all in wrapping int32, so the accumulators are exact, and the
 # epilogue runs the reference's float32 operations in the reference's order (no fma). So the output must equal
 # the reference bit for bit. Shapes: M tails of its 32/16-row tiles (2, 7, 17, 33, 1003), K not a multiple of
-# 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles; 1 and 2 threads take its two
-# work splits (per-item packing when there are >= 4 row blocks per thread, one shared packing otherwise).
+# 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles; both work splits (per-item
+# packing when there are >= 4 blocks of 128 rows per thread, M = 1003 here; one shared packing otherwise),
+# with 1 and 2 threads.
 def _vnni_available():
     return pyopt._native.detected_isa() == "avx512_vnni"
 

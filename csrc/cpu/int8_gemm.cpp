@@ -13,7 +13,7 @@
 //
 // Blocking (measured at M=1024, K=N=4096 on Zen 4: ~95% of vpdpbusd peak, ~10% ahead of oneDNN's _int_mm):
 //   work item   = MC rows (rows_per_item) x a range of columns; its rows are quantised and packed once into a
-//                 per-thread buffer (MC x K bytes, <= ~1 MiB: mostly L2-resident across the item's columns);
+//                 per-thread buffer (MC x K bytes, <= 512 KiB: L2-resident across the item's columns);
 //   micro-tile  = kMR = 32 rows (2 zmm) x kNR = 8 columns: 16 accumulators, per 4 k: 2 vector loads and 8
 //                 broadcasts for 16 vpdpbusd. All of K is accumulated in registers (no K blocking: the item's
 //                 packed rows and the 8 weight rows stream from L2 at ~10 B/cycle, well within its bandwidth).
@@ -40,10 +40,11 @@ namespace {
 
 constexpr int64_t kNR = 8;
 constexpr int64_t kMR = 32;
-// Rows per work item: as many as keep the packed block within ~1 MiB (one Zen 4 L2; 256 rows at K = 4096
-// measured ~2% faster than 128: half the passes over the weights), at least one micro-tile.
+// Rows per work item: at most 128, fewer when the packed block (MC x K bytes) would pass 512 KiB, half a Zen 4
+// L2, so that it stays there while the weights stream past. At K = 4096, 128 rows measured 2-3% faster than 256
+// (whose 1 MiB block is the whole L2) single-threaded, and lets M = 1024 split into 8 items for 2 threads.
 inline int64_t rows_per_item(int64_t Kp) {
-  return std::clamp<int64_t>((1 << 20) / std::max<int64_t>(Kp, 1) / kMR * kMR, kMR, 256);
+  return std::clamp<int64_t>((512 << 10) / std::max<int64_t>(Kp, 1) / kMR * kMR, kMR, 128);
 }
 
 #if PYOPT_X86
