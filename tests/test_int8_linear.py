@@ -110,7 +110,8 @@ def test_linear_cpu_isas(op, isa, dtype, m, k, n):
 # each column is corrected by 128 * sum_k w, all in wrapping int32, so the accumulators are exact, and the
 # epilogue runs the reference's float32 operations in the reference's order (no fma). So the output must equal
 # the reference bit for bit. Shapes: M tails of its 32/16-row tiles (2, 7, 17, 33, 1003), K not a multiple of
-# 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles; both work splits (per-item
+# 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles and 16-column pairs (N = 48:
+# whole aligned rows, streamed for float32); both work splits (per-item
 # packing when there are >= 4 blocks of 128 rows per thread, M = 1003 here; one shared packing otherwise),
 # with 1 and 2 threads.
 def _vnni_available():
@@ -122,7 +123,16 @@ def _vnni_available():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("m", "k", "n"),
-    [(2, 1, 5), (7, 3, 9), (17, 100, 8), (33, 64, 23), (1003, 48, 21), (5, 4099, 17), (64, 256, 130)],
+    [
+        (2, 1, 5),
+        (7, 3, 9),
+        (17, 100, 8),
+        (33, 64, 23),
+        (1003, 48, 21),
+        (5, 4099, 17),
+        (64, 256, 130),
+        (40, 96, 48),
+    ],
 )
 def test_linear_dynamic_vnni_bit_exact(threads, dtype, m, k, n):
     x = (torch.randn(m, k) * 3).to(dtype)
