@@ -106,6 +106,76 @@ def test_linear_cpu_isas(op, isa, dtype, m, k, n):
     torch.testing.assert_close(out, _run(op, "reference", x, w, s, b), **tol(dtype))
 
 
+# The native AVX512-VNNI GEMM (csrc/cpu/int8_gemm.cpp): the activations enter vpdpbusd shifted to u8 and
+# each column is corrected by 128 * sum_k w, all in wrapping int32, so the accumulators are exact, and the
+# epilogue runs the reference's float32 operations in the reference's order (no fma). So the output must equal
+# the reference bit for bit. Shapes: M tails of its 32/16-row tiles (2, 7, 17, 33, 1003), K not a multiple of
+# 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles and 16-column pairs (N = 48:
+# whole aligned rows, streamed for float32); both work splits (per-item
+# packing when there are >= 4 blocks of 128 rows per thread, M = 1003 here; one shared packing otherwise),
+# with 1 and 2 threads.
+def _vnni_available():
+    return pyopt._native.detected_isa() == "avx512_vnni"
+
+
+@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [
+        (2, 1, 5),
+        (7, 3, 9),
+        (17, 100, 8),
+        (33, 64, 23),
+        (1003, 48, 21),
+        (5, 4099, 17),
+        (64, 256, 130),
+        (40, 96, 48),
+    ],
+)
+def test_linear_dynamic_vnni_bit_exact(threads, dtype, m, k, n):
+    x = (torch.randn(m, k) * 3).to(dtype)
+    w, s, b = _weights(n, k, bias=n % 2 == 1)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pyopt.use_isa("avx512_vnni"):
+            out = _run("int8_linear_dynamic", "cpu", x, w, s, b)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(out, _run("int8_linear_dynamic", "reference", x, w, s, b))
+
+
+@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+def test_linear_dynamic_vnni_extreme_sums():
+    # |acc| up to 127 * 127 * K with every product the same sign, and q = -127 against w = 127: the u8 shift
+    # and the per-column correction must cancel exactly at the largest magnitudes.
+    k, n = 4100, 19
+    x = torch.ones(6, k)
+    x[1] = -1.0
+    x[2, ::2] = -1.0
+    w = torch.full((n, k), 127, dtype=torch.int8)
+    w[1::2] = -127
+    w[3, 5] = 0
+    s = torch.rand(n) + 0.5
+    out = _run("int8_linear_dynamic", "cpu", x, w, s, None)
+    ref = _run("int8_linear_dynamic", "reference", x, w, s, None)
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(out[0, :2], torch.tensor([127.0 * k, -127.0 * k]) * s[:2])  # sx = 1 / 127
+
+
+@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+def test_linear_dynamic_vnni_strided_weight_and_input():
+    # the Python layer makes both contiguous; a transposed input and a sliced weight go through the kernel
+    x = torch.randn(300, 45)[:, 2:42].t()  # [40, 300], non-contiguous
+    w_full, s, b = _weights(21, 600)
+    w = w_full[:, ::2]  # [21, 300], non-contiguous
+    assert torch.equal(
+        _run("int8_linear_dynamic", "cpu", x, w, s, b), _run("int8_linear_dynamic", "reference", x, w, s, b)
+    )
+
+
 @pytest.mark.parametrize("op", LINEAR_OPS)
 def test_linear_noncontiguous_and_empty(op):
     x = torch.randn(40, 6)[:, 1:].t()  # [5, 40], non-contiguous
@@ -179,6 +249,20 @@ def test_conv_dynamic_cpu_vs_reference(isa, case, dtype):
         ref,
         **tol(dtype),
     )
+
+
+@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_dynamic_vnni_bit_exact(case, dtype):
+    # the native GEMM with the im2col fused into its packing: exact accumulators, the reference's epilogue
+    B, C, H, W, cout, k, st, p, d = case
+    x = torch.randn(B, C, H, W).to(dtype)
+    wq, ws, b = _weights(cout, C * k * k)
+    args = (x, wq.view(cout, C, k, k), ws, b, [st, st], [p, p], [d, d])
+    with pyopt.use_isa("avx512_vnni"):
+        out = _run("int8_conv2d_dynamic", "cpu", *args)
+    assert torch.equal(out, _run("int8_conv2d_dynamic", "reference", *args))
 
 
 @pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
