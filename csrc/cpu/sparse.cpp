@@ -229,7 +229,10 @@ void forward_tiled(const Kernels& kr,
       for (int64_t m0 = 0; m0 < Mp;) {
         const int64_t left = (Mp - m0) / kr.vl;
         const int nv = tile_nv(left);
-        const int64_t tw = nv * kr.vl, kb = std::max<int64_t>(16, kXtTileBytes / (tw * 4));
+        // a panel of up to 2 blocks stays whole: splitting a 256 KiB one (M <= 16) only added row segments
+        const int64_t tw = nv * kr.vl, panel = K * tw * 4;
+        const int64_t kb =
+            panel <= 2 * kXtTileBytes ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, kXtTileBytes / (tw * 4));
         src.reset(n0, n1);
         for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kb) {  // K == 0 still initialises the tile to the bias
           const int64_t k1 = std::min(K, k0 + kb);
