@@ -203,13 +203,15 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
 // Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
 // 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
 // adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
-// per row segment to pay for the accumulator load/store; L2 feeds one vector per FMA on Zen 4 / SKX.)
+// per row segment to pay for the accumulator load/store; re-measured with panels, also a two-level L2/L1
+// blocking: no gain. The kernel runs near L2 -> L1 bandwidth, one 64-byte xt vector per FMA.)
 // `Source` yields a row's (idx, val) list in a K-block; each thread works on its own copy (buffers,
 // cursors). The chunk's yt tile lives in a per-thread buffer (L2) and is transposed straight into y after
 // the last K-block: no N x Mp yt in memory and no separate untranspose pass.
-// 192 KiB, a fifth of L2: 384 KiB was 3-7% slower at M=64/256 (the streamed CSR values and indices pass
-// through L2 too and evict parts of a larger slice); the kernel is bound by L2 -> L1 bandwidth.
-constexpr int64_t kXtTileBytes = 192 * 1024;
+// 512 KiB, half of L2: 192 KiB was 5% slower at M=64 and 15-45% at M=32 (more, shorter row segments; the
+// kernel is bound by L2 -> L1 bandwidth and a smaller slice buys no L1 hits); 512 KiB keeps M=64's 1 MiB
+// panel whole (below), 5% faster than 384 KiB there, and is even at M=128/256.
+constexpr int64_t kXtTileBytes = 512 * 1024;
 
 template <typename I, typename Source>
 void forward_tiled(const Kernels& kr,
@@ -229,7 +231,7 @@ void forward_tiled(const Kernels& kr,
       for (int64_t m0 = 0; m0 < Mp;) {
         const int64_t left = (Mp - m0) / kr.vl;
         const int nv = tile_nv(left);
-        // a panel of up to 2 blocks stays whole: splitting a 256 KiB one (M <= 16) only added row segments
+        // a panel of up to 2 blocks (M <= 64 at K = 4096) stays whole: splitting it only added row segments
         const int64_t tw = nv * kr.vl, panel = K * tw * 4;
         const int64_t kb =
             panel <= 2 * kXtTileBytes ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, kXtTileBytes / (tw * 4));
