@@ -3,8 +3,10 @@
 //
 // Layout trick (all M > 4 paths): activations are transposed to xt = x^T (K x Mp, M padded with zeros to
 // whole vectors) so a nonzero w[n, k] adds w * xt[k, :] to output row n of yt = y^T, a run of vector FMAs
-// over M held in registers (sparse_kernels.h). K is processed in blocks whose xt slice fits in L2, with
-// OpenMP over output rows n. M <= 4 (decode) uses a CSR GEMV that gathers x[k] per nonzero.
+// over M held in registers (sparse_kernels.h). The forward kernels store xt as one contiguous K x tile panel
+// per m-tile (transpose_panels). K is processed in blocks whose xt slice fits in L2, with OpenMP over
+// output rows n; each chunk's yt tile is transposed straight into y. M <= 4 (decode) uses a CSR GEMV that
+// gathers x[k] per nonzero.
 // Masks are bool (1 byte); each (row, K-block) segment is turned into a list of set columns with SSE2
 // movemask + tzcnt, so the training kernels read only the weights the mask keeps and need no CSR copy.
 #include <ATen/ATen.h>
@@ -36,7 +38,8 @@ struct Kernels {
   bool (*in_range_i32)(const int32_t*, int64_t, int64_t);
   bool (*in_range_i16)(const int16_t*, int64_t, int64_t);
   void (*bsr_block_row)(const float*, const int32_t*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
-                        float*);
+                        float*, int64_t);
+  void (*transpose)(const float*, int64_t, float*, int64_t, int64_t, int64_t);
 };
 
 }  // namespace pyopt_sparse
@@ -104,15 +107,55 @@ int64_t k_block(int64_t K, int64_t Mp) {
   return std::min<int64_t>(K, std::max<int64_t>(16, kXtBlockBytes / (Mp * 4)));
 }
 
+// dst (cols x ldd) = src^T for src (rows x cols, rows lds apart), dst columns [rows, ldd) zeroed (the M
+// padding of xt): the ISA's register-tile transpose, OpenMP over 128 x 64 tiles (32 KiB, both sides in L1).
+void transpose_par(const Kernels& kr, const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                   int64_t cols) {
+  constexpr int64_t kRows = 128, kCols = 64;
+  const int64_t nr = (rows + kRows - 1) / kRows, nc = (cols + kCols - 1) / kCols;
+#pragma omp parallel for schedule(dynamic, 1) if (rows * cols > 16384)
+  for (int64_t t = 0; t < nr * nc; ++t) {
+    const int64_t r0 = (t % nr) * kRows, r1 = std::min(rows, r0 + kRows);
+    const int64_t c0 = (t / nr) * kCols, c1 = std::min(cols, c0 + kCols);
+    kr.transpose(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd, r1 - r0, c1 - c0);
+    if (r1 == rows && ldd > rows)
+      for (int64_t c = c0; c < c1; ++c) std::fill(dst + c * ldd + rows, dst + (c + 1) * ldd, 0.f);
+  }
+}
+
 // x (M x K) -> x^T (K x Mp), zero in the padding columns.
-at::Tensor transpose_padded(const at::Tensor& x, int64_t Mp) {
+at::Tensor transpose_padded(const Kernels& kr, const at::Tensor& x, int64_t Mp) {
   const int64_t M = x.size(0), K = x.size(1);
-  at::Tensor xt = Mp == M ? at::empty({K, Mp}, x.options()) : at::zeros({K, Mp}, x.options());
-  xt.narrow(1, 0, M).copy_(x.t());
+  at::Tensor xt = at::empty({K, Mp}, x.options());
+  transpose_par(kr, x.data_ptr<float>(), K, xt.data_ptr<float>(), Mp, M, K);
   return xt;
 }
 
-at::Tensor untranspose(const at::Tensor& yt, int64_t M) { return yt.narrow(1, 0, M).t().contiguous(); }
+// Vectors per m-tile of the CSR/masked forward at a point with `left` vectors of Mp to go: 8, then 4, 2, 1.
+int tile_nv(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+// x (M x K) -> xt as one K x tw panel per m-tile, panel at m0 starting at xt + m0 * K, padding zeroed; tw is
+// `width` (BSR) or, if 0, the CSR/masked forward's tile_nv vectors. In a K x Mp row-major xt a tile's rows
+// are Mp * 4 bytes apart: at Mp = 256 a 128-wide tile used half of every 1 KiB row (a 32-wide BSR tile an
+// eighth), so a K-block sat in a fraction of the L1/L2 sets. Panels: CSR 10%, BSR 4-12% faster at M=256.
+at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width = 0) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor xt = at::empty({K, Mp}, x.options());
+  for (int64_t m0 = 0; m0 < Mp;) {
+    const int64_t tw = width > 0 ? width : tile_nv((Mp - m0) / kr.vl) * kr.vl;
+    transpose_par(kr, x.data_ptr<float>() + m0 * K, K, xt.data_ptr<float>() + m0 * K, tw, std::min(tw, M - m0), K);
+    m0 += tw;
+  }
+  return xt;
+}
+
+// yt (K x Mp) -> y (M x K): the first M columns of yt, transposed.
+at::Tensor untranspose(const Kernels& kr, const at::Tensor& yt, int64_t M) {
+  const int64_t K = yt.size(0), Mp = yt.size(1);
+  at::Tensor y = at::empty({M, K}, yt.options());
+  transpose_par(kr, yt.data_ptr<float>(), Mp, y.data_ptr<float>(), K, K, M);
+  return y;
+}
 
 // Columns k in [k0, k1) where mask row `m` is set, written to idx; returns how many.
 int64_t mask_list(const uint8_t* m, int64_t k0, int64_t k1, int32_t* idx) {
@@ -160,38 +203,51 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
 // Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
 // 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
 // adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
-// per row segment to pay for the accumulator load/store; L2 feeds one vector per FMA on Zen 4 / SKX.) `Source` yields a row's (idx, val) list in a
-// K-block; each thread works on its own copy (buffers, cursors).
-constexpr int64_t kXtTileBytes = 384 * 1024;
+// per row segment to pay for the accumulator load/store; re-measured with panels, also a two-level L2/L1
+// blocking: no gain. The kernel runs near L2 -> L1 bandwidth, one 64-byte xt vector per FMA.)
+// `Source` yields a row's (idx, val) list in a K-block; each thread works on its own copy (buffers,
+// cursors). The chunk's yt tile lives in a per-thread buffer (L2) and is transposed straight into y after
+// the last K-block: no N x Mp yt in memory and no separate untranspose pass.
+// 512 KiB, half of L2: 192 KiB was 5% slower at M=64 and 15-45% at M=32 (more, shorter row segments; the
+// kernel is bound by L2 -> L1 bandwidth and a smaller slice buys no L1 hits); 512 KiB keeps M=64's 1 MiB
+// panel whole (below), 5% faster than 384 KiB there, and is even at M=128/256.
+constexpr int64_t kXtTileBytes = 512 * 1024;
 
 template <typename I, typename Source>
 void forward_tiled(const Kernels& kr,
                    void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool, float),
-                   const Source& proto, const float* xt, int64_t Mp, int64_t N, int64_t K, const float* b, float* yt) {
+                   const Source& proto, const float* xt, int64_t Mp, int64_t M, int64_t N, int64_t K, const float* b,
+                   float* y) {
   const int64_t threads = omp_get_max_threads();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(128, (N + 4 * threads - 1) / (4 * threads)));
   const int64_t nchunks = (N + chunk - 1) / chunk;
 #pragma omp parallel
   {
     Source src = proto;
+    std::vector<float> tile(chunk * 8 * kr.vl);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t n0 = c * chunk, n1 = std::min(N, n0 + chunk);
       for (int64_t m0 = 0; m0 < Mp;) {
         const int64_t left = (Mp - m0) / kr.vl;
-        const int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        const int64_t kb = std::max<int64_t>(16, kXtTileBytes / (nv * kr.vl * 4));
+        const int nv = tile_nv(left);
+        // a panel of up to 2 blocks (M <= 64 at K = 4096) stays whole: splitting it only added row segments
+        const int64_t tw = nv * kr.vl, panel = K * tw * 4;
+        const int64_t kb =
+            panel <= 2 * kXtTileBytes ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, kXtTileBytes / (tw * 4));
         src.reset(n0, n1);
-        for (int64_t k0 = 0; k0 < K; k0 += kb) {
+        for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kb) {  // K == 0 still initialises the tile to the bias
           const int64_t k1 = std::min(K, k0 + kb);
           for (int64_t n = n0; n < n1; ++n) {
             const I* idx;
             const float* val;
             const int64_t L = src.segment(n, k0, k1, K, idx, val);
-            if (L > 0 || k0 == 0) axpy(idx, val, L, xt + m0, Mp, yt + n * Mp + m0, nv, k0 == 0, b ? b[n] : 0.f);
+            if (L > 0 || k0 == 0)
+              axpy(idx, val, L, xt + m0 * K, tw, tile.data() + (n - n0) * tw, nv, k0 == 0, b ? b[n] : 0.f);
           }
         }
-        m0 += nv * kr.vl;
+        kr.transpose(tile.data(), tw, y + m0 * N + n0, N, n1 - n0, std::min(tw, M - m0));
+        m0 += tw;
       }
     }
   }
@@ -251,11 +307,11 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   }
   const Kernels& kr = kernels_for(isa);
   const int64_t Mp = round_up(M, kr.vl);
-  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
   const MaskSource src{reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()), weight.data_ptr<float>(),
                        std::vector<int32_t>(K), std::vector<float>(K)};
-  forward_tiled<int32_t>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
-  return untranspose(yt, M);
+  forward_tiled<int32_t>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, M, N, K, b, y.data_ptr<float>());
+  return y;
 }
 
 // grad_x = grad_y (W*mask): threads own K-blocks of grad_x^T and scatter into them (no reduction needed).
@@ -271,7 +327,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& 
   const int64_t Mp = round_up(M, kr.vl);
   const int64_t threads = omp_get_max_threads();
   const int64_t kb = std::max<int64_t>(16, std::min(k_block(K, Mp), round_up(K, 2 * threads) / (2 * threads)));
-  at::Tensor gyt = transpose_padded(grad_y, Mp), gxt = at::zeros({K, Mp}, grad_y.options());
+  at::Tensor gyt = transpose_padded(kr, grad_y, Mp), gxt = at::zeros({K, Mp}, grad_y.options());
   const float *pgy = gyt.data_ptr<float>(), *pw = weight.data_ptr<float>();
   const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
   float* pgx = gxt.data_ptr<float>();
@@ -291,7 +347,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& 
       }
     }
   }
-  return untranspose(gxt, M);
+  return untranspose(kr, gxt, M);
 }
 
 // SDDMM: grad_W = (grad_y^T x) * mask, each kept entry one dot product over M; pruned entries exactly 0.
@@ -304,7 +360,8 @@ at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at:
   if (M == 0 || N == 0 || K == 0) return at::zeros({N, K}, x.options());
   const Kernels& kr = kernels_for(isa);
   const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
-  at::Tensor gyt = transpose_padded(grad_y, Mp), xt = transpose_padded(x, Mp), gw = at::empty({N, K}, x.options());
+  at::Tensor gyt = transpose_padded(kr, grad_y, Mp), xt = transpose_padded(kr, x, Mp);
+  at::Tensor gw = at::empty({N, K}, x.options());
   const float *pgy = gyt.data_ptr<float>(), *pxt = xt.data_ptr<float>();
   const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
   float* pgw = gw.data_ptr<float>();
@@ -373,10 +430,10 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
   for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
   TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
   const int64_t Mp = round_up(M, kr.vl);
-  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
   const CsrSource<I> src{crow, col, val, std::vector<int64_t>(N)};
-  forward_tiled<I>(kr, axpy, src, xt.data_ptr<float>(), Mp, N, K, b, yt.data_ptr<float>());
-  return untranspose(yt, M);
+  forward_tiled<I>(kr, axpy, src, xt.data_ptr<float>(), Mp, M, N, K, b, y.data_ptr<float>());
+  return y;
 }
 
 // y = x W^T + b with W (N x K) in CSR: crow (N+1, int64), col (nnz, int16 or int32), values (nnz, float32).
@@ -430,21 +487,27 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   }
   const Kernels& kr = kernels_for(isa);
   const int64_t tile = static_cast<int64_t>(kr.vl) * kr.bsr_nv, Mp = round_up(M, tile), nbr = N / bh;
-  at::Tensor xt = transpose_padded(x, Mp), yt = at::empty({N, Mp}, x.options());
+  at::Tensor xt = transpose_panels(kr, x, Mp, tile), y = at::empty({M, N}, x.options());
   const float *pxt = xt.data_ptr<float>(), *pv = values.data_ptr<float>();
   const int64_t* pc = crow.data_ptr<int64_t>();
-  float* pyt = yt.data_ptr<float>();
+  float* py = y.data_ptr<float>();
   // (m-tile, chunk of block rows) pairs, m-tile major: the threads sweep one m-tile of xt (K x tile floats,
-  // in L2) over all block rows before the next; no barrier between m-tiles.
+  // in L2) over all block rows before the next; no barrier between m-tiles. Each task's (chunk rows x tile)
+  // piece of yt is built in a per-thread buffer and transposed straight into y.
   const int64_t chunk = std::max<int64_t>(1, 64 / bh), nchunks = (nbr + chunk - 1) / chunk, ntiles = Mp / tile;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t t = 0; t < ntiles * nchunks; ++t) {
-    const int64_t m0 = (t / nchunks) * tile, c = t % nchunks, i1 = std::min(nbr, (c + 1) * chunk);
-    for (int64_t I = c * chunk; I < i1; ++I)
-      kr.bsr_block_row(pv + pc[I] * bh * bw, pcol + pc[I], pc[I + 1] - pc[I], bh, bw, pxt + m0, Mp,
-                       b ? b + I * bh : nullptr, pyt + I * bh * Mp + m0);
+#pragma omp parallel
+  {
+    std::vector<float> buf(chunk * bh * tile);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntiles * nchunks; ++t) {
+      const int64_t m0 = (t / nchunks) * tile, c = t % nchunks, i0 = c * chunk, i1 = std::min(nbr, i0 + chunk);
+      for (int64_t I = i0; I < i1; ++I)
+        kr.bsr_block_row(pv + pc[I] * bh * bw, pcol + pc[I], pc[I + 1] - pc[I], bh, bw, pxt + m0 * K, tile,
+                         b ? b + I * bh : nullptr, buf.data() + (I - i0) * bh * tile, tile);
+      kr.transpose(buf.data(), tile, py + m0 * N + i0 * bh, N, (i1 - i0) * bh, std::min(tile, M - m0));
+    }
   }
-  return untranspose(yt, M);
+  return y;
 }
 
 }  // namespace
