@@ -136,6 +136,17 @@ def test_csr_linear(device, backend, m, k, n):
     _close(y.reshape(m, n), _dense_ref(x, w, mask, b))
 
 
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_linear"))
+@pytest.mark.parametrize("m", [1, 9])  # the GEMV (M <= 4) and the tiled path
+def test_csr_linear_no_input_features(device, backend, m):
+    w = torch.empty(6, 0, device=device)
+    crow, col, values = sparse_ops.to_csr(w, torch.ones_like(w, dtype=torch.bool))
+    b = torch.randn(6, device=device)
+    with pyopt.use_backend(backend):
+        y = torch.ops.pyopt.sparse_csr_linear(torch.empty(m, 0, device=device), crow, col, values, b, 6)
+    assert torch.equal(y, b.expand(m, 6))
+
+
 @pytest.mark.parametrize("device,backend", backend_params("sparse_bsr_linear"))
 def test_bsr_linear(device, backend):
     block = (64, 64) if backend == "triton" else (16, 8)  # the Triton kernel wants blocks >= 16; tests use 64

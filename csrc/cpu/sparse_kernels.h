@@ -225,7 +225,7 @@ SPARSE_TARGET static inline bool in_range(const I* col, int64_t L, int64_t K) {
     lo = col[j] < lo ? col[j] : lo;
     hi = col[j] > hi ? col[j] : hi;
   }
-  return lo >= 0 && static_cast<int64_t>(hi) < K;
+  return L == 0 || (lo >= 0 && static_cast<int64_t>(hi) < K);  // an empty row is in range even when K == 0
 }
 SPARSE_TARGET static bool in_range_i32(const int32_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
 SPARSE_TARGET static bool in_range_i16(const int16_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }

@@ -9,6 +9,8 @@ back, float64 (gradcheck) runs the reference.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -35,8 +37,8 @@ def masked_linear_grad_input_ref(grad_y, weight, mask):
 
 @register("sparse_masked_sddmm", "reference")
 def masked_sddmm_ref(grad_y, x, mask):
-    gy = grad_y.reshape(-1, grad_y.shape[-1])
-    return _masked(gy.t() @ x.reshape(-1, x.shape[-1]), mask)
+    gy = _2d(grad_y)
+    return _masked(gy.t() @ _2d(x), mask)
 
 
 def _check_col_range(col_indices: torch.Tensor, k: int) -> None:
@@ -67,8 +69,13 @@ def bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
 # ----------------------------------------------------------------------------------------------------------
 # cpu: C++ kernels (csrc/cpu/sparse.cpp) on 2-D contiguous float32
 # ----------------------------------------------------------------------------------------------------------
+def _2d(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, last dim]; not reshape(-1, K), which is ambiguous for an empty t with K == 0."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1]).float().contiguous()
+    return _2d(t).float().contiguous()
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -137,9 +144,7 @@ def bsr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
 def bsr_linear_triton(x, crow_indices, col_indices, values, bias, out_features):
     from ..kernels import sparse as tk
 
-    y = tk.bsr_linear(
-        x.reshape(-1, x.shape[-1]).contiguous(), crow_indices, col_indices, values, bias, out_features
-    )
+    y = tk.bsr_linear(_2d(x).contiguous(), crow_indices, col_indices, values, bias, out_features)
     return y.reshape(*x.shape[:-1], out_features)
 
 
@@ -151,7 +156,7 @@ def csr_linear_cuda(x, crow_indices, col_indices, values, bias, out_features):
     if x.dtype != torch.float32:
         return csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features)
     y = torch.ops.pyopt_cuda.sparse_csr_linear(
-        x.reshape(-1, x.shape[-1]).contiguous(),
+        _2d(x).contiguous(),
         crow_indices.contiguous(),
         col_indices.int().contiguous(),
         values.contiguous(),
@@ -178,7 +183,7 @@ def _backward_masked_linear(ctx, grad_y):
     if ctx.needs_input_grad[1]:
         grad_w = torch.ops.pyopt.sparse_masked_sddmm(grad_y, x, mask)
     if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        grad_b = _2d(grad_y).sum(0)
     return grad_x, grad_w, None, grad_b
 
 
