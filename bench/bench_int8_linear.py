@@ -80,12 +80,6 @@ def run(quick: bool = False) -> list[harness.Row]:
     return rows
 
 
-if __name__ == "__main__":
-    import sys
-
-    print(harness.format_table(run(quick="--quick" in sys.argv)))
-
-
 def run_gpu(quick: bool = False) -> list[harness.Row]:
     """GPU targets (issue 3): W8A8 >= 1.6x bf16 F.linear at M >= 1024; weight-only >= 1.7x bf16 at M=1.
 
@@ -129,3 +123,9 @@ def run_gpu(quick: bool = False) -> list[harness.Row]:
                     nbytes=kn * kn + 4 * kn * 2, **rep,
                 ))  # fmt: skip
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(harness.format_table(run(quick="--quick" in sys.argv)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import harness
 import torch
 
+import pyopt
 from pyopt.nn._base import get_param_mask, set_param_mask
 from pyopt.optim import FusedSGD
 
@@ -118,6 +119,13 @@ def run_gpu(quick: bool = False) -> list[harness.Row]:
         return out
 
     base = make_params(spread(total, count))
+    for b in harness.gpu_backends("fused_sgd_"):  # one step from the same state: same parameters as torch's
+        ours, ref = to_dev(base), to_dev(base)
+        with pyopt.use_backend(b):
+            FusedSGD(ours, **HYPER).step()
+        torch.optim.SGD(ref, fused=True, **HYPER).step()
+        harness.check_close("sgd", f"[{b}] one step", torch.cat([p.detach() for p in ours]),
+                            torch.cat([p.detach() for p in ref]), rtol=1e-6, atol=1e-7)  # fmt: skip
     theirs = to_dev(base)
     opt_fused = torch.optim.SGD(theirs, fused=True, **HYPER)
     for b in harness.gpu_backends("fused_sgd_"):

@@ -5,8 +5,9 @@
 #   bench/gpu_check.sh [LOGDIR]    (LOGDIR default: $OUT if set, else a temp dir; python: $PY, default
 #                                   .venv/bin/python if present, else python3)
 #
-# GPU tests are the test ids containing "cuda" (plus the CPU tie tests: torch's own rounding rule on this box) (tests parametrised over devices get a cuda-* id when a GPU
-# is present). TRITON_INTERPRET=0 so the Triton kernels are compiled for the GPU instead of interpreted.
+# GPU tests: the test ids containing "cuda" (tests parametrised over devices get a cuda-* id when a GPU is
+# present), plus the tie tests (whose skip reasons, shown by -rs, say how this torch rounds ties).
+# TRITON_INTERPRET=0 so the Triton kernels are compiled for the GPU instead of interpreted.
 # Benchmarks: `pyopt bench --gpu` (each family's run_gpu: every GPU backend in its own row, each case
 # checked once against a reference, "[check] ... MISMATCH" lines flag a wrong result).
 set -uo pipefail
@@ -51,7 +52,7 @@ record "bench result checks" "$bad mismatches"
 
 echo "== GPU tests"
 tmo=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
-timeout 130 $PY -m pytest tests -k "cuda or ties" -p no:cacheprovider -rfE --tb=short $tmo >"$LOG/tests.log" 2>&1
+timeout 130 $PY -m pytest tests -k "cuda or ties" -p no:cacheprovider -rfEs --tb=short $tmo >"$LOG/tests.log" 2>&1
 tail -25 "$LOG/tests.log"
 record "GPU tests" "$(grep -E '(passed|failed|error)' "$LOG/tests.log" | tail -1 | tr -d '=' | xargs)"
 

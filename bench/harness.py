@@ -113,9 +113,15 @@ def check_close(
     family: str, case: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float
 ) -> None:
     """A benchmark is only worth reading if it computes the right thing: compare once, loudly."""
+    if got.shape != want.shape:
+        print(
+            f"[check] {family} {case}: MISMATCH in shape {tuple(got.shape)} vs {tuple(want.shape)}",
+            flush=True,
+        )
+        return
     err = (got.double() - want.double()).abs()
     bound = atol + rtol * want.double().abs()
-    bad = int((err > bound).sum())
+    bad = int((~(err <= bound)).sum())  # NaN compares false: a NaN output counts as wrong
     status = "ok" if bad == 0 else f"MISMATCH in {bad} of {err.numel()} elements"
     print(
         f"[check] {family} {case}: max abs err {err.max().item() if err.numel() else 0:.3g} {status}",

@@ -296,11 +296,11 @@ def _defop_dequantize_out(name: str, params: str, check_meta: Callable, check: C
     def with_out(fn):
         def run(q, *rest):
             *params_, out = rest
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
             fn(q, *params_, out.dtype)
             if out.shape != q.shape:
                 raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+            if out.device != q.device:
+                raise ValueError(f"out must be on q's device ({q.device}), got {out.device}")
 
         return run
 

@@ -97,7 +97,7 @@ def quantize_per_group(
 def _dequantize(op: str, q, params: tuple, out_dtype, out):
     if out is None:
         return getattr(torch.ops.pyopt, op)(q, *params, out_dtype)
-    if not isinstance(out, torch.Tensor):
+    if not isinstance(out, torch.Tensor):  # before the dispatcher, whose message does not say what to pass
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     getattr(torch.ops.pyopt, f"{op}_out")(q, *params, out)
     return out

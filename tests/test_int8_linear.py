@@ -150,7 +150,8 @@ def test_linear_dynamic_vnni_bit_exact(threads, dtype, m, k, n):
 @pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
 def test_linear_dynamic_vnni_extreme_sums():
     # |acc| up to 127 * 127 * K with every product the same sign, and q = -127 against w = 127: the u8 shift
-    # and the per-column correction must cancel exactly at the largest magnitudes.
+    # and the per-column correction must cancel exactly for long same-sign sums (int32 wrap-around itself
+    # needs K of ~66k for the shifted sums; this checks the correction's sign and magnitude handling).
     k, n = 4100, 19
     x = torch.ones(6, k)
     x[1] = -1.0

@@ -449,23 +449,35 @@ def tie_cases(device):
     return x.to(device), scales.to(device), zps.to(device)
 
 
-@requires_torch_tie_rule
 @pytest.mark.parametrize("device,backend", backend_params("quantize_per_channel"))
 @pytest.mark.parametrize("isa", isa_params())
 def test_ties_match_torch_on_every_backend_and_isa(device, backend, isa):
+    """Every backend and ISA on values next to ties, against torch where torch follows pyopt's rules
+    (torch 2.13 CPU), else against pyopt's reference (so the GPU backends are tie-tested on any torch)."""
     if backend != "cpu" and isa != isa_params()[-1].values[0]:
         pytest.skip("ISA only matters for the C++ backend")
     x, scales, zps = tie_cases(device)
+    by_torch = TORCH_TIE_RULE is None
+
+    def want_per_tensor(c, s, z):
+        if by_torch:
+            return torch.quantize_per_tensor(x[c].cpu(), s, z, torch.qint8).int_repr()
+        with pyopt.use_backend("reference"):
+            return pyopt.quantize_per_tensor(x[c], s, z)
+
+    if by_torch:
+        qt = torch.quantize_per_channel(x.cpu(), scales.cpu(), zps.cpu(), 0, torch.qint8)
+        want_q, want_deq = qt.int_repr(), qt.dequantize()
+    else:
+        with pyopt.use_backend("reference"):
+            want_q = pyopt.quantize_per_channel(x, scales, zps, 0)
+            want_deq = pyopt.dequantize_per_channel(want_q, scales, zps, 0)
     with pyopt.use_backend(backend), pyopt.use_isa(isa):
         for c in range(x.shape[0]):
             s, z = scales[c].item(), zps[c].item()
-            want = torch.quantize_per_tensor(x[c].cpu(), s, z, torch.qint8).int_repr()
-            assert_bits_equal(pyopt.quantize_per_tensor(x[c], s, z), want, x[c])
-        want = torch.quantize_per_channel(x.cpu(), scales.cpu(), zps.cpu(), 0, torch.qint8)
-        assert_bits_equal(pyopt.quantize_per_channel(x, scales, zps, 0), want.int_repr())
-        assert_bits_equal(
-            pyopt.dequantize_per_channel(want.int_repr().to(device), scales, zps, 0), want.dequantize()
-        )
+            assert_bits_equal(pyopt.quantize_per_tensor(x[c], s, z), want_per_tensor(c, s, z), x[c])
+        assert_bits_equal(pyopt.quantize_per_channel(x, scales, zps, 0), want_q)
+        assert_bits_equal(pyopt.dequantize_per_channel(want_q.to(device), scales, zps, 0), want_deq)
 
 
 @requires_cuda
@@ -539,6 +551,8 @@ def test_dequantize_out_bad_arguments():
         pyopt.dequantize_per_tensor(q, 0.1, 0, out=[1.0])
     with pytest.raises(ValueError, match="scale"):
         pyopt.dequantize_per_tensor(q, -1.0, 0, out=torch.empty(4, 8))
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        pyopt.dequantize_per_tensor(q, 0.1, 0, out=torch.empty(4, 8, device="meta"))
     if "cpu" in pyopt.available_backends("cpu"):  # the C++ op checks on its own too
         with pytest.raises(RuntimeError, match="out must have q's shape"):
             torch.ops.pyopt_cpu.dequantize_per_tensor_out(q, 0.1, 0, torch.empty(3), -1)

@@ -88,6 +88,34 @@ def test_every_isa_matches_reference(isa):
         _close(y_bsr, _dense_ref(xb, wb, bmask, None))
 
 
+@pytest.mark.parametrize("isa", isa_params())
+def test_every_isa_k_blocked_forward(isa):
+    """K large enough that the forward splits K into blocks (panels > 512 KiB: K > 1024 at a 128-wide
+    AVX-512 tile, > 2048 at AVX2's 64), so later blocks accumulate into the tile (init=false)."""
+    if not _backend.usable("cpu", "cpu"):
+        pytest.skip("C++ CPU kernels not built")
+    m, k, n = 130, 4200, 33
+    x, w, mask, b = _problem(m, k, n, density=0.1)
+    wb = torch.randn(32, k)
+    bmask = _problem(1, k, 32, density=0.3, block=(16, 8))[2]
+    with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
+        y = torch.ops.pyopt.sparse_masked_linear(x, w, mask, b)
+        y_csr = torch.ops.pyopt.sparse_csr_linear(x, *sparse_ops.to_csr(w, mask), b, n)
+        y_bsr = torch.ops.pyopt.sparse_bsr_linear(x, *sparse_ops.to_bsr(wb, bmask, (16, 8)), None, 32)
+
+    # 420 float32 products per output here: bound the error by the summation's own scale, 8 float32 eps of
+    # sum_k |x_k w_k| (the classic recursive-summation bound is (K-1) eps of it; a lost or doubled term is
+    # ~|x_k w_k|, far above this).
+    def close(out, w_, m_, b_):
+        ref = _dense_ref(x, w_, m_, b_)
+        bound = 8 * torch.finfo(torch.float32).eps * (x.double().abs() @ (w_.double().abs() * m_).t()) + 1e-6
+        assert ((out.double() - ref).abs() <= bound).all()
+
+    close(y, w, mask, b)
+    close(y_csr, w, mask, b)
+    close(y_bsr, wb, bmask, None)
+
+
 @pytest.mark.parametrize("device,backend", backend_params("sparse_masked_linear"))
 def test_gradcheck_float64(device, backend):
     x, w, mask, b = (t.to(device) for t in _problem(3, 11, 6, dtype=torch.float64))

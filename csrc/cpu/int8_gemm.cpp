@@ -12,7 +12,7 @@
 // of each output tile, ~50 shuffles per 32 x 8 x K tile (1-2% at K = 512, noise at K = 4096).
 //
 // Blocking (M=1024, K=N=4096 on Zen 4, single thread: the k loop runs at ~99% of the vpdpbusd peak, one per
-// cycle, the whole op at ~93%: epilogue ~2-3%, quantisation + packing ~2%, column corrections ~1%; _int_mm
+// cycle, the whole op at ~93%: epilogue ~1-2%, quantisation + packing ~2%, column corrections ~1%; _int_mm
 // alone, without quantisation or epilogue, measured 2-5% slower):
 //   work item   = MC rows (rows_per_item) x a range of columns; its rows are quantised and packed once into a
 //                 per-thread buffer (MC x K bytes, <= 512 KiB: L2-resident across the item's columns);

@@ -4,7 +4,8 @@
 //
 // q (int8, ±127, one scale sx[m] per row) is produced on the fly by `fill`, one block of rows at a time, into a
 // per-thread buffer that stays in L2: the caller quantises (linear) or quantises + im2cols (conv) there, so
-// neither the quantised activations nor an int32 accumulator matrix is ever written to memory.
+// for large M neither the quantised activations nor an int32 accumulator matrix is ever written to memory
+// (small M, split over columns instead of rows, packs all its rows once into one shared buffer).
 // w is the plain int8 weight [N, K] (row stride ldw): no prepacking, so the modules' buffers stay as they are.
 #pragma once
 #include <c10/util/FunctionRef.h>

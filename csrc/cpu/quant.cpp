@@ -424,7 +424,8 @@ auto per_channel_body(const at::Tensor& q_, const at::Tensor& scales, const at::
   // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
   const bool f32_exact = std::all_of(p.scale.begin(), p.scale.end(), [](double v) { return (double)(float)v == v; });
   const Isa isa = f32_exact ? pyopt::select_isa(isa_req) : Isa::Scalar;
-  return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
+  // init-capture: the per-channel / per-group vectors move into the closure instead of being copied
+  return [=, p = std::move(p)](const at::Tensor& q, at::Tensor& out, bool nt) {
     const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
     dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
       using Out = decltype(tag);
@@ -467,7 +468,8 @@ auto per_group_body(const at::Tensor& q_, const at::Tensor& scales, const at::Te
   const int64_t groups = q_.numel() / std::max<int64_t>(group_size, 1);
   ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
   const Isa isa = pyopt::select_isa(isa_req);
-  return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
+  // init-capture: the per-channel / per-group vectors move into the closure instead of being copied
+  return [=, p = std::move(p)](const at::Tensor& q, at::Tensor& out, bool nt) {
     const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
     dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
       using Out = decltype(tag);

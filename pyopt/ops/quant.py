@@ -324,6 +324,13 @@ def dequantize_per_group_cuda(q, scales, zero_points, group_size, out_dtype):
 # directly (no fresh pages to fault in). Elsewhere: the allocating op, then a copy — on CUDA the caching
 # allocator already makes the fresh output cheap, so a dedicated kernel would buy little.
 # ----------------------------------------------------------------------------------------------------------
+_DEQUANTIZE_REFS = {
+    "dequantize_per_tensor": dequantize_per_tensor_ref,
+    "dequantize_per_channel": dequantize_per_channel_ref,
+    "dequantize_per_group": dequantize_per_group_ref,
+}
+
+
 def _register_out_variant(name: str) -> None:
     cpu_out = f"{name}_out"
 
@@ -331,13 +338,10 @@ def _register_out_variant(name: str) -> None:
         *params, out = rest
         out.copy_(getattr(torch.ops.pyopt, name)(q, *params, out.dtype))
 
+    with_ref = _DEQUANTIZE_REFS[name]
+
     def reference(q, *rest):
         *params, out = rest
-        with_ref = {
-            "dequantize_per_tensor": dequantize_per_tensor_ref,
-            "dequantize_per_channel": dequantize_per_channel_ref,
-            "dequantize_per_group": dequantize_per_group_ref,
-        }[name]
         out.copy_(with_ref(q, *params, out.dtype))
 
     def cpu(q, *rest):
@@ -349,5 +353,5 @@ def _register_out_variant(name: str) -> None:
     register(cpu_out, "triton")(by_copy)
 
 
-for _name in ("dequantize_per_tensor", "dequantize_per_channel", "dequantize_per_group"):
+for _name in _DEQUANTIZE_REFS:
     _register_out_variant(_name)
