@@ -56,6 +56,18 @@ def run(quick: bool = False) -> list[harness.Row]:
         rows.append(compare("sparse", f"90% CSR linear M={m} {shape}", lambda x=x: csr_op(x, *csr, None, n),
                                     "torch CSR W@x^T", lambda xt=xt: torch_csr @ xt, target=2.0))  # fmt: skip
 
+    # 90% csr_int8 (weight-only int8 CSR, 3 B per kept weight): vs dense (no target: it is chosen for size)
+    # and vs the float CSR op it replaces (information: the int8 -> float conversion per nonzero)
+    q8 = sparse_ops.to_csr_int8(w, mask)
+    q8_op = torch.ops.pyopt.sparse_csr_int8_linear
+    for m in ms:
+        x = torch.randn(m, k)
+        rows.append(compare("sparse", f"90% CSR int8 linear M={m} {shape}", lambda x=x: q8_op(x, *q8, None, n),
+                                    "F.linear dense", lambda x=x: F.linear(x, wm)))  # fmt: skip
+        rows.append(compare("sparse", f"(info) 90% CSR int8 linear M={m} {shape}",
+                            lambda x=x: q8_op(x, *q8, None, n),
+                            "float CSR linear", lambda x=x: csr_op(x, *csr, None, n)))  # fmt: skip
+
     # 70% unstructured vs dense
     w7, mask7 = _masked_weight(n, k, 0.7)
     wm7, csr7 = w7 * mask7, sparse_ops.to_csr(w7, mask7)

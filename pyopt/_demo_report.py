@@ -43,14 +43,18 @@ def table(variants: list[dict]) -> str:
 
 # Why the size target can be missed (the closing note says which applies).
 WHY_SIZE_CSR = (
-    "pyopt has no sparse int8 format: pyopt.quantize leaves the pruned SparseLinear layers as they are, so "
-    "the pruned head stays in CSR (float32 value + int16 column index = 6 B per kept weight, about 6.7x "
-    "smaller than dense float32 at 90% sparsity); only the layers still dense become int8"
+    "the pruned head stayed in float CSR (float32 value + int16 column index = 6 B per kept weight, about "
+    "6.7x smaller than dense float32 at 90% sparsity): pyopt.quantize did not convert it to csr_int8"
+)
+WHY_SIZE_CSR_INT8 = (
+    "the pruned head is csr_int8 (int8 value + int16 column index = 3 B per kept weight + 4 B per row, about "
+    "13x smaller than dense float32 at 90% sparsity); the layers it does not cover (convs, classifier) and "
+    "the file's metadata weigh too much"
 )
 WHY_SIZE_DENSE = (
     "pyopt.sparsify's dispatcher kept the pruned layers dense (in its calibration on this machine, CSR "
     "was not faster than dense at every batch size; on a busy machine that calibration is noisy), and "
-    "pyopt.quantize leaves SparseLinear layers as they are (no sparse int8 format)"
+    "pyopt.quantize converts only compressed csr SparseLinear layers to int8 (csr_int8)"
 )
 
 
@@ -75,8 +79,15 @@ def target_notes(
         ratio = ref["size_bytes"] / by["pruned-90+int8"]["size_bytes"]
         ok = ratio >= 8
         note = f"pruned-90+int8: {ratio:.1f}x smaller on disk (target >= 8x): {'met' if ok else 'MISSED'}"
-        compressed = any(f"({fmt})" in layers.get("pruned-90+int8", "") for fmt in ("csr", "bsr"))
-        notes.append(note + ("" if ok else f" — why: {WHY_SIZE_CSR if compressed else WHY_SIZE_DENSE}"))
+        kinds = layers.get("pruned-90+int8", "")
+        why = (
+            WHY_SIZE_CSR_INT8
+            if "(csr_int8)" in kinds
+            else WHY_SIZE_CSR
+            if "(csr)" in kinds or "(bsr)" in kinds
+            else WHY_SIZE_DENSE
+        )
+        notes.append(note + ("" if ok else f" — why: {why}"))
     others = [v for v in variants if v["name"] != "float32"]
     if others:
         best = max(others, key=lambda v: v["speedup_b256"])

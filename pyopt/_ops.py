@@ -564,7 +564,7 @@ SPARSE_MASKED_SDDMM = defop(
 
 
 def _check_compressed(
-    x, crow_indices, col_indices, values, bias, out_features, rows, col_dtypes, values_ndim
+    x, crow_indices, col_indices, values, bias, out_features, rows, col_dtypes, values_ndim, float_values=True
 ):
     _check_tensor("x", x, SPARSE_DTYPES)
     if not isinstance(out_features, int) or out_features < 0:
@@ -572,7 +572,8 @@ def _check_compressed(
     _check_tensor("crow_indices", crow_indices, (torch.int64,), ndim=1)
     _check_tensor("col_indices", col_indices, col_dtypes, ndim=1)
     _check_tensor("values", values, ndim=values_ndim)
-    _check_same_dtype("values", values, "x", x)
+    if float_values:  # (csr_int8's values are int8, checked by its own check)
+        _check_same_dtype("values", values, "x", x)
     if crow_indices.shape[0] != rows + 1:
         raise ValueError(f"crow_indices must have {rows + 1} entries, got {crow_indices.shape[0]}")
     if col_indices.shape[0] != values.shape[0]:
@@ -598,6 +599,37 @@ SPARSE_CSR_LINEAR = defop(
         x.new_empty((*x.shape[:-1], out_features)),
     )[1],
     _check_sparse_csr_linear,
+)
+
+
+def _check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features):
+    # weight-only int8 CSR: x float (any of SPARSE_DTYPES), values int8, one float32 scale per output row
+    _check_tensor("x", x, SPARSE_DTYPES)
+    _check_tensor("values", values, (torch.int8,), ndim=1)
+    _check_tensor("row_scales", row_scales, (torch.float32,), ndim=1)
+    if isinstance(out_features, int) and row_scales.shape[0] != out_features:
+        raise ValueError(
+            f"row_scales must have out_features={out_features} entries, got {row_scales.shape[0]}"
+        )
+    _check_compressed(
+        x, crow_indices, col_indices, values, None, out_features, out_features, (torch.int16, torch.int32), 1,
+        float_values=False,
+    )  # fmt: skip
+    # bias: any float dtype (as the int8 linear ops), so the layer's float32 bias serves fp16 / bf16 x too
+    if bias is not None:
+        _check_tensor("bias", bias, SPARSE_DTYPES, ndim=1)
+        if bias.shape[0] != out_features:
+            raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+
+
+SPARSE_CSR_INT8_LINEAR = defop(
+    "sparse_csr_int8_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
+    "Tensor row_scales, Tensor? bias, int out_features) -> Tensor",
+    lambda x, crow_indices, col_indices, values, row_scales, bias, out_features: (
+        _check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features),
+        x.new_empty((*x.shape[:-1], out_features)),
+    )[1],
+    _check_sparse_csr_int8_linear,
 )
 
 

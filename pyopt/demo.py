@@ -11,7 +11,8 @@ the tutorial — and measured the same way:
                      picks the fastest format, never one slower than dense)
     channel-50       pyopt.prune(0.5, pattern="channel"): a physically smaller dense model -> fine-tune
     int8             pyopt.quantize(mode="dynamic"): int8 weights, int8 activations quantised on the fly
-    pruned-90+int8   the fine-tuned pruned-90 model, sparsified, then quantised (layers still dense)
+    pruned-90+int8   the fine-tuned pruned-90 model, sparsified to CSR, then pyopt.quantize: the pruned head
+                     becomes csr_int8 (weight-only int8 CSR), the layers still dense Int8Linear / Int8Conv2d
     binary           pyopt.quantize(mode="binary") of the hidden Linear layers: 1-bit packed weights
 
 For each: test accuracy, size of its pyopt.save file, latency at batch 1 and 256 (median of interleaved
@@ -223,7 +224,9 @@ def make_pruned_90_int8(base, data, cfg, done):
     if pruned is None:  # pruned-90 was not asked for: prune and fine-tune here
         pruned, _ = _prune_finetune(base, data, cfg, "fine-tune 90%", amount=0.9, include=HEAD)
     model, _ = pyopt.sparsify(copy.deepcopy(pruned), format=SPARSE_FORMAT_90)  # the pruned head
-    model, _ = pyopt.quantize(model, mode="dynamic")  # int8 for the layers still dense
+    # csr -> csr_int8 for the pruned head (weight-only int8 CSR, 3 B per kept weight instead of 6), int8 for
+    # the layers still dense
+    model, _ = pyopt.quantize(model, mode="dynamic")
     return model
 
 

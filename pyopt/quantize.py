@@ -5,6 +5,11 @@ Modes:
     "weight_only"  Int8Linear / Int8Conv2d with int8 weights and float activations
     "binary"       BinaryLinear (1-bit sign weights, alpha = mean|W| per channel); Conv2d layers are kept
 
+Pruned layers (pyopt.nn.SparseLinear): in "dynamic" and "weight_only" mode a compressed "csr" layer becomes
+"csr_int8" in place (SparseLinear.quantize_int8: int8 value per kept weight, float32 scale per row). That is
+weight-only int8 in both modes — there is no sparse int8 x int8 kernel — and the report row says so. Other
+SparseLinear formats are skipped with the reason (masked: compress first; dense / bsr / 2:4: no int8 format).
+
 Which layers are skipped, and why (each appears in the report with its reason):
     - excluded by `include` / `exclude` (fnmatch patterns on qualified module names, e.g. "encoder.*")
     - too small: fewer than `min_weights` weights (default MIN_WEIGHTS = 128*128). Below that a layer's
@@ -84,6 +89,23 @@ def _convert(name: str, module: nn.Module, mode: str, min_weights: int) -> tuple
         return None, str(e)
 
 
+def _quantize_sparse(module, mode: str, min_weights: int) -> tuple[str, str]:
+    """Quantise a SparseLinear in place: ("quantized", note) or ("skipped", reason)."""
+    if mode == "binary":
+        return "skipped", "binary mode converts nn.Linear only (SparseLinear has no binary format)"
+    if module.format != "csr":
+        why = {
+            "csr_int8": "already csr_int8 (int8)",
+            "masked": "masked (training) layer: compress it to csr first (pyopt.sparsify(format='csr'))",
+        }.get(module.format, f"format {module.format!r} has no int8 variant (only 'csr' -> 'csr_int8')")
+        return "skipped", why
+    if module.in_features * module.out_features < min_weights:
+        n = module.in_features * module.out_features
+        return "skipped", f"too small for quantisation to pay ({n} < min_weights={min_weights} weights)"
+    module.quantize_int8()
+    return "quantized", "csr -> csr_int8: weight-only int8 (activations stay float, whatever the mode)"
+
+
 def quantize(
     model: nn.Module,
     mode: str = "dynamic",
@@ -110,12 +132,26 @@ def quantize(
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise ValueError("model must contain the layers to quantise (wrap a single layer in nn.Sequential)")
     report = Report(f"pyopt.quantize(mode={mode!r})")
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    from .nn.sparse_linear import SparseLinear
+
+    kinds = (nn.Linear, nn.Conv2d, SparseLinear)
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     before = after = 0
     for name, module in targets:
         row = {"type": type(module).__name__, "mode": mode}
         if (inc is not None and not _matches(name, inc)) or (exc is not None and _matches(name, exc)):
             report.add(name, "skipped", **row, reason="excluded by include/exclude")
+            continue
+        if isinstance(module, SparseLinear):  # converted in place, not swapped
+            b0 = _nbytes(module)
+            action, note = _quantize_sparse(module, mode, min_weights)
+            if action == "skipped":
+                report.add(name, "skipped", **row, reason=note)
+                continue
+            b1 = _nbytes(module)
+            before, after = before + b0, after + b1
+            to = "SparseLinear(csr_int8)"
+            report.add(name, "quantized", **row, to=to, bytes_before=b0, bytes_after=b1, reason=note)
             continue
         new, reason = _convert(name, module, mode, min_weights)
         if new is None:

@@ -175,3 +175,40 @@ def test_compile_fullgraph_identical_int8():
     model, _ = pyopt.quantize(model, mode="dynamic", min_weights=0)
     x = torch.randn(3, 40)
     assert torch.equal(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
+def test_pruned_csr_layers_become_csr_int8(mode):
+    """pyopt.quantize converts compressed csr SparseLinear layers to csr_int8 (weight-only int8, said in the
+    report), skips other SparseLinear formats with the reason, and quantises the dense layers as before."""
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+    model, _ = pyopt.prune(model, 0.9, include=["0", "2"])
+    model, _ = pyopt.sparsify(model, format="csr")
+    x = torch.randn(7, 64)
+    # layer "2" stored dense (a format with no int8 variant): a dense-stored SparseLinear
+    dense_layer = pyopt.nn.SparseLinear.from_dense(nn.Linear(256, 256), torch.rand(256, 256) > 0.5)
+    model[2] = dense_layer.compress(format="dense")
+    with torch.no_grad():
+        y_float = model(x)
+    model, report = pyopt.quantize(model, mode=mode, min_weights=0)
+    r = rows(report)
+    assert model[0].format == "csr_int8" and model[0].values.dtype == torch.int8
+    assert r["0"]["action"] == "quantized" and r["0"]["to"] == "SparseLinear(csr_int8)"
+    assert "weight-only int8" in r["0"]["reason"]
+    assert r["0"]["bytes_after"] < r["0"]["bytes_before"]
+    assert r["2"]["action"] == "skipped" and "'dense' has no int8 variant" in r["2"]["reason"]
+    assert model[2].format == "dense"
+    if HAS_INT8:
+        assert type(model[4]).__name__ == "Int8Linear" and r["4"]["action"] == "quantized"
+    with torch.no_grad():
+        assert sqnr_db(y_float, model(x)) > 30
+
+
+def test_quantize_skips_masked_sparse_layers():
+    model = nn.Sequential(nn.Linear(64, 256))
+    model, _ = pyopt.prune(model, 0.5)
+    model, report = pyopt.quantize(model, mode="weight_only", min_weights=0)
+    assert model[0].format == "masked"
+    assert (
+        rows(report)["0"]["action"] == "skipped" and "compress it to csr first" in rows(report)["0"]["reason"]
+    )

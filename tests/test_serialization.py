@@ -188,3 +188,19 @@ def test_not_a_pyopt_file(tmp_path):
         pyopt.load(mlp(), tmp_path / "pickle.pt")
     with pytest.raises(TypeError, match="model"):
         pyopt.save("x", tmp_path / "y.safetensors")
+
+
+def test_sparse_csr_int8_roundtrip(tmp_path):
+    """A pruned, compressed, int8-quantised layer (csr_int8) saves and loads bit-exactly into a float model."""
+    lin = nn.Linear(40, 30)
+    layer = pyopt.nn.SparseLinear.from_dense(lin, torch.rand(30, 40) > 0.7).compress(format="csr")
+    model = nn.Sequential(layer.quantize_int8())
+    pyopt.save(model, tmp_path / "m.safetensors")
+    fresh = pyopt.load(nn.Sequential(nn.Linear(40, 30)), tmp_path / "m.safetensors")
+    assert isinstance(fresh[0], pyopt.nn.SparseLinear) and fresh[0].format == "csr_int8"
+    for name in ("crow_indices", "col_indices", "values", "row_scales"):
+        assert torch.equal(getattr(fresh[0], name), getattr(layer, name))
+    assert fresh[0].values.dtype == torch.int8
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))

@@ -331,3 +331,166 @@ def test_sparsify_report():
 def test_info_extra_runs(capsys):
     pyopt._info_extra()
     assert "sparse dispatcher" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- csr_int8 (weight-only int8 CSR)
+def _int8_problem(m, k, n, density=0.2, dtype=torch.float32):
+    x, w, mask, b = _problem(m, k, n, density=density)
+    crow, col, q, scales = sparse_ops.to_csr_int8(w, mask)
+    return x.to(dtype), (crow, col, q, scales), b
+
+
+def _dequantized_ref(x, crow, col, q, scales, b, n):
+    """float64 oracle: x W_deq^T + b, W_deq[n, k] = q * scale_n (dense, from the CSR structure)."""
+    w = torch.zeros(n, x.shape[-1], dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(n), crow[1:] - crow[:-1])
+    w[rows, col.long()] = q.double() * scales.double()[rows]
+    return F.linear(x.double(), w, None if b is None else b.double())
+
+
+def test_csr_int8_quantisation_rule():
+    """The values are Int8Linear's per-channel quantiser applied to weight*mask, gathered at kept entries."""
+    from pyopt.nn.int8_linear import quantize_weight_per_channel
+
+    _, w, mask, _ = _problem(1, 50, 9, density=0.3)
+    mask[3] = False  # an all-pruned row: scale 1.0
+    crow, col, q, scales = sparse_ops.to_csr_int8(w, mask)
+    q_ref, s_ref = quantize_weight_per_channel(torch.where(mask, w, 0.0))
+    assert q.dtype == torch.int8 and scales.dtype == torch.float32 and scales.shape == (9,)
+    assert torch.equal(scales, s_ref) and scales[3] == 1.0
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert torch.equal(q, q_ref[rows, cols]) and torch.equal(col.long(), cols)
+    assert q.abs().max() == 127
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 7, 17), (3, 1003, 1), (5, 1, 17), (70, 1003, 17), (0, 9, 4)])
+def test_csr_int8_reference_vs_float64(m, k, n):
+    x, (crow, col, q, s), b = _int8_problem(m, k, n)
+    with pyopt.use_backend("reference"):
+        y = torch.ops.pyopt.sparse_csr_int8_linear(x, crow, col, q, s, b, n)
+    _close(y, _dequantized_ref(x, crow, col, q, s, b, n))
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_csr_int8_every_isa_matches_reference(isa):
+    """C++ vs the reference on every ISA: M on both sides of the GEMV switch, odd K / N, int16 and int32
+    column indices, bias or not; only float summation order differs."""
+    if not _backend.usable("cpu", "cpu"):
+        pytest.skip("C++ CPU kernels not built")
+    for m in (1, 3, 5, 70):
+        for k in (1, 7, 1003):
+            for n in (1, 17):
+                x, (crow, col, q, s), b = _int8_problem(m, k, n)
+                for cols, bias in ((col, b), (col.int(), None)):
+                    args = (x, crow, cols, q, s, bias, n)
+                    with pyopt.use_backend("reference"):
+                        ref = torch.ops.pyopt.sparse_csr_int8_linear(*args)
+                    with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
+                        y = torch.ops.pyopt.sparse_csr_int8_linear(*args)
+                    assert y.shape == (m, n) and y.dtype == torch.float32
+                    _close(y, ref)
+                    _close(y, _dequantized_ref(x, crow, cols, q, s, bias, n))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_int8_linear"))
+def test_csr_int8_shapes_and_dtypes(device, backend):
+    """3-D and non-contiguous x, empty M, no input features, fp16 / bf16 x (output in x's dtype)."""
+    x, (crow, col, q, s), b = _int8_problem(2 * 9, 40, 23)
+    t = [v.to(device) for v in (crow, col, q, s)]
+    xs = x.to(device).reshape(9, 2, 40).transpose(0, 1)  # [2, 9, 40], not contiguous
+    with pyopt.use_backend(backend):
+        y = torch.ops.pyopt.sparse_csr_int8_linear(xs, *t, b.to(device), 23)
+        y0 = torch.ops.pyopt.sparse_csr_int8_linear(xs[:, :0], *t, b.to(device), 23)
+        halves = {
+            dt: torch.ops.pyopt.sparse_csr_int8_linear(xs.to(dt), *t, b.to(device), 23)
+            for dt in (torch.float16, torch.bfloat16)
+        }
+    expected = _dequantized_ref(xs.cpu(), crow, col, q, s, b, 23)
+    assert y.shape == (2, 9, 23)
+    _close(y.cpu(), expected)
+    assert y0.shape == (2, 0, 23)
+    for dt, yh in halves.items():
+        assert yh.dtype == dt
+        _close(yh.cpu(), _dequantized_ref(xs.cpu().to(dt), crow, col, q, s, b, 23), dt)
+    w = torch.empty(6, 0)  # K == 0: the output is the bias
+    crow0, col0, q0, s0 = sparse_ops.to_csr_int8(w, torch.ones_like(w, dtype=torch.bool))
+    with pyopt.use_backend(backend):
+        for m in (1, 9):
+            y = torch.ops.pyopt.sparse_csr_int8_linear(torch.empty(m, 0), crow0, col0, q0, s0, b[:6], 6)
+            assert torch.equal(y, b[:6].expand(m, 6))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_int8_linear"))
+def test_csr_int8_opcheck(device, backend):
+    x, (crow, col, q, s), b = _int8_problem(6, 32, 16, density=0.3)
+    for xx, bb in ((x, b), (x[:1], None)):
+        args = tuple(t.to(device) if t is not None else None for t in (xx, crow, col, q, s, bb)) + (16,)
+        with pyopt.use_backend(backend):
+            torch.library.opcheck(torch.ops.pyopt.sparse_csr_int8_linear.default, args)
+
+
+def test_csr_int8_bad_inputs():
+    x, (crow, col, q, s), b = _int8_problem(4, 16, 8)
+    op = torch.ops.pyopt.sparse_csr_int8_linear
+    with pytest.raises(TypeError, match="values"):
+        op(x, crow, col, q.float(), s, b, 8)
+    with pytest.raises(ValueError, match="row_scales"):
+        op(x, crow, col, q, s[:7], b, 8)
+    with pytest.raises(TypeError, match="row_scales"):
+        op(x, crow, col, q, s.double(), b, 8)
+    with pytest.raises(ValueError, match="x must have at least 1 dim"):
+        op(torch.tensor(1.0), crow, col, q, s, b, 8)
+    with pytest.raises(TypeError, match="x"):
+        op(x.int(), crow, col, q, s, b, 8)
+    with pytest.raises(ValueError, match="bias"):
+        op(x, crow, col, q, s, b[:3], 8)
+    with pytest.raises(ValueError, match="crow_indices"):
+        op(x, crow[:-1], col, q, s, b, 8)
+    bad_col = col.clone()
+    bad_col[0] = 16
+    for backend in [b for b in ("cpu", "reference") if _backend.usable(b, "cpu")]:
+        for m in (1, 9):  # the GEMV and the tiled path both check
+            with pyopt.use_backend(backend), pytest.raises((RuntimeError, ValueError), match="col_indices"):
+                op(torch.randn(m, 16), crow, bad_col, q, s, b, 8)
+    if _backend.usable("cpu", "cpu"):  # the C++ op's own checks, named (below the Python schema checks)
+        cpp = torch.ops.pyopt_cpu.sparse_csr_int8_linear
+        with pytest.raises(RuntimeError, match="values must be a contiguous 1-D int8"):
+            cpp(x, crow, col, q.float(), s, b, 8, -1)
+        with pytest.raises(RuntimeError, match="row_scales must be"):
+            cpp(x, crow, col, q, s[:7], b, 8, -1)
+
+
+@pytest.mark.parametrize("start", ["masked", "csr", "dense"])
+def test_sparse_linear_quantize_int8_round_trip(start):
+    lin, mask, layer = _layer(density=0.3)
+    x = torch.randn(5, 48)
+    if start != "masked":
+        layer.compress(format=start)
+    layer.quantize_int8()
+    assert layer.format == "csr_int8" and "csr_int8" in repr(layer)
+    assert layer.values.dtype == torch.int8 and layer.row_scales.shape == (32,)
+    assert not hasattr(layer, "weight") and not hasattr(layer, "mask")
+    crow, col, q, s = sparse_ops.to_csr_int8(lin.weight.detach(), mask)
+    assert torch.equal(layer.values, q) and torch.equal(layer.row_scales, s)
+    with torch.no_grad():
+        y = layer(x)
+    _close(y, _dequantized_ref(x, crow, col, q, s, lin.bias.detach(), 32))
+    dense, own = layer.memory_bytes()
+    assert dense == 48 * 32 * 4 and own == crow.numel() * 8 + col.numel() * 2 + q.numel() + 32 * 4
+    clone = pyopt.nn.SparseLinear.from_config(layer.extra_config())  # what pyopt.load does
+    clone.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone(x), y)
+    assert layer.quantize_int8() is layer  # already csr_int8: a no-op
+    _, bmask, blayer = _layer(density=0.4, block=(8, 16))
+    blayer.compress(format="bsr")
+    with pytest.raises(ValueError, match="bsr"):
+        blayer.quantize_int8()
+
+
+def test_sparse_linear_csr_int8_compile_fullgraph_identical():
+    _, _, layer = _layer(density=0.2)
+    layer.compress(format="csr").quantize_int8()
+    x = torch.randn(3, 5, 48)
+    with torch.no_grad():
+        assert torch.equal(torch.compile(layer, fullgraph=True)(x), layer(x))

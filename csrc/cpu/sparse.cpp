@@ -17,32 +17,12 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/sparse_common.h"
 #if PYOPT_X86
 #include <immintrin.h>
 #endif
 
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-namespace pyopt_sparse {
-
-// The per-ISA kernels of sparse_kernels.h, as one table of function pointers.
-struct Kernels {
-  int vl;      // floats per vector
-  int bsr_nv;  // vectors per BSR m-tile
-  void (*axpy_tile_i32)(const int32_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
-  void (*axpy_tile_i16)(const int16_t*, const float*, int64_t, const float*, int64_t, float*, int, bool, float);
-  void (*scatter_row)(const int32_t*, const float*, int64_t, const float*, int64_t, float*);
-  void (*dot_row)(const int32_t*, int64_t, const float*, const float*, int64_t, float*);
-  float (*gemv_row_i32)(const int32_t*, const float*, int64_t, const float*, float);
-  float (*gemv_row_i16)(const int16_t*, const float*, int64_t, const float*, float);
-  bool (*in_range_i32)(const int32_t*, int64_t, int64_t);
-  bool (*in_range_i16)(const int16_t*, int64_t, int64_t);
-  void (*bsr_block_row)(const float*, const int32_t*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
-                        float*, int64_t);
-  void (*transpose)(const float*, int64_t, float*, int64_t, int64_t, int64_t);
-};
-
-}  // namespace pyopt_sparse
 
 #if PYOPT_X86
 #define SPARSE_NS avx512
@@ -82,9 +62,8 @@ struct Kernels {
 #define SPARSE_BSR_R 4
 #include "cpu/sparse_kernels.h"
 
-namespace {
-
-using pyopt_sparse::Kernels;
+// Shared with sparse_int8.cpp (declared in sparse_common.h): kernels_for, transpose_panels, the checks.
+namespace pyopt_sparse {
 
 const Kernels& kernels_for(int64_t isa) {
 #if PYOPT_X86
@@ -99,17 +78,15 @@ const Kernels& kernels_for(int64_t isa) {
 }
 
 // Bytes of xt (one K-block x Mp) the forward / SDDMM loops keep hot: half of a 1 MiB L2.
-constexpr int64_t kXtBlockBytes = 512 * 1024;
+static constexpr int64_t kXtBlockBytes = 512 * 1024;
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-int64_t k_block(int64_t K, int64_t Mp) {
+static int64_t k_block(int64_t K, int64_t Mp) {
   return std::min<int64_t>(K, std::max<int64_t>(16, kXtBlockBytes / (Mp * 4)));
 }
 
 // dst (cols x ldd) = src^T for src (rows x cols, rows lds apart), dst columns [rows, ldd) zeroed (the M
 // padding of xt): the ISA's register-tile transpose, OpenMP over 128 x 64 tiles (32 KiB, both sides in L1).
-void transpose_par(const Kernels& kr, const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+static void transpose_par(const Kernels& kr, const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
                    int64_t cols) {
   constexpr int64_t kRows = 128, kCols = 64;
   const int64_t nr = (rows + kRows - 1) / kRows, nc = (cols + kCols - 1) / kCols;
@@ -124,21 +101,18 @@ void transpose_par(const Kernels& kr, const float* src, int64_t lds, float* dst,
 }
 
 // x (M x K) -> x^T (K x Mp), zero in the padding columns.
-at::Tensor transpose_padded(const Kernels& kr, const at::Tensor& x, int64_t Mp) {
+static at::Tensor transpose_padded(const Kernels& kr, const at::Tensor& x, int64_t Mp) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xt = at::empty({K, Mp}, x.options());
   transpose_par(kr, x.data_ptr<float>(), K, xt.data_ptr<float>(), Mp, M, K);
   return xt;
 }
 
-// Vectors per m-tile of the CSR/masked forward at a point with `left` vectors of Mp to go: 8, then 4, 2, 1.
-int tile_nv(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
-
 // x (M x K) -> xt as one K x tw panel per m-tile, panel at m0 starting at xt + m0 * K, padding zeroed; tw is
 // `width` (BSR) or, if 0, the CSR/masked forward's tile_nv vectors. In a K x Mp row-major xt a tile's rows
 // are Mp * 4 bytes apart: at Mp = 256 a 128-wide tile used half of every 1 KiB row (a 32-wide BSR tile an
 // eighth), so a K-block sat in a fraction of the L1/L2 sets. Panels: CSR 10%, BSR 4-12% faster at M=256.
-at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width = 0) {
+at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xt = at::empty({K, Mp}, x.options());
   for (int64_t m0 = 0; m0 < Mp;) {
@@ -150,7 +124,7 @@ at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, 
 }
 
 // yt (K x Mp) -> y (M x K): the first M columns of yt, transposed.
-at::Tensor untranspose(const Kernels& kr, const at::Tensor& yt, int64_t M) {
+static at::Tensor untranspose(const Kernels& kr, const at::Tensor& yt, int64_t M) {
   const int64_t K = yt.size(0), Mp = yt.size(1);
   at::Tensor y = at::empty({M, K}, yt.options());
   transpose_par(kr, yt.data_ptr<float>(), Mp, y.data_ptr<float>(), K, K, M);
@@ -158,7 +132,7 @@ at::Tensor untranspose(const Kernels& kr, const at::Tensor& yt, int64_t M) {
 }
 
 // Columns k in [k0, k1) where mask row `m` is set, written to idx; returns how many.
-int64_t mask_list(const uint8_t* m, int64_t k0, int64_t k1, int32_t* idx) {
+static int64_t mask_list(const uint8_t* m, int64_t k0, int64_t k1, int32_t* idx) {
   int64_t L = 0, k = k0;
 #if PYOPT_X86
   const __m128i zero = _mm_setzero_si128();
@@ -183,7 +157,7 @@ void check_float2d(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
 }
 
-void check_mask(const at::Tensor& mask, int64_t N, int64_t K) {
+static void check_mask(const at::Tensor& mask, int64_t N, int64_t K) {
   TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
   TORCH_CHECK(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == K, "mask must have shape [", N, ", ", K,
               "], got ", mask.sizes());
@@ -195,62 +169,6 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ", bias->sizes());
   TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous(), "bias must be contiguous float32");
   return bias->data_ptr<float>();
-}
-
-// Scheduling: every parallel loop hands out small chunks dynamically and has no barrier inside, so a thread
-// descheduled by a busy machine delays only its own chunk, not every other thread at a barrier.
-//
-// Forward tiling (masked and CSR): OpenMP over chunks of output rows; in a chunk, for each m-tile of up to
-// 8 vectors and each K-block whose xt slice (kb x tile) stays in L2 next to the chunk's yt tile, every row
-// adds its nonzeros of that K-block into its yt tile. (An L1-sized K-block was slower: too few nonzeros
-// per row segment to pay for the accumulator load/store; re-measured with panels, also a two-level L2/L1
-// blocking: no gain. The kernel runs near L2 -> L1 bandwidth, one 64-byte xt vector per FMA.)
-// `Source` yields a row's (idx, val) list in a K-block; each thread works on its own copy (buffers,
-// cursors). The chunk's yt tile lives in a per-thread buffer (L2) and is transposed straight into y after
-// the last K-block: no N x Mp yt in memory and no separate untranspose pass.
-// 512 KiB, half of L2: 192 KiB was 5% slower at M=64 and 15-45% at M=32 (more, shorter row segments; the
-// kernel is bound by L2 -> L1 bandwidth and a smaller slice buys no L1 hits); 512 KiB keeps M=64's 1 MiB
-// panel whole (below), 5% faster than 384 KiB there, and is even at M=128/256.
-constexpr int64_t kXtTileBytes = 512 * 1024;
-
-template <typename I, typename Source>
-void forward_tiled(const Kernels& kr,
-                   void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool, float),
-                   const Source& proto, const float* xt, int64_t Mp, int64_t M, int64_t N, int64_t K, const float* b,
-                   float* y) {
-  const int64_t threads = omp_get_max_threads();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(128, (N + 4 * threads - 1) / (4 * threads)));
-  const int64_t nchunks = (N + chunk - 1) / chunk;
-#pragma omp parallel
-  {
-    Source src = proto;
-    std::vector<float> tile(chunk * 8 * kr.vl);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t n0 = c * chunk, n1 = std::min(N, n0 + chunk);
-      for (int64_t m0 = 0; m0 < Mp;) {
-        const int64_t left = (Mp - m0) / kr.vl;
-        const int nv = tile_nv(left);
-        // a panel of up to 2 blocks (M <= 64 at K = 4096) stays whole: splitting it only added row segments
-        const int64_t tw = nv * kr.vl, panel = K * tw * 4;
-        const int64_t kb =
-            panel <= 2 * kXtTileBytes ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, kXtTileBytes / (tw * 4));
-        src.reset(n0, n1);
-        for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kb) {  // K == 0 still initialises the tile to the bias
-          const int64_t k1 = std::min(K, k0 + kb);
-          for (int64_t n = n0; n < n1; ++n) {
-            const I* idx;
-            const float* val;
-            const int64_t L = src.segment(n, k0, k1, K, idx, val);
-            if (L > 0 || k0 == 0)
-              axpy(idx, val, L, xt + m0 * K, tw, tile.data() + (n - n0) * tw, nv, k0 == 0, b ? b[n] : 0.f);
-          }
-        }
-        kr.transpose(tile.data(), tw, y + m0 * N + n0, N, n1 - n0, std::min(tw, M - m0));
-        m0 += tw;
-      }
-    }
-  }
 }
 
 // Row segments straight from a bool mask: set columns (movemask scan) and the weights there.
@@ -269,31 +187,8 @@ struct MaskSource {
   }
 };
 
-// Row segments of a CSR matrix. pos[n]: first entry of row n not yet used in this m-tile; entries are taken
-// while their column is below the K-block's end (the last block takes the rest), so each is used exactly
-// once even if a row's columns are unsorted (only slower).
-template <typename I>
-struct CsrSource {
-  const int64_t* crow;
-  const I* col;
-  const float* vals;
-  std::vector<int64_t> pos;
-  void reset(int64_t n0, int64_t n1) { std::copy(crow + n0, crow + n1, pos.begin() + n0); }
-  int64_t segment(int64_t n, int64_t, int64_t k1, int64_t K, const I*& pi, const float*& pv) {
-    int64_t end = pos[n];
-    if (k1 == K) end = crow[n + 1];
-    else
-      while (end < crow[n + 1] && col[end] < k1) ++end;
-    pi = col + pos[n];
-    pv = vals + pos[n];
-    const int64_t L = end - pos[n];
-    pos[n] = end;
-    return L;
-  }
-};
-
 // y = x (W*mask)^T + b, reading only the weights the mask keeps.
-at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+static at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                          const std::optional<at::Tensor>& bias, int64_t isa) {
   check_float2d(x, "x");
   check_float2d(weight, "weight");
@@ -310,12 +205,13 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
   const MaskSource src{reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()), weight.data_ptr<float>(),
                        std::vector<int32_t>(K), std::vector<float>(K)};
-  forward_tiled<int32_t>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, M, N, K, b, y.data_ptr<float>());
+  forward_tiled<int32_t, float>(kr, kr.axpy_tile_i32, src, xt.data_ptr<float>(), Mp, M, N, K, b, nullptr,
+                                y.data_ptr<float>());
   return y;
 }
 
 // grad_x = grad_y (W*mask): threads own K-blocks of grad_x^T and scatter into them (no reduction needed).
-at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask,
+static at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask,
                                     int64_t isa) {
   check_float2d(grad_y, "grad_y");
   check_float2d(weight, "weight");
@@ -351,7 +247,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& 
 }
 
 // SDDMM: grad_W = (grad_y^T x) * mask, each kept entry one dot product over M; pruned entries exactly 0.
-at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask, int64_t isa) {
+static at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask, int64_t isa) {
   check_float2d(grad_y, "grad_y");
   check_float2d(x, "x");
   const int64_t M = grad_y.size(0), N = grad_y.size(1), K = x.size(1);
@@ -399,45 +295,8 @@ void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* w
   for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(c[i] <= c[i + 1], "crow_indices must be non-decreasing");
 }
 
-template <typename I>
-at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* col, const float* val, int64_t N,
-                           const float* b, const Kernels& kr,
-                           float (*gemv)(const I*, const float*, int64_t, const float*, float),
-                           void (*axpy)(const I*, const float*, int64_t, const float*, int64_t, float*, int, bool,
-                                        float),
-                           bool (*in_range)(const I*, int64_t, int64_t)) {
-  const int64_t M = x.size(0), K = x.size(1);
-  // Column indices are range-checked before any kernel reads x with them (a row at a time, in L1 after).
-  auto row_ok = [&](int64_t n) { return in_range(col + crow[n], crow[n + 1] - crow[n], K); };
-  bool bad = false;
-  if (M <= 4) {  // decode: GEMV per row of x, gathers of x[col] straight from row-major x
-    at::Tensor y = at::empty({M, N}, x.options());
-    const float* px = x.data_ptr<float>();
-    float* py = y.data_ptr<float>();
-#pragma omp parallel for schedule(dynamic, 64) reduction(|| : bad)
-    for (int64_t n = 0; n < N; ++n) {
-      if (!row_ok(n)) {
-        bad = true;
-        continue;
-      }
-      for (int64_t m = 0; m < M; ++m)
-        py[m * N + n] = gemv(col + crow[n], val + crow[n], crow[n + 1] - crow[n], px + m * K, b ? b[n] : 0.f);
-    }
-    TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
-    return y;
-  }
-#pragma omp parallel for schedule(dynamic, 256) reduction(|| : bad)
-  for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
-  TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
-  const int64_t Mp = round_up(M, kr.vl);
-  at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
-  const CsrSource<I> src{crow, col, val, std::vector<int64_t>(N)};
-  forward_tiled<I>(kr, axpy, src, xt.data_ptr<float>(), Mp, M, N, K, b, y.data_ptr<float>());
-  return y;
-}
-
 // y = x W^T + b with W (N x K) in CSR: crow (N+1, int64), col (nnz, int16 or int32), values (nnz, float32).
-at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+static at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                       const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
   check_float2d(x, "x");
   const int64_t N = out_features;
@@ -458,14 +317,14 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const int64_t* pc = crow.data_ptr<int64_t>();
   const float* pv = values.data_ptr<float>();
   if (col.scalar_type() == at::kShort)
-    return csr_linear_impl<int16_t>(x, pc, col.data_ptr<int16_t>(), pv, N, b, kr, kr.gemv_row_i16, kr.axpy_tile_i16,
-                                    kr.in_range_i16);
-  return csr_linear_impl<int32_t>(x, pc, col.data_ptr<int32_t>(), pv, N, b, kr, kr.gemv_row_i32, kr.axpy_tile_i32,
-                                    kr.in_range_i32);
+    return csr_linear_impl<int16_t, float>(x, pc, col.data_ptr<int16_t>(), pv, N, b, nullptr, kr, kr.gemv_row_i16,
+                                           kr.axpy_tile_i16, kr.in_range_i16);
+  return csr_linear_impl<int32_t, float>(x, pc, col.data_ptr<int32_t>(), pv, N, b, nullptr, kr, kr.gemv_row_i32,
+                                         kr.axpy_tile_i32, kr.in_range_i32);
 }
 
 // y = x W^T + b with W in BSR: crow (N/bh + 1, int64), col (nnzb, int32 block columns), values (nnzb, bh, bw).
-at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+static at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                       const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
   check_float2d(x, "x");
   TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 3 && values.is_contiguous(),
@@ -510,12 +369,12 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   return y;
 }
 
-}  // namespace
+}  // namespace pyopt_sparse
 
 TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
-  m.def("sparse_masked_linear", &masked_linear);
-  m.def("sparse_masked_linear_grad_input", &masked_linear_grad_input);
-  m.def("sparse_masked_sddmm", &masked_sddmm);
-  m.def("sparse_csr_linear", &csr_linear);
-  m.def("sparse_bsr_linear", &bsr_linear);
+  m.def("sparse_masked_linear", &pyopt_sparse::masked_linear);
+  m.def("sparse_masked_linear_grad_input", &pyopt_sparse::masked_linear_grad_input);
+  m.def("sparse_masked_sddmm", &pyopt_sparse::masked_sddmm);
+  m.def("sparse_csr_linear", &pyopt_sparse::csr_linear);
+  m.def("sparse_bsr_linear", &pyopt_sparse::bsr_linear);
 }

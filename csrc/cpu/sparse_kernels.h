@@ -7,6 +7,9 @@
 // Every kernel works on transposed activations: xt is K x Mp (row k = x[:, k], M padded to Mp with zeros),
 // so one nonzero w[n, k] is an AXPY of xt row k into the accumulators of output row n, a run of whole
 // vectors with no gathers. The OpenMP loops live in sparse.cpp; these functions handle one output row.
+// The CSR forward kernels are templated on the value type V: float (csr) or int8_t (csr_int8, the int8 is
+// converted to float where the float path loads a float; the row scale is applied by the caller, once per
+// output: y[n] = s_n * sum_j q[j] x[col[j]] + b[n]).
 // Written with GCC vector extensions: `vf` is the same type as __m512 / __m256 / __m128.
 
 namespace pyopt_sparse {
@@ -48,8 +51,8 @@ SPARSE_TARGET static inline float vsum(vf v) {  // tree reduction (a serial chai
 }
 
 // yrow[0:NV*VL] (= init ? b : yrow) + sum_j val[j] * xt[idx[j], 0:NV*VL]
-template <int NV, typename I>
-SPARSE_TARGET static inline void axpy_tile(const I* idx, const float* val, int64_t L, const float* xt, int64_t ldx,
+template <int NV, typename I, typename V>
+SPARSE_TARGET static inline void axpy_tile(const I* idx, const V* val, int64_t L, const float* xt, int64_t ldx,
                                            float* yrow, bool init, float b) {
   vf acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = init ? vbcast(b) : vload(yrow + v * VL);
@@ -64,8 +67,8 @@ SPARSE_TARGET static inline void axpy_tile(const I* idx, const float* val, int64
 // axpy_tile for one vector: a single accumulator is one chain of dependent FMAs (latency bound), so even and
 // odd nonzeros go to two (1.4x at M=16). A separate function: folding this into axpy_tile<NV> moved the
 // code of the NV = 2 / 4 loops and cost those 4-8% (M = 32 / 64).
-template <typename I>
-SPARSE_TARGET static inline void axpy_vec(const I* idx, const float* val, int64_t L, const float* xt, int64_t ldx,
+template <typename I, typename V>
+SPARSE_TARGET static inline void axpy_vec(const I* idx, const V* val, int64_t L, const float* xt, int64_t ldx,
                                           float* yrow, bool init, float b) {
   vf a0 = init ? vbcast(b) : vload(yrow), a1 = vf{};
   int64_t j = 0;
@@ -78,8 +81,8 @@ SPARSE_TARGET static inline void axpy_vec(const I* idx, const float* val, int64_
 }
 
 // One m-tile (nv vectors, nv in {1, 2, 4, 8}) of an output row of yt from a list of (column, value) nonzeros.
-template <typename I>
-SPARSE_TARGET static void axpy_tile_nv(const I* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
+template <typename I, typename V>
+SPARSE_TARGET static void axpy_tile_nv(const I* idx, const V* val, int64_t L, const float* xt, int64_t Mp,
                                        float* yrow, int nv, bool init, float b) {
   switch (nv) {
     case 8: axpy_tile<8>(idx, val, L, xt, Mp, yrow, init, b); break;
@@ -94,6 +97,14 @@ SPARSE_TARGET static void axpy_tile_i32(const int32_t* idx, const float* val, in
 }
 SPARSE_TARGET static void axpy_tile_i16(const int16_t* idx, const float* val, int64_t L, const float* xt, int64_t Mp,
                                         float* yrow, int nv, bool init, float b) {
+  axpy_tile_nv(idx, val, L, xt, Mp, yrow, nv, init, b);
+}
+SPARSE_TARGET static void axpy_tile_i32_q8(const int32_t* idx, const int8_t* val, int64_t L, const float* xt,
+                                           int64_t Mp, float* yrow, int nv, bool init, float b) {
+  axpy_tile_nv(idx, val, L, xt, Mp, yrow, nv, init, b);
+}
+SPARSE_TARGET static void axpy_tile_i16_q8(const int16_t* idx, const int8_t* val, int64_t L, const float* xt,
+                                           int64_t Mp, float* yrow, int nv, bool init, float b) {
   axpy_tile_nv(idx, val, L, xt, Mp, yrow, nv, init, b);
 }
 
@@ -230,10 +241,23 @@ SPARSE_TARGET static inline bool in_range(const I* col, int64_t L, int64_t K) {
 SPARSE_TARGET static bool in_range_i32(const int32_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
 SPARSE_TARGET static bool in_range_i16(const int16_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
 
+// VL values as floats: float loads, int8 sign-extends to int32 (vpmovsxbd) and converts (exact, |q| <= 127).
+#if SPARSE_VL == 16
+SPARSE_TARGET static inline __m512 load_vals(const float* p) { return _mm512_loadu_ps(p); }
+SPARSE_TARGET static inline __m512 load_vals(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#elif SPARSE_VL == 8
+SPARSE_TARGET static inline __m256 load_vals(const float* p) { return _mm256_loadu_ps(p); }
+SPARSE_TARGET static inline __m256 load_vals(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
 // CSR GEMV (M small): y[n] = b + sum_j val[j] * x[col[j]]. AVX-512 / AVX2 gather 16 / 8 x values per
 // instruction (x, one row of K floats, stays in L1/L2); the scalar tail keeps four partial sums for ILP.
-template <typename I>
-SPARSE_TARGET static inline float gemv_row(const I* col, const float* val, int64_t L, const float* x, float b) {
+template <typename I, typename V>
+SPARSE_TARGET static inline float gemv_row(const I* col, const V* val, int64_t L, const float* x, float b) {
   int64_t j = 0;
   float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #if SPARSE_VL == 16
@@ -241,7 +265,7 @@ SPARSE_TARGET static inline float gemv_row(const I* col, const float* val, int64
   for (; j + 16 <= L; j += 16) {
     __m512i ix = sizeof(I) == 2 ? _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j)))
                                 : _mm512_loadu_si512(col + j);
-    acc = _mm512_fmadd_ps(_mm512_loadu_ps(val + j), _mm512_i32gather_ps(ix, x, 4), acc);
+    acc = _mm512_fmadd_ps(load_vals(val + j), _mm512_i32gather_ps(ix, x, 4), acc);
   }
   s0 = _mm512_reduce_add_ps(acc);
 #elif SPARSE_VL == 8
@@ -249,7 +273,7 @@ SPARSE_TARGET static inline float gemv_row(const I* col, const float* val, int64
   for (; j + 8 <= L; j += 8) {
     __m256i ix = sizeof(I) == 2 ? _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col + j)))
                                 : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j));
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(val + j), _mm256_i32gather_ps(x, ix, 4), acc);
+    acc = _mm256_fmadd_ps(load_vals(val + j), _mm256_i32gather_ps(x, ix, 4), acc);
   }
   s0 = vsum(acc);
 #endif
@@ -266,6 +290,12 @@ SPARSE_TARGET static float gemv_row_i32(const int32_t* col, const float* val, in
   return gemv_row(col, val, L, x, b);
 }
 SPARSE_TARGET static float gemv_row_i16(const int16_t* col, const float* val, int64_t L, const float* x, float b) {
+  return gemv_row(col, val, L, x, b);
+}
+SPARSE_TARGET static float gemv_row_i32_q8(const int32_t* col, const int8_t* val, int64_t L, const float* x, float b) {
+  return gemv_row(col, val, L, x, b);
+}
+SPARSE_TARGET static float gemv_row_i16_q8(const int16_t* col, const int8_t* val, int64_t L, const float* x, float b) {
   return gemv_row(col, val, L, x, b);
 }
 
@@ -311,8 +341,9 @@ SPARSE_TARGET static void bsr_block_row(const float* blocks, const int32_t* bcol
   }
 }
 
-static const Kernels kernels = {VL,           BSR_NV,       axpy_tile_i32, axpy_tile_i16, scatter_row,  dot_row,
-                                gemv_row_i32, gemv_row_i16, in_range_i32,  in_range_i16,  bsr_block_row, transpose};
+static const Kernels kernels = {VL,           BSR_NV,       axpy_tile_i32, axpy_tile_i16, scatter_row,   dot_row,
+                                gemv_row_i32, gemv_row_i16, in_range_i32,  in_range_i16,  bsr_block_row, transpose,
+                                {axpy_tile_i32_q8, axpy_tile_i16_q8, gemv_row_i32_q8, gemv_row_i16_q8}};
 
 }  // namespace SPARSE_NS
 }  // namespace pyopt_sparse

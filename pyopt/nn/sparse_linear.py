@@ -5,6 +5,8 @@ forward = torch.ops.pyopt.sparse_masked_linear (backward: grad_input + SDDMM, se
 The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0.
 Inference (`compress()` / `pyopt.sparsify`): the weight is stored as "csr", "bsr", "2:4" or "dense",
 whichever the dispatcher (pyopt/ops/sparse_dispatch.py) measured fastest — never slower than dense.
+"csr_int8" (`quantize_int8()` / `pyopt.quantize`): CSR with an int8 value per kept weight and a float32
+scale per output row, y = scale_n * sum_k q[n, k] x[k] + b[n] (weight-only int8: activations stay float).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import torch
 from torch import nn
 
 from .. import _ops
+from ..ops import sparse as sparse_ops
 from ..ops import sparse_dispatch as dispatch
 from ..report import Report
 from ._base import register_module, set_param_mask
 
-_COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values")
+_COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
+_CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
 
 
 @register_module
@@ -54,7 +58,11 @@ class SparseLinear(nn.Module):
             self.register_buffer("crow_indices", torch.zeros(n // bh + 1, dtype=torch.int64, device=device))
             self.register_buffer("col_indices", torch.zeros(nnz, dtype=col_dtype, device=device))
             shape = (nnz, bh, bw) if format == "bsr" else (nnz,)
-            self.register_buffer("values", torch.zeros(shape, **fk))
+            if format == "csr_int8":  # int8 values + one float32 scale per output row
+                self.register_buffer("values", torch.zeros(shape, dtype=torch.int8, device=device))
+                self.register_buffer("row_scales", torch.ones(n, dtype=torch.float32, device=device))
+            else:
+                self.register_buffer("values", torch.zeros(shape, **fk))
         self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
         self._semi = None  # the 2:4 weight (torch.sparse semi-structured), rebuilt from `weight` when needed
         self._sync_param_mask()
@@ -128,15 +136,52 @@ class SparseLinear(nn.Module):
         )
         return self
 
+    @torch.no_grad()
+    def quantize_int8(self) -> SparseLinear:
+        """Convert to "csr_int8" in place: weight-only int8 CSR, the kept weights' structure unchanged.
+
+        From "csr" (its values quantised), "masked" or "dense" (kept = mask / nonzero weights). Int8Linear's
+        per-channel rule: scale_n = max|w[n, :]| / 127 over the kept weights (1.0 for an all-zero row),
+        q = clamp(rne(w / scale_n), ±127). "bsr" / "2:4" raise ValueError (no int8 variant). Returns self."""
+        if self.format == "csr_int8":
+            return self
+        if self.format == "csr":
+            q, scales = sparse_ops.quantize_csr_values(
+                self.crow_indices, self.col_indices, self.values, self.in_features
+            )
+            tensors = {"values": q, "row_scales": scales}
+        elif self.format in ("masked", "dense"):
+            w = self.weight.detach()
+            mask = self.mask if self.format == "masked" else w != 0
+            tensors = dispatch.build("csr_int8", w, mask)
+            self.sparsity = 1.0 - mask.float().mean().item()
+            del self.weight
+            if self.format == "masked":
+                del self.mask
+        else:
+            raise ValueError(
+                f"quantize_int8: format {self.format!r} has no int8 variant (only csr / masked / dense do)"
+            )
+        for name, t in tensors.items():
+            if name in self._buffers:
+                del self._buffers[name]
+            self.register_buffer(name, t)
+        self._semi = None
+        self.format, self.block = "csr_int8", None
+        self.reason = "csr_int8: weight-only int8 CSR (int8 value per kept weight, float32 scale per row)"
+        return self
+
     def memory_bytes(self) -> tuple[int, int]:
         """(bytes of the equivalent dense nn.Linear weight, bytes this layer stores for its weight)."""
-        itemsize = (self.values if self.format in ("csr", "bsr") else self.weight).element_size()
+        # csr_int8: the dense equivalent is float32 (the float layer it was quantised from)
+        src = {"csr": "values", "bsr": "values", "csr_int8": "row_scales"}.get(self.format, "weight")
+        itemsize = getattr(self, src).element_size()
         dense = self.in_features * self.out_features * itemsize
         own = [self.weight, self.mask] if self.format == "masked" else self._tensors().values()
         return dense, sum(t.numel() * t.element_size() for t in own if t.layout == torch.strided)
 
     def extra_config(self) -> dict:
-        nnz = self.values.shape[0] if self.format in ("csr", "bsr") else 0
+        nnz = self.values.shape[0] if self.format in _CSR_LIKE else 0
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,

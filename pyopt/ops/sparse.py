@@ -1,10 +1,12 @@
 """sparse family: reference, cpu, triton and cuda implementations of the pyopt::sparse_* ops, the autograd
-of the masked matmul, and the conversions from a masked dense weight to CSR / BSR.
+of the masked matmul, and the conversions from a masked dense weight to CSR / BSR / csr_int8.
 
 Masked matmul (training): y = x (W*M)^T + b;  grad_x = grad_y (W*M);  grad_W = (grad_y^T x) * M (SDDMM:
 only kept entries are computed; pruned entries of grad_W are exactly 0, so W*M stays W*M under SGD).
 The C++ kernels compute in float32: float32 runs natively, bf16/fp16 are widened to float32 and rounded
 back, float64 (gradcheck) runs the reference.
+csr_int8 (weight-only int8 CSR, y = scale_n * sum_k q[n,k] x[m,k] + b[n]): reference (dequantise + the float
+CSR reference) and cpu (csrc/cpu/sparse_int8.cpp); there is no GPU kernel, CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
         crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
     ).to_dense()
     return F.linear(x, w, bias)
+
+
+def dequantize_csr_int8(crow_indices, values, row_scales) -> torch.Tensor:
+    """float32 values of a csr_int8 weight: w[j] = q[j] * scale[row(j)] (exact products in float32)."""
+    counts = crow_indices[1:] - crow_indices[:-1]
+    rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=values.device), counts)
+    return values.float() * row_scales[rows]
+
+
+@register("sparse_csr_int8_linear", "reference")
+def csr_int8_linear_ref(x, crow_indices, col_indices, values, row_scales, bias, out_features):
+    # the oracle: dequantise, then the float CSR reference in float32 (float64 for float64 x)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w = dequantize_csr_int8(crow_indices, values, row_scales).to(dt)
+    b = None if bias is None else bias.to(dt)
+    return csr_linear_ref(x.to(dt), crow_indices, col_indices, w, b, out_features).to(x.dtype)
 
 
 @register("sparse_bsr_linear", "reference")
@@ -129,6 +147,24 @@ def _compressed_cpu(op, ref, x, crow_indices, col_indices, values, bias, out_fea
 def csr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
     op = torch.ops.pyopt_cpu.sparse_csr_linear
     return _compressed_cpu(op, csr_linear_ref, x, crow_indices, col_indices, values, bias, out_features)
+
+
+@register("sparse_csr_int8_linear", "cpu")
+def csr_int8_linear_cpu(x, crow_indices, col_indices, values, row_scales, bias, out_features):
+    # csrc/cpu/sparse_int8.cpp; float32 compute, the result rounded to x's dtype
+    if x.dtype == torch.float64:
+        return csr_int8_linear_ref(x, crow_indices, col_indices, values, row_scales, bias, out_features)
+    y = torch.ops.pyopt_cpu.sparse_csr_int8_linear(
+        _flat(x),
+        crow_indices.contiguous(),
+        col_indices.contiguous(),
+        values.contiguous(),
+        row_scales.contiguous(),
+        _f32(bias),
+        out_features,
+        requested_isa(),
+    )
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
 @register("sparse_bsr_linear", "cpu")
@@ -207,6 +243,35 @@ def to_csr(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     crow[1:] = counts.cumsum(0)
     col_dtype = torch.int16 if k <= torch.iinfo(torch.int16).max else torch.int32
     return crow, cols.to(col_dtype), weight[rows, cols].contiguous()
+
+
+def quantize_csr_values(
+    crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor, in_features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values, float32 row_scales [N]) of a float CSR weight, same structure (crow / col unchanged).
+
+    The rule of Int8Linear's per-channel weight quantiser (quantize_rows_symmetric, the quantize_per_token
+    rule): scale_n = max|w[n, :]| / 127 (1.0 for an all-zero row), q = clamp(rne(w * (1 / scale_n)), ±127).
+    The max over the dense row of weight*mask is the max over the kept weights (pruned entries are 0).
+    """
+    from .int8_linear import quantize_rows_symmetric  # lazily: the int8 family imports nothing from here
+
+    n = crow_indices.shape[0] - 1
+    counts = crow_indices[1:] - crow_indices[:-1]
+    rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
+    dense = torch.zeros(n, in_features, dtype=torch.float32, device=values.device)
+    dense[rows, col_indices.long()] = values.float()
+    q, scales = quantize_rows_symmetric(dense)
+    return q[rows, col_indices.long()].contiguous(), scales.float().contiguous()
+
+
+def to_csr_int8(
+    weight: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(crow_indices, col_indices, values int8, row_scales float32) of weight*mask: to_csr + int8 values."""
+    crow, col, values = to_csr(weight, mask)
+    q, scales = quantize_csr_values(crow, col, values, weight.shape[1])
+    return crow, col, q, scales
 
 
 def block_mask(mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

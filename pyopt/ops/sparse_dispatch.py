@@ -20,7 +20,9 @@ import torch.nn.functional as F
 
 from . import sparse as sparse_ops
 
-FORMATS = ("dense", "csr", "bsr", "2:4")
+# csr_int8 (weight-only int8 CSR) is never chosen here: pyopt.quantize / SparseLinear.quantize_int8 pick it,
+# for size (1 B value + 2 B column per kept weight, + 4 B per row), not speed.
+FORMATS = ("dense", "csr", "bsr", "2:4", "csr_int8")
 CALIBRATION_M = (1, 64, 256)
 BLOCK_SIZES = (64, 32, 16, 8, 4)
 # (bh, bw) pairs, largest area first; all multiples of 4, so a mask that is not (4, 4)-structured has none
@@ -103,6 +105,9 @@ def build(fmt: str, weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, 
     if fmt == "csr":
         crow, col, values = sparse_ops.to_csr(weight, mask)
         return {"crow_indices": crow, "col_indices": col, "values": values}
+    if fmt == "csr_int8":
+        crow, col, values, scales = sparse_ops.to_csr_int8(weight, mask)
+        return {"crow_indices": crow, "col_indices": col, "values": values, "row_scales": scales}
     if fmt == "bsr":
         if block is None:
             raise ValueError("format='bsr' needs a block shape (bh, bw)")
@@ -136,6 +141,11 @@ def linear(
         op = torch.ops.pyopt.sparse_bsr_linear
     elif fmt == "2:4":
         return F.linear(x, tensors["semi"], bias)
+    elif fmt == "csr_int8":
+        t = tensors
+        return torch.ops.pyopt.sparse_csr_int8_linear(
+            x, t["crow_indices"], t["col_indices"], t["values"], t["row_scales"], bias, out_features
+        )
     else:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     return op(x, tensors["crow_indices"], tensors["col_indices"], tensors["values"], bias, out_features)
