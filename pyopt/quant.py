@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from ._ops import check_axis, check_quant_dtype, check_quant_input
+from ._op_checks import check_axis, check_quant_dtype, check_quant_input
 from .ops.quant import qparams_from_minmax
 
 __all__ = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _ops
+from .. import _op_checks
 from ..ops import sparse as sparse_ops
 from ..ops import sparse_dispatch as dispatch
 from ..report import Report
@@ -72,7 +72,7 @@ class SparseLinear(nn.Module):
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
         """Training-mode layer with linear's weight * mask (pruned entries exactly 0) and bias."""
         w = linear.weight
-        _ops.check_sparse_mask(mask, w.shape)
+        _op_checks.check_sparse_mask(mask, w.shape)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
         with torch.no_grad():
             m.mask.copy_(mask)

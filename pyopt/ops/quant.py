@@ -17,7 +17,7 @@ import math
 import torch
 
 from .._backend import register, requested_isa
-from .._ops import QRANGE
+from .._op_checks import QRANGE
 
 F32_EPS = torch.finfo(torch.float32).eps  # torch.ao observers clamp scales to at least this
 

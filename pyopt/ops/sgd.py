@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import register, requested_isa
-from .._ops import _check_fused_sgd_tensors
+from .._op_checks import _check_fused_sgd_tensors
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
