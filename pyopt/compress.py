@@ -10,7 +10,7 @@
    no pickled code runs); loaded strictly, so missing, unexpected or mis-shaped tensors are an error.
 3. The recipe: `pyopt.prune(model, AMOUNT, pattern=...)` then `pyopt.sparsify(model)` (pruned layers get
    the inference format the dispatcher measured fastest, compressed or dense); then
-   `pyopt.quantize(model, mode=...)`, which converts the layers still dense. Each step's per-layer
+   `pyopt.quantize(model, mode=...)`, which converts the layers still dense (and CSR layers to csr_int8). Each step's per-layer
    report is printed.
 4. `pyopt.save(model, OUT)`. Reload it later with `pyopt.load(factory(), OUT)`.
 
@@ -136,7 +136,7 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
         if args.prune is not None:
             model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude)
             print(report)
-            # the pruned layers' inference format (before quantize, which leaves sparse layers alone)
+            # the pruned layers' inference format (before quantize, which turns CSR layers into csr_int8)
             model, report = pyopt.sparsify(model)
             print(report)
         if args.quantize is not None:

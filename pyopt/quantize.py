@@ -97,7 +97,11 @@ def _quantize_sparse(module, mode: str, min_weights: int) -> tuple[str, str]:
         why = {
             "csr_int8": "already csr_int8 (int8)",
             "masked": "masked (training) layer: compress it to csr first (pyopt.sparsify(format='csr'))",
-        }.get(module.format, f"format {module.format!r} has no int8 variant (only 'csr' -> 'csr_int8')")
+        }.get(
+            module.format,
+            f"format {module.format!r} (the dispatcher's choice) is not converted: only 'csr' -> 'csr_int8'"
+            " (layer.quantize_int8() forces it from a dense-stored layer)",
+        )
         return "skipped", why
     if module.in_features * module.out_features < min_weights:
         n = module.in_features * module.out_features
@@ -118,7 +122,8 @@ def quantize(
 
     include / exclude: fnmatch patterns (a string or a list) on qualified module names; a layer is
     converted when it matches some include pattern (all layers if include is None) and no exclude pattern.
-    Returns (model, report): one report row per Linear/Conv2d with action "quantized" or "skipped", the
+    Compressed "csr" SparseLinear layers become "csr_int8" (weight-only int8, in every int8 mode).
+    Returns (model, report): one report row per Linear/Conv2d/SparseLinear with action "quantized" or "skipped", the
     mode, the new type, its bytes before/after and, for skipped layers, the reason.
     """
     if not isinstance(model, nn.Module):

@@ -1,5 +1,7 @@
 """sparse family: masked matmul (training), CSR/BSR linear (inference), SparseLinear, dispatcher, sparsify."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ OPS = [
     "sparse_masked_linear_grad_input",
     "sparse_masked_sddmm",
     "sparse_csr_linear",
+    "sparse_csr_int8_linear",
     "sparse_bsr_linear",
 ]
 SHAPES = [(1, 7, 5), (7, 33, 17), (70, 1003, 19), (0, 9, 4)]  # (M, K, N)
@@ -198,6 +201,7 @@ def test_opcheck_every_op(device, backend):
         "sparse_masked_linear_grad_input": (gy, w, mask),
         "sparse_masked_sddmm": (gy, x.detach(), mask),
         "sparse_csr_linear": (x.detach(), *csr, b, 16),
+        "sparse_csr_int8_linear": (x.detach(), *sparse_ops.to_csr_int8(w, mask), b, 16),
         "sparse_bsr_linear": (x.detach(), *bsr, b, 16),
     }
     assert set(cases) == set(OPS)
@@ -390,6 +394,13 @@ def test_csr_int8_every_isa_matches_reference(isa):
                     assert y.shape == (m, n) and y.dtype == torch.float32
                     _close(y, ref)
                     _close(y, _dequantized_ref(x, crow, cols, q, s, bias, n))
+    # K-blocked forward (panel > 1 MiB): the row scale is applied after the last K-block
+    x, (crow, col, q, s), b = _int8_problem(130, 4200, 9)
+    with pyopt.use_backend("reference"):
+        ref = torch.ops.pyopt.sparse_csr_int8_linear(x, crow, col, q, s, b, 9)
+    with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
+        y = torch.ops.pyopt.sparse_csr_int8_linear(x, crow, col, q, s, b, 9)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)  # 420 float32 terms per output, two orders
 
 
 @pytest.mark.parametrize("device,backend", backend_params("sparse_csr_int8_linear"))
@@ -494,3 +505,24 @@ def test_sparse_linear_csr_int8_compile_fullgraph_identical():
     x = torch.randn(3, 5, 48)
     with torch.no_grad():
         assert torch.equal(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+def test_half_keeps_quantisation_metadata_float32():
+    """.half() / .to(bfloat16) convert a model's float tensors; the int8 layers' scales (and their float32
+    bias) must stay float32, or the ops reject them."""
+    from pyopt.nn import BinaryLinear, Int8Linear
+
+    lin = nn.Linear(64, 32)
+    mask = torch.rand(32, 64) > 0.7
+    sparse = pyopt.nn.SparseLinear.from_dense(lin, mask)
+    sparse.compress(format="csr")
+    sparse.quantize_int8()
+    for layer in (Int8Linear.from_float(lin), BinaryLinear.from_float(lin), sparse):
+        for dtype in (torch.float16, torch.bfloat16):
+            converted = copy.deepcopy(layer).to(dtype)
+            for name in ("weight_scales", "alpha", "row_scales"):
+                if hasattr(converted, name):
+                    assert getattr(converted, name).dtype == torch.float32
+            with torch.no_grad():
+                y = converted(torch.randn(3, 64, dtype=dtype))
+            assert y.dtype == dtype and torch.isfinite(y.float()).all()

@@ -1,5 +1,5 @@
 // Argument checks shared by the quant family's CPU kernels (csrc/cpu/quant.cpp) and CUDA bindings
-// (csrc/cuda/quant_bind.cpp): the same conditions and messages as pyopt/_ops.py, as TORCH_CHECKs.
+// (csrc/cuda/quant_bind.cpp): the same conditions and messages as pyopt/_op_checks.py, as TORCH_CHECKs.
 #pragma once
 #include <ATen/ATen.h>
 

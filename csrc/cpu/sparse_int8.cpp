@@ -4,8 +4,8 @@
 // Activations stay float. The kernels are the float CSR forward of sparse_common.h instantiated with int8
 // values: each q is converted to float where the float path loads a float (a broadcast scalar in the M > 4
 // AXPY, a vpmovsxbd + vcvtdq2ps of 16 / 8 values in the M <= 4 gather GEMV), and scale_n multiplies the
-// finished row once. The sum is exact-integer-valued products in float32 as in the float path, so the result
-// differs from dequantise-then-float-CSR only by float rounding order.
+// finished row once: sum_k float(q) * x in float32 as in the float path, then the scale, so the result differs
+// from dequantise-then-float-CSR only by float rounding order.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

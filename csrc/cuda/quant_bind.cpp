@@ -1,6 +1,6 @@
 // torch bindings of the quant CUDA kernels (csrc/cuda/quant.cu): torch.ops.pyopt_cuda.<op>(...).
 // Argument metadata is checked here; the values of scales / zero points (which need a device sync) are
-// checked once by the pyopt:: router before any backend runs (pyopt/_ops.py check_qparams_values).
+// checked once by the pyopt:: router before any backend runs (pyopt/_op_checks.py check_qparams_values).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>

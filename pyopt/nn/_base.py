@@ -43,5 +43,14 @@ def set_param_mask(param: torch.Tensor, mask: torch.Tensor | None) -> None:
     setattr(param, _MASK_ATTR, mask)
 
 
+def keep_float32(module: nn.Module, *names: str) -> None:
+    """After Module._apply: buffers holding quantisation metadata (scales, an int8 layer's bias) stay float32
+    under .half() / .to(dtype) — the ops compute in float32 and require it; only their device follows."""
+    for name in names:
+        t = module._buffers.get(name)
+        if t is not None and t.is_floating_point() and t.dtype != torch.float32:
+            module._buffers[name] = t.float()
+
+
 def get_param_mask(param: torch.Tensor) -> torch.Tensor | None:
     return getattr(param, _MASK_ATTR, None)

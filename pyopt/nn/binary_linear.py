@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..ops.binary_linear import binarize_weight, unpack_signs
-from ._base import register_module
+from ._base import keep_float32, register_module
 
 
 @register_module
@@ -32,6 +32,11 @@ class BinaryLinear(nn.Module):
         )
         self.register_buffer("alpha", torch.zeros(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        keep_float32(self, "alpha", "bias")
+        return out
 
     @classmethod
     def from_float(cls, linear: nn.Linear, binary_activations: bool = False) -> BinaryLinear:

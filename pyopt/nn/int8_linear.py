@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..ops.int8_linear import quantize_rows_symmetric
-from ._base import register_module
+from ._base import keep_float32, register_module
 
 MODES = ("dynamic", "weight_only")
 
@@ -47,6 +47,11 @@ class _Int8Base(nn.Module):
         self.register_buffer("weight_scales", torch.ones(weight_shape[0], dtype=torch.float32, device=device))
         bias_t = torch.zeros(weight_shape[0], dtype=torch.float32, device=device) if bias else None
         self.register_buffer("bias", bias_t)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        keep_float32(self, "weight_scales", "bias")
+        return out
 
     def _load_float(self, module: nn.Module) -> None:
         q, scales = quantize_weight_per_channel(module.weight)

@@ -18,7 +18,7 @@ from .. import _op_checks
 from ..ops import sparse as sparse_ops
 from ..ops import sparse_dispatch as dispatch
 from ..report import Report
-from ._base import register_module, set_param_mask
+from ._base import keep_float32, register_module, set_param_mask
 
 _COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
 _CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
@@ -87,6 +87,7 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
+        keep_float32(self, "row_scales")
         self._semi = None
         self._sync_param_mask()  # .to()/.cuda() replace the buffer object
         return out
@@ -167,7 +168,7 @@ class SparseLinear(nn.Module):
                 del self._buffers[name]
             self.register_buffer(name, t)
         self._semi = None
-        self.format, self.block = "csr_int8", None
+        self.format, self.block, self.decision = "csr_int8", None, None  # no longer the dispatcher's choice
         self.reason = "csr_int8: weight-only int8 CSR (int8 value per kept weight, float32 scale per row)"
         return self
 

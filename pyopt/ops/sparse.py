@@ -59,7 +59,7 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
 
 
 def dequantize_csr_int8(crow_indices, values, row_scales) -> torch.Tensor:
-    """float32 values of a csr_int8 weight: w[j] = q[j] * scale[row(j)] (exact products in float32)."""
+    """float32 values of a csr_int8 weight: w[j] = q[j] * scale[row(j)] (one float32 rounding each)."""
     counts = crow_indices[1:] - crow_indices[:-1]
     rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=values.device), counts)
     return values.float() * row_scales[rows]
@@ -252,17 +252,20 @@ def quantize_csr_values(
 
     The rule of Int8Linear's per-channel weight quantiser (quantize_rows_symmetric, the quantize_per_token
     rule): scale_n = max|w[n, :]| / 127 (1.0 for an all-zero row), q = clamp(rne(w * (1 / scale_n)), ±127).
-    The max over the dense row of weight*mask is the max over the kept weights (pruned entries are 0).
+    The rows are quantised as a zero-padded [N, longest row] matrix (the max over a padded row is the max over
+    its kept weights; padding quantises to 0 and is dropped), not as the dense [N, K] weight.
     """
     from .int8_linear import quantize_rows_symmetric  # lazily: the int8 family imports nothing from here
 
     n = crow_indices.shape[0] - 1
     counts = crow_indices[1:] - crow_indices[:-1]
     rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
-    dense = torch.zeros(n, in_features, dtype=torch.float32, device=values.device)
-    dense[rows, col_indices.long()] = values.float()
-    q, scales = quantize_rows_symmetric(dense)
-    return q[rows, col_indices.long()].contiguous(), scales.float().contiguous()
+    pos = torch.arange(values.numel(), device=values.device) - crow_indices[:-1].repeat_interleave(counts)
+    width = int(counts.max()) if n and values.numel() else 0
+    padded = torch.zeros(n, width, dtype=torch.float32, device=values.device)
+    padded[rows, pos] = values.float()
+    q, scales = quantize_rows_symmetric(padded)
+    return q[rows, pos].contiguous(), scales.float().contiguous()
 
 
 def to_csr_int8(
