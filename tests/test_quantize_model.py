@@ -196,7 +196,10 @@ def test_pruned_csr_layers_become_csr_int8(mode):
     assert r["0"]["action"] == "quantized" and r["0"]["to"] == "SparseLinear(csr_int8)"
     assert "weight-only int8" in r["0"]["reason"]
     assert r["0"]["bytes_after"] < r["0"]["bytes_before"]
-    assert r["2"]["action"] == "skipped" and "'dense' (the dispatcher's choice) is not converted" in r["2"]["reason"]
+    assert (
+        r["2"]["action"] == "skipped"
+        and "'dense' (the dispatcher's choice) is not converted" in r["2"]["reason"]
+    )
     assert model[2].format == "dense"
     if HAS_INT8:
         assert type(model[4]).__name__ == "Int8Linear" and r["4"]["action"] == "quantized"
