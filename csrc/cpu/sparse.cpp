@@ -77,7 +77,8 @@ const Kernels& kernels_for(int64_t isa) {
   return pyopt_sparse::baseline::kernels;
 }
 
-// Bytes of xt (one K-block x Mp) the forward / SDDMM loops keep hot: half of a 1 MiB L2.
+// Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of a 1 MiB L2 (the forward's
+// panels: kXtTileBytes, sparse_common.h).
 static constexpr int64_t kXtBlockBytes = 512 * 1024;
 
 static int64_t k_block(int64_t K, int64_t Mp) {
@@ -100,18 +101,11 @@ static void transpose_par(const Kernels& kr, const float* src, int64_t lds, floa
   }
 }
 
-// x (M x K) -> x^T (K x Mp), zero in the padding columns.
-static at::Tensor transpose_padded(const Kernels& kr, const at::Tensor& x, int64_t Mp) {
-  const int64_t M = x.size(0), K = x.size(1);
-  at::Tensor xt = at::empty({K, Mp}, x.options());
-  transpose_par(kr, x.data_ptr<float>(), K, xt.data_ptr<float>(), Mp, M, K);
-  return xt;
-}
-
 // x (M x K) -> xt as one K x tw panel per m-tile, panel at m0 starting at xt + m0 * K, padding zeroed; tw is
-// `width` (BSR) or, if 0, the CSR/masked forward's tile_nv vectors. In a K x Mp row-major xt a tile's rows
-// are Mp * 4 bytes apart: at Mp = 256 a 128-wide tile used half of every 1 KiB row (a 32-wide BSR tile an
-// eighth), so a K-block sat in a fraction of the L1/L2 sets. Panels: CSR 10%, BSR 4-12% faster at M=256.
+// `width` (BSR; width = Mp gives the plain K x Mp xt of the backward kernels) or, if 0, the CSR/masked
+// forward's tile_nv vectors. In a K x Mp row-major xt a tile's rows are Mp * 4 bytes apart: at Mp = 256 a
+// 128-wide tile used half of every 1 KiB row (a 32-wide BSR tile an eighth), so a K-block sat in a fraction
+// of the L1/L2 sets. Panels: CSR 10%, BSR 4-12% faster at M=256.
 at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xt = at::empty({K, Mp}, x.options());
@@ -223,7 +217,7 @@ static at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::T
   const int64_t Mp = round_up(M, kr.vl);
   const int64_t threads = omp_get_max_threads();
   const int64_t kb = std::max<int64_t>(16, std::min(k_block(K, Mp), round_up(K, 2 * threads) / (2 * threads)));
-  at::Tensor gyt = transpose_padded(kr, grad_y, Mp), gxt = at::zeros({K, Mp}, grad_y.options());
+  at::Tensor gyt = transpose_panels(kr, grad_y, Mp, Mp), gxt = at::zeros({K, Mp}, grad_y.options());
   const float *pgy = gyt.data_ptr<float>(), *pw = weight.data_ptr<float>();
   const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
   float* pgx = gxt.data_ptr<float>();
@@ -256,7 +250,7 @@ static at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, co
   if (M == 0 || N == 0 || K == 0) return at::zeros({N, K}, x.options());
   const Kernels& kr = kernels_for(isa);
   const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
-  at::Tensor gyt = transpose_padded(kr, grad_y, Mp), xt = transpose_padded(kr, x, Mp);
+  at::Tensor gyt = transpose_panels(kr, grad_y, Mp, Mp), xt = transpose_panels(kr, x, Mp, Mp);
   at::Tensor gw = at::empty({N, K}, x.options());
   const float *pgy = gyt.data_ptr<float>(), *pxt = xt.data_ptr<float>();
   const uint8_t* pm = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
@@ -295,24 +289,29 @@ void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* w
   for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(c[i] <= c[i + 1], "crow_indices must be non-decreasing");
 }
 
+std::optional<at::Tensor> csr_prologue(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                                       int64_t nnz, const std::optional<at::Tensor>& bias, int64_t N) {
+  check_float2d(x, "x");
+  TORCH_CHECK(N >= 0, "out_features must be >= 0");
+  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
+                  col.is_contiguous() && col.size(0) == nnz,
+              "col_indices must be a contiguous 1-D int16/int32 tensor with one entry per value");
+  check_crow(crow, N, nnz, "out_features");
+  bias_ptr(bias, N);  // checks it
+  const int64_t M = x.size(0);
+  if (M != 0 && N != 0) return std::nullopt;
+  at::Tensor y = at::zeros({M, N}, x.options());
+  return bias.has_value() ? y.add_(*bias) : y;
+}
+
 // y = x W^T + b with W (N x K) in CSR: crow (N+1, int64), col (nnz, int16 or int32), values (nnz, float32).
 static at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                       const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
-  check_float2d(x, "x");
-  const int64_t N = out_features;
-  TORCH_CHECK(N >= 0, "out_features must be >= 0");
   TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.is_contiguous(),
               "values must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
-                  col.is_contiguous() && col.size(0) == values.size(0),
-              "col_indices must be a contiguous 1-D int16/int32 tensor with one entry per value");
-  check_crow(crow, N, values.size(0), "out_features");
+  if (auto empty = csr_prologue(x, crow, col, values.size(0), bias, out_features)) return *empty;
+  const int64_t N = out_features;
   const float* b = bias_ptr(bias, N);
-  const int64_t M = x.size(0);
-  if (M == 0 || N == 0) {
-    at::Tensor y = at::zeros({M, N}, x.options());
-    return bias.has_value() ? y.add_(*bias) : y;
-  }
   const Kernels& kr = kernels_for(isa);
   const int64_t* pc = crow.data_ptr<int64_t>();
   const float* pv = values.data_ptr<float>();

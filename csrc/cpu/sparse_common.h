@@ -42,6 +42,11 @@ at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, 
 void check_float2d(const at::Tensor& t, const char* name);
 const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N);
 void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* what);
+// The checks shared by the CSR linears (float and int8 values; each checks its own values first): x, col
+// (one int16/int32 index per value), crow, bias. Returns the result when there is nothing to compute
+// (M == 0 or N == 0: the bias broadcast, or zeros).
+std::optional<at::Tensor> csr_prologue(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                                       int64_t nnz, const std::optional<at::Tensor>& bias, int64_t N);
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 

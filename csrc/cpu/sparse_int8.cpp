@@ -16,25 +16,15 @@ namespace pyopt_sparse {
 static at::Tensor csr_int8_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                                   const at::Tensor& values, const at::Tensor& row_scales,
                                   const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
-  check_float2d(x, "x");
   const int64_t N = out_features;
-  TORCH_CHECK(N >= 0, "out_features must be >= 0");
   TORCH_CHECK(values.scalar_type() == at::kChar && values.dim() == 1 && values.is_contiguous(),
               "values must be a contiguous 1-D int8 tensor, got ", values.scalar_type(), " of shape ", values.sizes());
-  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
-                  col.is_contiguous() && col.size(0) == values.size(0),
-              "col_indices must be a contiguous 1-D int16/int32 tensor with one entry per value");
   TORCH_CHECK(row_scales.scalar_type() == at::kFloat && row_scales.dim() == 1 && row_scales.is_contiguous() &&
                   row_scales.size(0) == N,
               "row_scales must be a contiguous 1-D float32 tensor of ", N, " entries (out_features), got ",
               row_scales.scalar_type(), " of shape ", row_scales.sizes());
-  check_crow(crow, N, values.size(0), "out_features");
+  if (auto empty = csr_prologue(x, crow, col, values.size(0), bias, out_features)) return *empty;
   const float* b = bias_ptr(bias, N);
-  const int64_t M = x.size(0);
-  if (M == 0 || N == 0) {
-    at::Tensor y = at::zeros({M, N}, x.options());
-    return bias.has_value() ? y.add_(*bias) : y;
-  }
   const Kernels& kr = kernels_for(isa);
   const int64_t* pc = crow.data_ptr<int64_t>();
   const int8_t* pv = values.data_ptr<int8_t>();

@@ -13,34 +13,16 @@
 
 #include <cstdint>
 
+#include "cuda/float_convert.cuh"
+
 namespace {
+
+using pyopt::cuda_convert::narrow;
+using pyopt::cuda_convert::widen;
 
 template <typename T>
 __device__ __forceinline__ float load_f(const T* p) {
-  return static_cast<float>(*p);
-}
-template <>
-__device__ __forceinline__ float load_f<__half>(const __half* p) {
-  return __half2float(*p);
-}
-template <>
-__device__ __forceinline__ float load_f<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
+  return widen(*p);
 }
 
 constexpr int kQuantThreads = 256;
@@ -118,7 +100,7 @@ __global__ void __launch_bounds__(256) dynamic_gemm_kernel(const int8_t* __restr
       if (n >= N) continue;
       float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[i][j]), sx[m]), sw[n]);
       if (bias) v += bias[n];
-      out[m * N + n] = from_f<T>(v);
+      out[m * N + n] = narrow<T>(v);
     }
   }
 }
@@ -160,7 +142,7 @@ __global__ void __launch_bounds__(kWoWarps * 32) weight_only_gemv_kernel(
     if (lane == 0 && m0 + t < M) {
       v *= sw[n];
       if (bias) v += bias[n];
-      out[(m0 + t) * N + n] = from_f<T>(v);
+      out[(m0 + t) * N + n] = narrow<T>(v);
     }
   }
 }

@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "cuda/float_convert.cuh"
 #include "cuda/quant.cuh"
 
 namespace pyopt::cuda_quant {
@@ -17,18 +18,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 65535;
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using pyopt::cuda_convert::narrow;
+using pyopt::cuda_convert::widen;
 
 __device__ __forceinline__ float canonical_nan() { return __int_as_float(0x7fc00000); }
 
@@ -53,7 +44,7 @@ __global__ void quantize_kernel(const In* __restrict__ x, uint8_t* __restrict__ 
       s = inv[c];
       z = zp[c];
     }
-    const float xv = to_f32(x[i]);
+    const float xv = widen(x[i]);
     const int32_t r = kFma ? round_clamp(__fmaf_rn(xv, s, z), lo, hi, hi) : quant_product(xv, s, z, lo, hi);
     q[i] = static_cast<uint8_t>(r);
   }
@@ -73,7 +64,7 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ q, Out* __restrict
     } else {
       v = __fmul_rn(__fsub_rn(qv, z), kPerChannel ? scale[c] : scale0);
     }
-    out[i] = from_f32<Out>(v);
+    out[i] = narrow<Out>(v);
   }
 }
 
@@ -96,7 +87,7 @@ template <class In>
 __device__ __forceinline__ MinMax strided_minmax(const In* x, int64_t n, int64_t first, int64_t step) {
   MinMax m{INFINITY, -INFINITY, false};
   for (int64_t i = first; i < n; i += step) {
-    const float v = to_f32(x[i]);
+    const float v = widen(x[i]);
     m.nan |= isnan(v);
     m.lo = fminf(m.lo, v);
     m.hi = fmaxf(m.hi, v);
@@ -130,7 +121,7 @@ __global__ void per_token_kernel(const In* __restrict__ x, int8_t* __restrict__ 
   __syncthreads();
   const float inv = row_inv;
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x)
-    q[blockIdx.x * K + i] = static_cast<int8_t>(quant_product(to_f32(xr[i]), inv, 0.0f, -127.0f, 127.0f));
+    q[blockIdx.x * K + i] = static_cast<int8_t>(quant_product(widen(xr[i]), inv, 0.0f, -127.0f, 127.0f));
 }
 
 // One warp per group: min/max, the observer's qparams (pyopt/ops/quant.py qparams_from_minmax), quantization.
@@ -164,7 +155,7 @@ __global__ void per_group_kernel(const In* __restrict__ x, uint8_t* __restrict__
   }
   const float inv = __frcp_rn(scale);
   for (int64_t i = lane; i < gs; i += 32)
-    q[g * gs + i] = static_cast<uint8_t>(quant_product(to_f32(xg[i]), inv, zp, qmin, qmax));
+    q[g * gs + i] = static_cast<uint8_t>(quant_product(widen(xg[i]), inv, zp, qmin, qmax));
 }
 
 int blocks_for(int64_t n) {

@@ -12,28 +12,15 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/float_convert.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sgd.h"
 
 namespace pyopt_cuda {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float widen(T v) {
-  return static_cast<float>(v);
-}
-__device__ __forceinline__ double widen(double v) { return v; }
-// explicit: torch's extension build defines __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T narrow(float v);
-template <>
-__device__ __forceinline__ float narrow<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_rn(v); }
+using pyopt::cuda_convert::narrow;
+using pyopt::cuda_convert::widen;
 
 template <typename T, typename B, bool kMaster>
 struct SgdFunctor {

@@ -128,14 +128,16 @@ def masked_sddmm_cpu(grad_y, x, mask):
     return gw.to(x.dtype)
 
 
-def _compressed_cpu(op, ref, x, crow_indices, col_indices, values, bias, out_features):
+def _compressed_cpu(op, ref, x, crow_indices, col_indices, weights, bias, out_features):
+    """One C++ call for the compressed formats: `weights` are the op's value tensors (float values; or int8
+    values and float32 row scales). float32 compute, the result rounded to x's dtype; float64 x -> ref."""
     if x.dtype == torch.float64:
-        return ref(x, crow_indices, col_indices, values, bias, out_features)
+        return ref(x, crow_indices, col_indices, *weights, bias, out_features)
     y = op(
         _flat(x),
         crow_indices.contiguous(),
         col_indices.contiguous(),
-        _f32(values),
+        *(_f32(w) if w.is_floating_point() else w.contiguous() for w in weights),
         _f32(bias),
         out_features,
         requested_isa(),
@@ -146,31 +148,20 @@ def _compressed_cpu(op, ref, x, crow_indices, col_indices, values, bias, out_fea
 @register("sparse_csr_linear", "cpu")
 def csr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
     op = torch.ops.pyopt_cpu.sparse_csr_linear
-    return _compressed_cpu(op, csr_linear_ref, x, crow_indices, col_indices, values, bias, out_features)
+    return _compressed_cpu(op, csr_linear_ref, x, crow_indices, col_indices, (values,), bias, out_features)
 
 
 @register("sparse_csr_int8_linear", "cpu")
 def csr_int8_linear_cpu(x, crow_indices, col_indices, values, row_scales, bias, out_features):
-    # csrc/cpu/sparse_int8.cpp; float32 compute, the result rounded to x's dtype
-    if x.dtype == torch.float64:
-        return csr_int8_linear_ref(x, crow_indices, col_indices, values, row_scales, bias, out_features)
-    y = torch.ops.pyopt_cpu.sparse_csr_int8_linear(
-        _flat(x),
-        crow_indices.contiguous(),
-        col_indices.contiguous(),
-        values.contiguous(),
-        row_scales.contiguous(),
-        _f32(bias),
-        out_features,
-        requested_isa(),
-    )
-    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+    op = torch.ops.pyopt_cpu.sparse_csr_int8_linear  # csrc/cpu/sparse_int8.cpp
+    weights = (values, row_scales)
+    return _compressed_cpu(op, csr_int8_linear_ref, x, crow_indices, col_indices, weights, bias, out_features)
 
 
 @register("sparse_bsr_linear", "cpu")
 def bsr_linear_cpu(x, crow_indices, col_indices, values, bias, out_features):
     op = torch.ops.pyopt_cpu.sparse_bsr_linear
-    return _compressed_cpu(op, bsr_linear_ref, x, crow_indices, col_indices, values, bias, out_features)
+    return _compressed_cpu(op, bsr_linear_ref, x, crow_indices, col_indices, (values,), bias, out_features)
 
 
 # ----------------------------------------------------------------------------------------------------------
