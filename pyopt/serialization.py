@@ -128,7 +128,20 @@ def _device(module: nn.Module) -> torch.device:
     return t.device if t is not None else torch.device("cpu")
 
 
-def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
+def _saved_float_dtype(name: str, tensors: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The low-precision float dtype the module `name` was saved in, or None for float32: from_config builds
+    float32 modules, so a layer of a bf16/fp16 model must be converted before its tensors can load (its
+    quantisation scales stay float32 either way, see nn._base.keep_float32)."""
+    prefix = f"{name}."
+    dtypes = {
+        t.dtype
+        for key, t in tensors.items()
+        if key.startswith(prefix) and t.is_floating_point() and t.dtype != torch.float32
+    }
+    return dtypes.pop() if len(dtypes) == 1 else None  # mixed: left to _check_state's error
+
+
+def _swap_modules(model: nn.Module, modules: dict, path, undo: list, tensors: dict) -> None:
     """Swap in the saved module types; appends (parent, child name, old module) to `undo` per swap."""
     for name, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".")):  # parents first
         if not (
@@ -160,7 +173,7 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list) -> None:
             raise _bad(path, f"invalid config for {name!r} ({entry['type']}): {e}") from e
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, new.to(_device(old)))
+        setattr(parent, child, new.to(device=_device(old), dtype=_saved_float_dtype(name, tensors)))
         undo.append((parent, child, old))
 
 
@@ -194,7 +207,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         tensors[name] = tensors[target]
     undo: list = []
     try:
-        _swap_modules(model, modules, path, undo)
+        _swap_modules(model, modules, path, undo, tensors)
         _check_state(model.state_dict(), tensors, path)
     except ValueError:
         for parent, child, old in reversed(undo):  # leave the caller's model as it was

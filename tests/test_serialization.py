@@ -10,6 +10,7 @@ from torch import nn
 
 import pyopt
 from pyopt.nn import BinaryLinear
+from pyopt.nn._base import get_param_mask
 
 
 def mlp():
@@ -204,3 +205,35 @@ def test_sparse_csr_int8_roundtrip(tmp_path):
     x = torch.randn(5, 40)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
+
+
+def _low_precision_layers(dtype):
+    """One of each kind of converted layer, in a model that was cast to `dtype` before conversion."""
+    sparse = lambda fmt: nn.Sequential(  # noqa: E731
+        pyopt.nn.SparseLinear.from_dense(nn.Linear(40, 30).to(dtype), torch.rand(30, 40) > 0.7)
+    )
+    layers = {"masked": sparse(None), "csr": sparse("csr")}
+    layers["csr"][0].compress(format="csr")
+    for mode in ("dynamic", "binary"):
+        layers[mode], _ = pyopt.quantize(nn.Sequential(nn.Linear(40, 30)).to(dtype), mode=mode, min_weights=0)
+    return layers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_model_roundtrip(tmp_path, dtype):
+    """A bf16/fp16 model's converted layers load into a model of that dtype: from_config builds float32
+    layers, so load converts them to the dtype the file holds (the int8 layers' scales stay float32)."""
+    x = torch.randn(5, 40, dtype=dtype)
+    for kind, model in _low_precision_layers(dtype).items():
+        path = tmp_path / f"{kind}.safetensors"
+        pyopt.save(model, path)
+        fresh = pyopt.load(nn.Sequential(nn.Linear(40, 30)).to(dtype), path)
+        assert type(fresh[0]) is type(model[0]), kind
+        want = model.state_dict()
+        assert fresh.state_dict().keys() == want.keys(), kind
+        for name, a in fresh.state_dict().items():
+            assert a.dtype == want[name].dtype and torch.equal(a, want[name]), (kind, name)
+        with torch.no_grad():
+            assert torch.equal(fresh(x), model(x)), kind
+        if kind == "masked":  # the mask FusedSGD reads is attached to the loaded weight
+            assert torch.equal(get_param_mask(fresh[0].weight), model[0].mask)

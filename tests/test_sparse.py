@@ -493,6 +493,8 @@ def test_sparse_linear_quantize_int8_round_trip(start):
     with torch.no_grad():
         assert torch.equal(clone(x), y)
     assert layer.quantize_int8() is layer  # already csr_int8: a no-op
+    half = pyopt.nn.SparseLinear.from_dense(nn.Linear(48, 32).to(torch.bfloat16), mask).quantize_int8()
+    assert half.memory_bytes()[0] == 48 * 32 * 2  # the bf16 layer it replaces (its dtype kept in the bias)
     _, bmask, blayer = _layer(density=0.4, block=(8, 16))
     blayer.compress(format="bsr")
     with pytest.raises(ValueError, match="bsr"):

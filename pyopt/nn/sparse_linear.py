@@ -174,9 +174,10 @@ class SparseLinear(nn.Module):
 
     def memory_bytes(self) -> tuple[int, int]:
         """(bytes of the equivalent dense nn.Linear weight, bytes this layer stores for its weight)."""
-        # csr_int8: the dense equivalent is float32 (the float layer it was quantised from)
-        src = {"csr": "values", "bsr": "values", "csr_int8": "row_scales"}.get(self.format, "weight")
-        itemsize = getattr(self, src).element_size()
+        if self.format == "csr_int8":  # the float layer it was quantised from: its dtype survives in the bias
+            itemsize = self.bias.element_size() if self.bias is not None else 4
+        else:
+            itemsize = getattr(self, "values" if self.format in _CSR_LIKE else "weight").element_size()
         dense = self.in_features * self.out_features * itemsize
         own = [self.weight, self.mask] if self.format == "masked" else self._tensors().values()
         return dense, sum(t.numel() * t.element_size() for t in own if t.layout == torch.strided)
