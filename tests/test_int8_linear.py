@@ -112,14 +112,15 @@ def test_linear_cpu_isas(op, isa, dtype, m, k, n):
 # the reference bit for bit. Shapes: M tails of its 32/16-row tiles (2, 7, 17, 33, 1003), K not a multiple of
 # 4 (1, 3, 4099) or of its 64-byte packing (100), N tails of its 8-column tiles and 16-column pairs (N = 48:
 # whole aligned rows, streamed for float32); both work splits (per-item
-# packing when there are >= 4 blocks of 128 rows per thread, M = 1003 here; one shared packing otherwise),
-# with 1 and 2 threads.
+# packing when there are >= 4 blocks of 128 rows per thread, M = 1003 and 1500 here; one shared packing
+# otherwise), with 1, 2 and 3 threads (3 on this 2-core machine: threads stall, so the others claim the
+# remaining 128-column chunks of their row blocks; N = 300: chunks with a tail).
 def _vnni_available():
     return pyopt._native.detected_isa() == "avx512_vnni"
 
 
 @pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("m", "k", "n"),
@@ -129,6 +130,7 @@ def _vnni_available():
         (17, 100, 8),
         (33, 64, 23),
         (1003, 48, 21),
+        (1500, 20, 300),
         (5, 4099, 17),
         (64, 256, 130),
         (40, 96, 48),

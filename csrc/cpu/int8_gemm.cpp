@@ -30,6 +30,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -432,14 +433,33 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
   const int64_t ncols = ((nblocks + nn - 1) / nn + 1) / 2 * 2 * kNR;
   const int64_t items = nm * ((N + ncols - 1) / ncols);
   if (nn == 1) {
-    at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    // Row blocks are dealt out statically (thread t owns blocks [t * nm / T, (t + 1) * nm / T) and packs each
+    // once), but their columns are claimed in chunks of kChunk through one counter per block, so a thread that
+    // finishes early takes the unclaimed chunks of the others' blocks, last block first, packing that block for
+    // itself. On the 2-vCPU VMs one briefly stalled core otherwise held the other at the closing barrier (the
+    // main thread waited there ~2% of the time at M=1024, K=N=4096; more on noisy runs).
+    constexpr int64_t kChunk = 16 * kNR;  // columns per claim: 8 column pairs (a multiple of 16: paired path)
+    const int64_t nchunks = (N + kChunk - 1) / kChunk;
+    std::unique_ptr<std::atomic<int64_t>[]> claimed(new std::atomic<int64_t>[nm]);
+    for (int64_t b = 0; b < nm; ++b) claimed[b].store(0, std::memory_order_relaxed);
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
       std::unique_ptr<int8_t[]> tmp(new int8_t[(16 + kNR) * Kp]);
       std::unique_ptr<uint8_t[]> packed(new uint8_t[mc * Kp]);
       std::unique_ptr<float[]> sx(new float[mc + kMR]);
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t m0 = i * mc, rows = std::min(M - m0, mc);
-        pack_rows(p, m0, rows, tmp.get(), packed.get(), sx.get());
-        run_item<T>(p, out, m0, rows, packed.get(), sx.get(), 0, N, tmp.get() + 16 * Kp);
+      int64_t packed_block = -1;
+      auto drain = [&](int64_t b) {  // claim and run chunks of row block b until none is left
+        const int64_t m0 = b * mc, rows = std::min(M - m0, mc);
+        for (int64_t c; (c = claimed[b].fetch_add(1, std::memory_order_relaxed)) < nchunks;) {
+          if (packed_block != b) pack_rows(p, m0, rows, tmp.get(), packed.get(), sx.get()), packed_block = b;
+          run_item<T>(p, out, m0, rows, packed.get(), sx.get(), c * kChunk, std::min(N, (c + 1) * kChunk),
+                      tmp.get() + 16 * Kp);
+        }
+      };
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t own_lo = t * nm / threads, own_hi = (t + 1) * nm / threads;
+        for (int64_t b = own_lo; b < own_hi; ++b) drain(b);
+        for (int64_t b = nm - 1; b >= 0; --b)
+          if (b < own_lo || b >= own_hi) drain(b);
       }
     });
     return;
