@@ -162,9 +162,20 @@ PYOPT_TARGET_AVX512VNNI inline void store_transposed(const __m512* f, int64_t ro
   }
 }
 
-// Epilogue on the accumulators of one micro-tile: out = float(acc - comp[j]) * sx[r] * sw[j] + bias[j], in
-// that order and unfused (the products are pinned so the compiler cannot contract them into an fma), so the
-// result matches the reference's float32 epilogue bit for bit.
+// The epilogue of one accumulator vector (16 rows, column j): float(acc - comp[j]) * sx[r] * sw[j] + bias[j],
+// in that order and unfused (the products are pinned so the compiler cannot contract them into an fma), so
+// the result matches the reference's float32 epilogue bit for bit.
+PYOPT_TARGET_AVX512VNNI inline __m512 dequant16(__m512i acc, int32_t comp, __m512 vsx, float sw, const float* bias,
+                                                int64_t j) {
+  __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(comp)));
+  v = _mm512_mul_ps(v, vsx);
+  asm("" : "+v"(v));
+  v = _mm512_mul_ps(v, _mm512_set1_ps(sw));
+  asm("" : "+v"(v));
+  return bias ? _mm512_add_ps(v, _mm512_set1_ps(bias[j])) : v;
+}
+
+// Epilogue on the accumulators of one micro-tile (dequant16 per column), stored transposed into rows of out.
 template <typename T, int MA>
 PYOPT_TARGET_AVX512VNNI inline void store_tile(const __m512i* acc, const int32_t* comp, const float* sx,
                                                const float* sw, const float* bias, int64_t rows, int64_t cols,
@@ -172,15 +183,7 @@ PYOPT_TARGET_AVX512VNNI inline void store_tile(const __m512i* acc, const int32_t
   for (int i = 0; i < MA && 16 * i < rows; ++i) {
     const __m512 vsx = _mm512_loadu_ps(sx + 16 * i);
     __m512 f[kNR];
-    for (int j = 0; j < kNR; ++j) {
-      __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j * MA + i], _mm512_set1_epi32(comp[j])));
-      v = _mm512_mul_ps(v, vsx);
-      asm("" : "+v"(v));
-      v = _mm512_mul_ps(v, _mm512_set1_ps(sw[j]));
-      asm("" : "+v"(v));
-      if (bias) v = _mm512_add_ps(v, _mm512_set1_ps(bias[j]));
-      f[j] = v;
-    }
+    for (int j = 0; j < kNR; ++j) f[j] = dequant16(acc[j * MA + i], comp[j], vsx, sw[j], bias, j);
     store_transposed(f, std::min<int64_t>(16, rows - 16 * i), cols, out + 16 * i * ldo, ldo);
   }
 }
@@ -197,13 +200,7 @@ PYOPT_TARGET_AVX512VNNI inline void store_tile16(const __m512i* acc0, const __m5
     __m512i f[16];
     for (int j = 0; j < 16; ++j) {
       const __m512i a = j < kNR ? acc0[j * MA + i] : acc1[(j - kNR) * MA + i];
-      __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_set1_epi32(comp[j])));
-      v = _mm512_mul_ps(v, vsx);
-      asm("" : "+v"(v));
-      v = _mm512_mul_ps(v, _mm512_set1_ps(sw[j]));
-      asm("" : "+v"(v));
-      if (bias) v = _mm512_add_ps(v, _mm512_set1_ps(bias[j]));
-      f[j] = _mm512_castps_si512(v);
+      f[j] = _mm512_castps_si512(dequant16(a, comp[j], vsx, sw[j], bias, j));
     }
     transpose16x16_epi32(f);  // f[r] = row 16i + r, columns 0 .. 15
     const int64_t nr = std::min<int64_t>(16, rows - 16 * i);
