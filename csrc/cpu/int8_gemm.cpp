@@ -37,6 +37,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/transpose16.h"
+
 #if PYOPT_X86
 #include <immintrin.h>
 #endif
@@ -54,32 +56,6 @@ inline int64_t rows_per_item(int64_t Kp) {
 }
 
 #if PYOPT_X86
-// r[i] (16 dwords of row i) -> r[j] (dword j of every row): four rounds of in-lane unpacks and lane shuffles.
-PYOPT_TARGET_AVX512VNNI inline void transpose16x16_epi32(__m512i* r) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4i + c], 128-bit lane L = dword 4L + c of rows 4i .. 4i + 3.
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // dword 4L + c of all rows = lane L of u[c], u[4 + c], u[8 + c], u[12 + c].
-  for (int c = 0; c < 4; ++c) {
-    const __m512i lo0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), hi0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-    const __m512i lo1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512i hi1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-    r[c] = _mm512_shuffle_i32x4(lo0, lo1, 0x88);
-    r[4 + c] = _mm512_shuffle_i32x4(lo0, lo1, 0xDD);
-    r[8 + c] = _mm512_shuffle_i32x4(hi0, hi1, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(hi0, hi1, 0xDD);
-  }
-}
-
 // 16 int8 rows (row i at rows + i * ld, 4 * Kg readable bytes each) -> Kg vectors of 64 bytes: vector g holds
 // row r's bytes 4g .. 4g+3 at 4r .. 4r+3, shifted to u8 (^ 0x80), i.e. vpdpbusd's unsigned operand. Pad
 // bytes past K must hold -128 (u8 0 after the shift), so the weight bytes they meet never count.

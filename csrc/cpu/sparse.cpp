@@ -18,6 +18,7 @@
 
 #include "cpu/cpu_isa.h"
 #include "cpu/sparse_common.h"
+#include "cpu/transpose16.h"
 #if PYOPT_X86
 #include <immintrin.h>
 #endif

@@ -165,29 +165,10 @@ SPARSE_TARGET static void dot_row(const int32_t* idx, int64_t L, const float* gy
 // x -> xt and yt -> y passes were scalar strided copies, ~10% of a CSR / 15% of a BSR forward at M=256).
 #if SPARSE_VL == 16
 SPARSE_TARGET static inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {  // t[i]: per 128-bit lane L, (r_i, r_i+1) pairs of columns 4L, 4L+1 / 4L+2, 4L+3
-    const __m512 a = _mm512_loadu_ps(src + i * lds), b = _mm512_loadu_ps(src + (i + 1) * lds);
-    t[i] = _mm512_unpacklo_ps(a, b);
-    t[i + 1] = _mm512_unpackhi_ps(a, b);
-  }
-  for (int g = 0; g < 4; ++g) {  // u[4g + c], lane L: column 4L + c, rows 4g..4g+3
-    const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]);
-    const __m512d t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
-    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-  }
-  for (int c = 0; c < 4; ++c) {  // gather lane L of u[c], u[4+c], u[8+c], u[12+c] into output row 4L + c
-    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
-    _mm512_storeu_ps(dst + c * ldd, _mm512_shuffle_f32x4(v0, w0, 0x88));
-    _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(v0, w0, 0xdd));
-    _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(v1, w1, 0x88));
-    _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(v1, w1, 0xdd));
-  }
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(_mm512_loadu_ps(src + i * lds));
+  pyopt::transpose16x16_epi32(r);
+  for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + c * ldd, _mm512_castsi512_ps(r[c]));
 }
 #elif SPARSE_VL == 8
 SPARSE_TARGET static inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
