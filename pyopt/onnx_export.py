@@ -219,6 +219,10 @@ def export_onnx(model: nn.Module, example_input, path: str | os.PathLike, *, ops
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     if not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError("example_input must be a tensor or a tuple of tensors")
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise TypeError(f"opset must be an int, got {type(opset).__name__}")
+    if opset < 13:  # per-axis (per-channel) DequantizeLinear and dynamic Slice inputs arrived in opset 13
+        raise ValueError(f"opset must be >= 13 (per-channel DequantizeLinear), got {opset}")
     twin = copy.deepcopy(model).cpu().eval()
     for name, module in list(twin.named_modules()):
         if not name or MODULES.get(type(module).__name__) is not type(module):

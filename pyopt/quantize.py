@@ -130,7 +130,7 @@ def quantize(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(min_weights, int) or min_weights < 0:
+    if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
         raise ValueError(f"min_weights must be an int >= 0, got {min_weights!r}")
     inc, exc = _patterns("include", include), _patterns("exclude", exclude)
 

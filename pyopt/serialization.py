@@ -128,10 +128,13 @@ def _device(module: nn.Module) -> torch.device:
     return t.device if t is not None else torch.device("cpu")
 
 
+def _float_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's float parameters (the model's precision), or None when it has none."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 def _saved_float_dtype(name: str, tensors: dict[str, torch.Tensor]) -> torch.dtype | None:
-    """The low-precision float dtype the module `name` was saved in, or None for float32: from_config builds
-    float32 modules, so a layer of a bf16/fp16 model must be converted before its tensors can load (its
-    quantisation scales stay float32 either way, see nn._base.keep_float32)."""
+    """The low-precision float dtype of the tensors saved under `name`, or None (float32 or none at all)."""
     prefix = f"{name}."
     dtypes = {
         t.dtype
@@ -173,7 +176,12 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list, tensors: di
             raise _bad(path, f"invalid config for {name!r} ({entry['type']}): {e}") from e
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, new.to(device=_device(old), dtype=_saved_float_dtype(name, tensors)))
+        # from_config builds float32 layers; the swapped-in layer takes the precision of the one it replaces
+        # (a bf16 model stays bf16; int8 scales stay float32, see nn._base.keep_float32), or, replacing a
+        # layer without float parameters, that of its saved tensors. A file in another precision than the
+        # model then fails _check_state, as it does for the model's plain layers.
+        dtype = _float_dtype(old) or _saved_float_dtype(name, tensors)
+        setattr(parent, child, new.to(device=_device(old), dtype=dtype))
         undo.append((parent, child, old))
 
 
@@ -199,6 +207,11 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     architecture); swaps submodules to the saved pyopt types, then loads every tensor. Returns `model`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "pyopt.load: the model has tensors on the meta device; materialise it first "
+            "(model.to_empty(device='cpu')) so that there is memory to load into"
+        )
     metadata, tensors = _read(path)
     modules, aliases = _json(path, metadata, "modules"), _json(path, metadata, "aliases")
     for name, target in aliases.items():

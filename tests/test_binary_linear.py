@@ -121,7 +121,7 @@ def test_module_matches_float_layer_with_sign_weights():
     mod = BinaryLinear.from_float(lin)
     assert mod.packed_weight.dtype == torch.uint8 and mod.packed_weight.shape == (21, 6)
     w_bin = lin.weight.abs().mean(1, keepdim=True) * torch.where(lin.weight >= 0, 1.0, -1.0)
-    torch.testing.assert_close(mod.dequantized_weight(), w_bin.detach())
+    torch.testing.assert_close(mod.dequantized_weight(), w_bin.detach(), **tol(torch.float32))
     x = torch.randn(2, 7, 45)
     torch.testing.assert_close(
         mod(x), nn.functional.linear(x, w_bin, lin.bias).detach(), **tol(torch.float32)
@@ -156,6 +156,15 @@ def test_bad_inputs():
         OP(torch.randn(2, 16), mod.packed_weight, mod.alpha[:3], mod.bias, 16, False)
     with pytest.raises(TypeError, match="linear"):
         BinaryLinear.from_float(nn.Conv2d(3, 3, 1))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        mod([[0.0] * 16])
+    with pytest.raises(ValueError, match="in_features must be >= 0"):
+        BinaryLinear(-2, 4)
+    lin = nn.Linear(16, 4)
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        BinaryLinear.from_float(lin)
 
 
 @pytest.mark.parametrize("binact", [False, True])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tolerances import FP32_REORDERED
 from torch import nn
 
 import pyopt
@@ -45,7 +46,7 @@ def test_binary_model(tmp_path, binact):
     x = torch.randn(9, 48)  # another batch size: the batch dim is dynamic
     expected = model(x).detach()
     exact = run_ort(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-    torch.testing.assert_close(exact, expected, rtol=1e-4, atol=1e-5)  # fp32 sums in another order
+    torch.testing.assert_close(exact, expected, **FP32_REORDERED)  # fp32 sums in another order
     assert sqnr_db(expected, run_ort(path, x)) >= 30  # ORT's own int8 fusion: int8 rounding only
 
 
@@ -137,3 +138,7 @@ def test_bad_arguments(tmp_path):
         pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), [1, 2], tmp_path / "x.onnx")
     with pytest.raises(TypeError, match="model"):
         pyopt.export_onnx("x", torch.randn(1, 2), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="opset must be >= 13"):
+        pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), tmp_path / "x.onnx", opset=9)
+    with pytest.raises(TypeError, match="opset must be an int"):
+        pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), tmp_path / "x.onnx", opset="13")

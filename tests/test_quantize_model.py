@@ -96,6 +96,8 @@ def test_bad_arguments():
         pyopt.quantize(nn.Sequential(nn.Linear(4, 4)), mode="binary", include=3)
     with pytest.raises(ValueError, match="min_weights"):
         pyopt.quantize(nn.Sequential(nn.Linear(4, 4)), mode="binary", min_weights=-1)
+    with pytest.raises(ValueError, match="min_weights"):
+        pyopt.quantize(nn.Sequential(nn.Linear(4, 4)), mode="binary", min_weights=True)
 
 
 @needs_int8

@@ -209,12 +209,20 @@ def test_sparse_csr_int8_roundtrip(tmp_path):
 
 def _low_precision_layers(dtype):
     """One of each kind of converted layer, in a model that was cast to `dtype` before conversion."""
-    sparse = lambda fmt: nn.Sequential(  # noqa: E731
-        pyopt.nn.SparseLinear.from_dense(nn.Linear(40, 30).to(dtype), torch.rand(30, 40) > 0.7)
-    )
-    layers = {"masked": sparse(None), "csr": sparse("csr")}
-    layers["csr"][0].compress(format="csr")
-    for mode in ("dynamic", "binary"):
+
+    def sparse(fmt):
+        mask = torch.rand(30, 40) > 0.7
+        if fmt == "bsr":  # whole 2 x 8 blocks
+            mask = torch.rand(15, 5).repeat_interleave(2, 0).repeat_interleave(8, 1) > 0.5
+        layer = pyopt.nn.SparseLinear.from_dense(nn.Linear(40, 30).to(dtype), mask)
+        if fmt == "csr_int8":
+            layer.compress(format="csr").quantize_int8()
+        elif fmt:
+            layer.compress(format=fmt, block=(2, 8) if fmt == "bsr" else None)
+        return nn.Sequential(layer)
+
+    layers = {fmt or "masked": sparse(fmt) for fmt in (None, "csr", "bsr", "csr_int8")}
+    for mode in ("dynamic", "weight_only", "binary"):
         layers[mode], _ = pyopt.quantize(nn.Sequential(nn.Linear(40, 30)).to(dtype), mode=mode, min_weights=0)
     return layers
 
@@ -222,7 +230,7 @@ def _low_precision_layers(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_model_roundtrip(tmp_path, dtype):
     """A bf16/fp16 model's converted layers load into a model of that dtype: from_config builds float32
-    layers, so load converts them to the dtype the file holds (the int8 layers' scales stay float32)."""
+    layers, so load gives them the precision of the layers they replace (the int8 scales stay float32)."""
     x = torch.randn(5, 40, dtype=dtype)
     for kind, model in _low_precision_layers(dtype).items():
         path = tmp_path / f"{kind}.safetensors"
@@ -235,5 +243,19 @@ def test_low_precision_model_roundtrip(tmp_path, dtype):
             assert a.dtype == want[name].dtype and torch.equal(a, want[name]), (kind, name)
         with torch.no_grad():
             assert torch.equal(fresh(x), model(x)), kind
-        if kind == "masked":  # the mask FusedSGD reads is attached to the loaded weight
-            assert torch.equal(get_param_mask(fresh[0].weight), model[0].mask)
+        if kind == "masked":  # the mask FusedSGD reads is the loaded layer's own mask buffer
+            assert get_param_mask(fresh[0].weight) is fresh[0].mask
+        float_model = nn.Sequential(nn.Linear(40, 30))
+        if kind in ("dynamic", "weight_only", "binary"):  # float32 scales and bias only: precision-free
+            assert torch.equal(pyopt.load(float_model, path)[0](x.float()), model[0](x.float())), kind
+        else:  # into a float32 model: the same error as for a plain layer in the wrong precision
+            with pytest.raises(ValueError, match=f"{dtype}.* in the file but torch.float32"):
+                pyopt.load(float_model, path)
+
+
+def test_load_into_meta_model(saved):
+    _, path = saved
+    with torch.device("meta"):
+        model = mlp()
+    with pytest.raises(ValueError, match="meta device"):
+        pyopt.load(model, path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import backend_params, isa_params
-from tolerances import tol
+from tolerances import FP32_REORDERED, tol
 from torch import nn
 
 import pyopt
@@ -293,6 +293,26 @@ def test_compress_errors():
     layer.compress(format="csr")
     with pytest.raises(RuntimeError, match="already compressed"):
         layer.compress()
+    with pytest.raises(ValueError, match="compressed"):  # prune needs the dense weight
+        pyopt.prune(nn.Sequential(layer), 0.5)
+    with pytest.raises(ValueError, match="in_features must be >= 0"):
+        pyopt.nn.SparseLinear(-3, 4)
+
+
+@pytest.mark.parametrize("fmt", ["masked", "dense", "csr", "bsr", "csr_int8"])
+def test_wrong_input_width_raises(fmt):
+    """The compressed kernels read only the columns their indices name: a wider x must not pass silently."""
+    mask = torch.rand(16, 32).repeat_interleave(2, 0).repeat_interleave(2, 1) > 0.6  # 2 x 2 blocks
+    layer = pyopt.nn.SparseLinear.from_dense(nn.Linear(64, 32), mask)
+    if fmt == "csr_int8":
+        layer.compress(format="csr").quantize_int8()
+    elif fmt != "masked":
+        layer.compress(format=fmt, block=(2, 2) if fmt == "bsr" else None)
+    for width in (63, 72):
+        with pytest.raises(ValueError, match="in_features=64"):
+            layer(torch.randn(3, width))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        layer([1.0] * 64)
 
 
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.01])
@@ -400,7 +420,7 @@ def test_csr_int8_every_isa_matches_reference(isa):
         ref = torch.ops.pyopt.sparse_csr_int8_linear(x, crow, col, q, s, b, 9)
     with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
         y = torch.ops.pyopt.sparse_csr_int8_linear(x, crow, col, q, s, b, 9)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)  # 420 float32 terms per output, two orders
+    torch.testing.assert_close(y, ref, **FP32_REORDERED)  # 420 float32 terms per output, two orders
 
 
 @pytest.mark.parametrize("device,backend", backend_params("sparse_csr_int8_linear"))

@@ -413,9 +413,10 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
     // main thread waited there ~2% of the time at M=1024, K=N=4096; more on noisy runs).
     constexpr int64_t kChunk = 16 * kNR;  // columns per claim: 8 column pairs (a multiple of 16: paired path)
     const int64_t nchunks = (N + kChunk - 1) / kChunk;
+    const int64_t workers = std::min(threads, nm * nchunks);  // N <= 8 comes here whatever M: no idle threads
     std::unique_ptr<std::atomic<int64_t>[]> claimed(new std::atomic<int64_t>[nm]);
     for (int64_t b = 0; b < nm; ++b) claimed[b].store(0, std::memory_order_relaxed);
-    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, workers, 1, [&](int64_t t0, int64_t t1) {
       std::unique_ptr<int8_t[]> tmp(new int8_t[(16 + kNR) * Kp]);
       std::unique_ptr<uint8_t[]> packed(new uint8_t[mc * Kp]);
       std::unique_ptr<float[]> sx(new float[mc + kMR]);
@@ -429,7 +430,7 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
         }
       };
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t own_lo = t * nm / threads, own_hi = (t + 1) * nm / threads;
+        const int64_t own_lo = t * nm / workers, own_hi = (t + 1) * nm / workers;
         for (int64_t b = own_lo; b < own_hi; ++b) drain(b);
         for (int64_t b = nm - 1; b >= 0; --b)
           if (b < own_lo || b >= own_hi) drain(b);

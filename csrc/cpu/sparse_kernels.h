@@ -12,6 +12,8 @@
 // output: y[n] = s_n * sum_j q[j] x[col[j]] + b[n]).
 // Written with GCC vector extensions: `vf` is the same type as __m512 / __m256 / __m128.
 
+#include "cpu/transpose16.h"
+
 namespace pyopt_sparse {
 namespace SPARSE_NS {
 

@@ -18,6 +18,8 @@ Parameter masks (for FusedSGD and pruned training):
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -54,3 +56,36 @@ def keep_float32(module: nn.Module, *names: str) -> None:
 
 def get_param_mask(param: torch.Tensor) -> torch.Tensor | None:
     return getattr(param, _MASK_ATTR, None)
+
+
+def check_features(in_features, out_features) -> tuple[int, int]:
+    """Constructor sizes: non-negative integers (anything operator.index takes, bools and floats refused)."""
+    out = []
+    for name, v in (("in_features", in_features), ("out_features", out_features)):
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            n = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+        if n < 0:
+            raise ValueError(f"{name} must be >= 0, got {n}")
+        out.append(n)
+    return out[0], out[1]
+
+
+def check_input(x, in_features: int) -> None:
+    """forward's x: a tensor whose last dimension is in_features (the compressed sparse kernels read only the
+    columns their indices name, so a wider x would otherwise give a silently wrong result)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have last dimension in_features={in_features}, got shape {tuple(x.shape)}")
+
+
+def check_finite_weight(weight: torch.Tensor) -> None:
+    """from_float: a NaN / inf weight would make its row's scale NaN / inf and every output of it NaN."""
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(
+            "the layer's weight holds NaN or inf: it cannot be quantised (fix the float model first)"
+        )

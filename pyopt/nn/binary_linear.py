@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..ops.binary_linear import binarize_weight, unpack_signs
-from ._base import keep_float32, register_module
+from ._base import check_features, check_finite_weight, check_input, keep_float32, register_module
 
 
 @register_module
@@ -22,8 +22,7 @@ class BinaryLinear(nn.Module):
         self, in_features: int, out_features: int, bias: bool = True, binary_activations: bool = False
     ):
         super().__init__()
-        if in_features < 0 or out_features < 0:
-            raise ValueError(f"in_features and out_features must be >= 0, got {in_features}, {out_features}")
+        check_features(in_features, out_features)
         self.in_features = in_features
         self.out_features = out_features
         self.binary_activations = bool(binary_activations)
@@ -42,6 +41,7 @@ class BinaryLinear(nn.Module):
     def from_float(cls, linear: nn.Linear, binary_activations: bool = False) -> BinaryLinear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        check_finite_weight(linear.weight)
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, binary_activations)
         packed, alpha = binarize_weight(linear.weight)
         mod.packed_weight.copy_(packed)
@@ -78,10 +78,7 @@ class BinaryLinear(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(
-                f"x must have last dimension in_features={self.in_features}, got {tuple(x.shape)}"
-            )
+        check_input(x, self.in_features)
         return torch.ops.pyopt.binary_linear(
             x, self.packed_weight, self.alpha, self.bias, self.in_features, self.binary_activations
         )

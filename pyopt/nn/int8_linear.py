@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..ops.int8_linear import quantize_rows_symmetric
-from ._base import keep_float32, register_module
+from ._base import check_features, check_finite_weight, keep_float32, register_module
 
 MODES = ("dynamic", "weight_only")
 
@@ -54,6 +54,7 @@ class _Int8Base(nn.Module):
         return out
 
     def _load_float(self, module: nn.Module) -> None:
+        check_finite_weight(module.weight)
         q, scales = quantize_weight_per_channel(module.weight)
         self.weight.copy_(q)
         self.weight_scales.copy_(scales)
@@ -71,11 +72,8 @@ class Int8Linear(_Int8Base):
         self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic", device=None
     ):
         super().__init__()
-        self.in_features, self.out_features, self.mode = (
-            int(in_features),
-            int(out_features),
-            _check_mode(mode),
-        )
+        self.in_features, self.out_features = check_features(in_features, out_features)
+        self.mode = _check_mode(mode)
         self._init_buffers((self.out_features, self.in_features), bias, device)
 
     @classmethod

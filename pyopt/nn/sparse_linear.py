@@ -18,7 +18,7 @@ from .. import _op_checks
 from ..ops import sparse as sparse_ops
 from ..ops import sparse_dispatch as dispatch
 from ..report import Report
-from ._base import keep_float32, register_module, set_param_mask
+from ._base import check_features, check_input, keep_float32, register_module, set_param_mask
 
 _COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
 _CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
@@ -42,7 +42,7 @@ class SparseLinear(nn.Module):
         super().__init__()
         if format not in ("masked", *dispatch.FORMATS):
             raise ValueError(f"format must be 'masked' or one of {dispatch.FORMATS}, got {format!r}")
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features = check_features(in_features, out_features)
         self.format, self.block, self.reason = format, None if block is None else tuple(block), reason
         fk = {"device": device, "dtype": dtype}
         n, k = out_features, in_features
@@ -101,6 +101,7 @@ class SparseLinear(nn.Module):
         return t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_features)
         if self.format == "masked":
             return torch.ops.pyopt.sparse_masked_linear(x, self.weight, self.mask, self.bias)
         return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
