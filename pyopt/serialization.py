@@ -68,6 +68,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if os.path.isdir(path):
+        raise ValueError(f"pyopt.save: path {os.fspath(path)!r} is a directory, not a file name")
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ValueError("pyopt.save: the model has tensors on the meta device (no data to save)")
     modules = {
         name: {"type": type(m).__name__, "config": m.extra_config()}
         for name, m in model.named_modules()

@@ -253,9 +253,13 @@ def test_low_precision_model_roundtrip(tmp_path, dtype):
                 pyopt.load(float_model, path)
 
 
-def test_load_into_meta_model(saved):
+def test_meta_model_and_directory_path(saved, tmp_path):
     _, path = saved
     with torch.device("meta"):
         model = mlp()
     with pytest.raises(ValueError, match="meta device"):
         pyopt.load(model, path)
+    with pytest.raises(ValueError, match="meta device"):
+        pyopt.save(model, tmp_path / "meta.safetensors")
+    with pytest.raises(ValueError, match="is a directory"):
+        pyopt.save(mlp(), tmp_path)

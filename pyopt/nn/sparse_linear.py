@@ -176,6 +176,7 @@ class SparseLinear(nn.Module):
     def memory_bytes(self) -> tuple[int, int]:
         """(bytes of the equivalent dense nn.Linear weight, bytes this layer stores for its weight)."""
         if self.format == "csr_int8":  # the float layer it was quantised from: its dtype survives in the bias
+            # (without a bias it is unknown and float32 is assumed)
             itemsize = self.bias.element_size() if self.bias is not None else 4
         else:
             itemsize = getattr(self, "values" if self.format in _CSR_LIKE else "weight").element_size()
