@@ -22,9 +22,7 @@ class BinaryLinear(nn.Module):
         self, in_features: int, out_features: int, bias: bool = True, binary_activations: bool = False
     ):
         super().__init__()
-        check_features(in_features, out_features)
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features, self.out_features = check_features(in_features, out_features)
         self.binary_activations = bool(binary_activations)
         self.register_buffer(
             "packed_weight", torch.zeros(out_features, (in_features + 7) // 8, dtype=torch.uint8)

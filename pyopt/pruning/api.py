@@ -137,9 +137,8 @@ def prune_masks(
 
 def _layer_masks(layers, amount, method, scope, pat, generator) -> list[torch.Tensor]:
     names = [n for n, _ in layers]
-    current = [
-        _current_mask(n, layer) for n, layer in layers
-    ]  # first: it names a layer without a dense weight
+    # masks first: _current_mask names a layer without a dense weight (compressed) instead of an AttributeError
+    current = [_current_mask(n, layer) for n, layer in layers]
     weights = [layer.weight for _, layer in layers]
     with torch.no_grad():
         return M.compute_masks(names, weights, current, amount, method, scope, pat, generator)
