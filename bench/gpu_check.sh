@@ -9,7 +9,8 @@
 # present), plus the tie tests (whose skip reasons, shown by -rs, say how this torch rounds ties).
 # TRITON_INTERPRET=0 so the Triton kernels are compiled for the GPU instead of interpreted.
 # Benchmarks: `pyopt bench --gpu` (each family's run_gpu: every GPU backend in its own row, each case
-# checked once against a reference, "[check] ... MISMATCH" lines flag a wrong result).
+# checked once against a reference, "[check] ... MISMATCH" lines flag a wrong result), then
+# bench/tune_int8_gpu.py: the Triton int8 GEMM's candidate launch configurations, timed against bf16.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -55,6 +56,10 @@ tmo=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
 timeout 130 $PY -m pytest tests -k "cuda or ties" -p no:cacheprovider -rfEs --tb=short $tmo >"$LOG/tests.log" 2>&1
 tail -25 "$LOG/tests.log"
 record "GPU tests" "$(grep -E '(passed|failed|error)' "$LOG/tests.log" | tail -1 | tr -d '=' | xargs)"
+
+echo "== Triton int8 GEMM configurations (last: a timeout here loses nothing above; rows print as measured)"
+timeout 120 $PY bench/tune_int8_gpu.py 2>&1 | tee "$LOG/tune.log" | tail -45
+record "int8 config sweep" "$(grep -c '| ok |' "$LOG/tune.log" || true) ok, $(grep -c 'MISMATCH' "$LOG/tune.log" || true) mismatches (tune.log)"
 
 echo
 echo "| step | result | at |"

@@ -5,7 +5,8 @@ dynamic:     one program per row quantises the activations (quantize_per_token's
              tl.dot GEMM (int32 accumulators) with the dequant epilogue fused: acc * sx * sw + bias.
 weight_only: the int8 weight tile is converted to x's dtype inside the GEMM loop (never a float weight
              matrix in memory); fp32 accumulation; epilogue * sw + bias.
-One config per shape class (the interpreter dislikes autotune); 64-wide tiles keep interpreter tests quick.
+One config per shape class (default_config; the interpreter dislikes autotune); 64-wide tiles keep
+interpreter tests quick.
 K is a constexpr: a layer's in_features is fixed (one compile per layer shape), and the interpreter of
 triton 3.6 with numpy 2.4 cannot loop to a runtime scalar bound (int() of a 1-element array).
 """
@@ -60,9 +61,18 @@ def _int8_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # 1-D grid in groups of GROUP_M row blocks: consecutive programs share a column block of w (and GROUP_M
+    # row blocks of a), so the tiles they load are still in L2 (Triton's matmul tutorial ordering).
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
@@ -108,7 +118,26 @@ def quantize_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
-def _gemm(a, w_q, sx, w_scales, bias, out_dtype, dynamic: bool) -> torch.Tensor:
+def default_config(M: int, N: int, device: torch.device) -> dict:
+    """Tile sizes and launch options of _int8_gemm_kernel for an [M, K] x [N, K]^T problem on `device`.
+
+    Interpreter (CPU): 64-wide tiles, fast to interpret. GPU: 128 x 128 tiles for large M; at small M
+    (decode, M <= 64) the grid has only cdiv(N, BLOCK_N) programs, 32 for N = 4096 at BLOCK_N = 128 on a
+    132-SM H100/H200 (the weight-only M=1 row ran at 0.58x bf16 there), so BLOCK_N shrinks until every SM
+    has a program. bench/tune_int8_gpu.py sweeps the alternatives on a GPU.
+    """
+    block_m = 16 if M <= 16 else (64 if M <= 64 or device.type == "cpu" else 128)
+    if device.type == "cpu":
+        return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=1)
+    block_n = 128
+    sms = torch.cuda.get_device_properties(device).multi_processor_count  # cached by torch
+    while block_n > 16 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < sms:
+        block_n //= 2
+    num_warps = 4 if block_m * block_n <= 64 * 128 else 8
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, GROUP_M=8, num_warps=num_warps, num_stages=3)
+
+
+def _gemm(a, w_q, sx, w_scales, bias, out_dtype, dynamic: bool, config: dict | None = None) -> torch.Tensor:
     M, K = a.shape
     N = w_q.shape[0]
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
@@ -116,9 +145,8 @@ def _gemm(a, w_q, sx, w_scales, bias, out_dtype, dynamic: bool) -> torch.Tensor:
         return out
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
-    block_m = 16 if M <= 16 else (64 if M <= 64 or a.device.type == "cpu" else 128)
-    block_n = 64 if a.device.type == "cpu" else 128
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    cfg = config or default_config(M, N, a.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _int8_gemm_kernel[grid](
         a,
         w_q,
@@ -132,18 +160,15 @@ def _gemm(a, w_q, sx, w_scales, bias, out_dtype, dynamic: bool) -> torch.Tensor:
         DYNAMIC=dynamic,
         HAS_BIAS=bias is not None,
         IEEE_FP32=a.dtype == torch.float32,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=64,
-        num_warps=4 if block_m * block_n <= 64 * 128 else 8,
+        **cfg,
     )
     return out
 
 
-def int8_linear_dynamic(x2d, w_q, w_scales, bias):
+def int8_linear_dynamic(x2d, w_q, w_scales, bias, config: dict | None = None):
     q, sx = quantize_rows(x2d)
-    return _gemm(q, w_q, sx, w_scales, bias, x2d.dtype, dynamic=True)
+    return _gemm(q, w_q, sx, w_scales, bias, x2d.dtype, dynamic=True, config=config)
 
 
-def int8_linear_weight_only(x2d, w_q, w_scales, bias):
-    return _gemm(x2d, w_q, None, w_scales, bias, x2d.dtype, dynamic=False)
+def int8_linear_weight_only(x2d, w_q, w_scales, bias, config: dict | None = None):
+    return _gemm(x2d, w_q, None, w_scales, bias, x2d.dtype, dynamic=False, config=config)

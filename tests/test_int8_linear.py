@@ -92,6 +92,30 @@ def test_linear_backends_vs_reference(op, device, backend, dtype, shape, n, bias
     torch.testing.assert_close(out, ref, **tol(dtype))
 
 
+@pytest.mark.parametrize(("device", "backend"), backend_params("int8_linear_dynamic"))
+@pytest.mark.parametrize(
+    "config",
+    [  # GPU-style launches: grouped program order with a partial last group, the small-M narrow tiles
+        dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, GROUP_M=3, num_warps=4, num_stages=1),
+        dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=1),
+    ],
+)
+def test_triton_gemm_configs(device, backend, config):
+    """Any tile / group configuration (bench/tune_int8_gpu.py sweeps them on a GPU) gives the same result."""
+    if backend != "triton":
+        pytest.skip("Triton kernel configurations")
+    from pyopt.kernels import int8_linear as kern
+
+    x = torch.randn(50, 70, device=device)  # 4 row blocks x 5 column blocks at 16 x 16: a partial group
+    w, s, b = _weights(75, 70, True, device)
+    for name, fn in (
+        ("int8_linear_dynamic", kern.int8_linear_dynamic),
+        ("int8_linear_weight_only", kern.int8_linear_weight_only),
+    ):
+        ref = _run(name, "reference", x, w, s, b)
+        torch.testing.assert_close(fn(x, w, s, b, config=config), ref, **tol(torch.float32))
+
+
 @pytest.mark.parametrize("op", LINEAR_OPS)
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("dtype", DTYPES)
