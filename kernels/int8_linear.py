@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-# 1.5 * 2**23: (v + c) - c rounds |v| < 2**22 to the nearest integer, ties to even. A tl.constexpr because jit code may only read constexpr globals.
+# 1.5 * 2**23: (v + c) - c rounds |v| < 2**22 to the nearest integer, ties to even.
+# A tl.constexpr because jit code may only read constexpr globals.
 _RNE_MAGIC = tl.constexpr(12582912.0)
 
 
@@ -30,9 +31,8 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, K: tl.constexpr, BLOCK_K: tl.constex
         offs = k0 + tl.arange(0, BLOCK_K)
         v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
-    scale = tl.math.div_rn(
-        tl.max(amax, axis=0), 127.0
-    )  # div_rn: IEEE-rounded, as the reference; "/" may not be
+    # div_rn: IEEE-rounded, as the reference; "/" may not be on the GPU
+    scale = tl.math.div_rn(tl.max(amax, axis=0), 127.0)
     scale = tl.where(scale == 0.0, 1.0, scale)
     inv = tl.math.div_rn(1.0, scale)
     for k0 in range(0, K, BLOCK_K):

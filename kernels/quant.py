@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 
 BLOCK = 1024
-# 1.5 * 2**23: (v + M) - M rounds v to an integer, ties to even. A tl.constexpr because jit code may only read constexpr globals.
+# 1.5 * 2**23: (v + M) - M rounds v to an integer, ties to even.
+# A tl.constexpr because jit code may only read constexpr globals.
 _ROUND_MAGIC = tl.constexpr(12582912.0)
 
 

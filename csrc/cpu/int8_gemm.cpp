@@ -402,9 +402,6 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
   const int64_t nm = (M + mc - 1) / mc;
   const int64_t nblocks = (N + kNR - 1) / kNR;
   const int64_t nn = std::min(nblocks, nm >= 4 * threads ? int64_t(1) : (4 * threads + nm - 1) / nm);
-  // column ranges of an even number of blocks: each starts on a 16-column boundary (the paired path, aligned rows)
-  const int64_t ncols = ((nblocks + nn - 1) / nn + 1) / 2 * 2 * kNR;
-  const int64_t items = nm * ((N + ncols - 1) / ncols);
   if (nn == 1) {
     // Row blocks are dealt out statically (thread t owns blocks [t * nm / T, (t + 1) * nm / T) and packs each
     // once), but their columns are claimed in chunks of kChunk through one counter per block, so a thread that
@@ -438,6 +435,9 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
     });
     return;
   }
+  // column ranges of an even number of blocks: each starts on a 16-column boundary (the paired path, aligned rows)
+  const int64_t ncols = ((nblocks + nn - 1) / nn + 1) / 2 * 2 * kNR;
+  const int64_t items = nm * ((N + ncols - 1) / ncols);
   const int64_t groups = (M + 15) / 16;
   std::unique_ptr<uint8_t[]> packed(new uint8_t[groups * p.Kg * 64]);
   std::unique_ptr<float[]> sx(new float[groups * 16 + kMR]);
