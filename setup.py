@@ -52,7 +52,17 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 setup(
-    packages=["pyopt", "pyopt.ops", "pyopt.nn", "pyopt.optim", "pyopt.pruning", "pyopt.kernels"],
+    packages=[
+        "pyopt",
+        "pyopt.cli",
+        "pyopt.convert",
+        "pyopt.io",
+        "pyopt.kernels",
+        "pyopt.nn",
+        "pyopt.ops",
+        "pyopt.optim",
+        "pyopt.pruning",
+    ],  # fmt: skip
     package_dir={"pyopt.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,6 +1,6 @@
 """BinaryLinear (1-bit sign weights, packed) vs float32 F.linear: the layer a user would otherwise keep.
 
-Target (issue 3): M=1, 4096x4096 >= 6x float32. M=64 and binary activations (XNOR + popcount) are
+Goal: M=1, 4096x4096 >= 6x float32. M=64 and binary activations (XNOR + popcount) are
 reported for information. Bytes model: packed weights (N*K/8) + alpha and bias + x + y.
 """
 
@@ -48,7 +48,7 @@ def run(quick: bool) -> list[harness.Row]:
 
 def run_gpu(quick: bool = False) -> list[harness.Row]:
     """BinaryLinear on the GPU (each GPU backend) vs bf16 F.linear at M=1 and M=64 (no GPU target in the
-    issue: reported so the router's default can follow the numbers)."""
+    goal: reported so the router's default can follow the numbers)."""
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
     rows = []

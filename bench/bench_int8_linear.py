@@ -1,4 +1,4 @@
-"""Int8Linear / Int8Conv2d vs what a user would otherwise run (issue 3 targets), all in one process.
+"""Int8Linear / Int8Conv2d vs what a user would otherwise run (with pyopt's goals), all in one process.
 
 Rows: dynamic W8A8 at M=1024, K=N=4096 vs float32 F.linear (>= 3.5x) and vs torch.ao quantize_dynamic with
 the x86 engine (>= 1.2x); weight-only at M=1 vs F.linear (>= 3x); an M sweep (1, 4, 16, 64) of both modes
@@ -81,7 +81,7 @@ def run(quick: bool = False) -> list[harness.Row]:
 
 
 def run_gpu(quick: bool = False) -> list[harness.Row]:
-    """GPU targets (issue 3): W8A8 >= 1.6x bf16 F.linear at M >= 1024; weight-only >= 1.7x bf16 at M=1.
+    """GPU goals: W8A8 >= 1.6x bf16 F.linear at M >= 1024; weight-only >= 1.7x bf16 at M=1.
 
     Every GPU backend implementing the op (CUDA C++, Triton) gets its own row, so the router's default
     order can follow the numbers. 4096^2 int8 weights (16 MB) fit the H100/H200 L2; the 8192^2 weight-only

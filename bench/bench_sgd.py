@@ -9,7 +9,7 @@ import harness
 import torch
 
 import pyopt
-from pyopt.nn._base import get_param_mask, set_param_mask
+from pyopt.nn import get_param_mask, set_param_mask
 from pyopt.optim import FusedSGD
 
 HYPER = dict(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)

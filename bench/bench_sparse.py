@@ -1,6 +1,6 @@
 """sparse family benchmarks: pyopt's CSR/BSR/masked kernels vs dense F.linear and torch's CSR matmul.
 
-Issue targets (K = N = 4096, float32, ratios in one run): 90% unstructured >= 4x dense at M=64 and 256,
+Goals (K = N = 4096, float32, ratios in one run): 90% unstructured >= 4x dense at M=64 and 256,
 >= 3x at M=1, >= 2x torch CSR at each M; 70% >= 1.5x dense; 50% >= 0.95x dense (the dispatcher picks);
 90% block-sparse 16x16 >= 6x dense at M=256; training step of SparseLinear at 90%, M=256 >= 2x a dense
 masked layer (F.linear(x, W*M) + autograd).
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyopt
-from pyopt.ops import sparse as sparse_ops
+from pyopt import _rules as sparse_ops
 
 
 def _masked_weight(n, k, sparsity, block=None):
@@ -130,7 +130,7 @@ def _2_4_mask(n, k, device):
 
 
 def run_gpu(quick: bool = False) -> list[harness.Row]:
-    """GPU targets (issue 4): BSR 90% with 32x32 blocks >= 3x dense bf16 at M >= 1024 (Triton kernel);
+    """GPU goals: BSR 90% with 32x32 blocks >= 3x dense bf16 at M >= 1024 (Triton kernel);
     2:4 (torch semi-structured, chosen by SparseLinear.compress) >= 1.1x dense bf16 at M >= 2048.
     CSR 90% float32 (CUDA C++ kernel) vs dense and vs torch's CSR (cuSPARSE) is reported for information."""
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

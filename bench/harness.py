@@ -3,9 +3,7 @@
 Each bench/bench_<family>.py defines `run(quick: bool) -> list[Row]` built with `compare(...)`.
 `python -m pyopt bench` (make bench) runs them all and writes bench/results/<machine>.{json,md}.
 
-Timing: warm-up, then repeated calls until both `repeat` calls and `min_time` seconds are reached; the
-median is reported (robust to the noisy 2-core machines). Baseline and pyopt calls are interleaved in
-rounds so that drift (turbo, a neighbour's load) hits both alike.
+Timing: pyopt.timing.time_many (baseline and pyopt interleaved in rounds, medians).
 
 Bandwidth: a kernel's GB/s comes from an explicit bytes model (what it must read + write), and is
 compared with a memcpy moving the same traffic (nbytes/2 copied = nbytes read + written), measured in
@@ -17,19 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
 import textwrap
-import time
 from collections.abc import Callable
 
 import torch
 
-from pyopt._demo_report import machine_name  # noqa: F401  (one definition, shared with `pyopt demo`)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from pyopt.timing import cpu_flags, machine_name, time_many
 
 
 def timeit(fn: Callable[[], object], device: str = "cpu", repeat: int = 10, min_time: float = 0.2) -> float:
@@ -37,65 +28,11 @@ def timeit(fn: Callable[[], object], device: str = "cpu", repeat: int = 10, min_
     return time_many({"f": fn}, device, repeat, min_time)["f"]
 
 
-def time_many(
-    fns: dict[str, Callable[[], object]], device: str = "cpu", repeat: int = 10, min_time: float = 0.2
-) -> dict[str, float]:
-    """Median seconds per call of each fn, measured in interleaved rounds."""
-    for fn in fns.values():  # warm-up: caches, lazy init, autotuning, first-touch of outputs
-        fn()
-        fn()
-    _sync(device)
-    if device.startswith("cuda"):
-        return _time_many_cuda(fns, repeat, min_time)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for k, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[k].append(time.perf_counter() - t0)
-        n = len(next(iter(samples.values())))
-        if n >= repeat and time.perf_counter() - start >= min_time:
-            break
-        if n >= 1000:
-            break
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def _time_many_cuda(fns: dict[str, Callable[[], object]], repeat: int, min_time: float) -> dict[str, float]:
-    """GPU variant: a sample is `inner` back-to-back calls between two CUDA events, so a ~10 us launch
-    does not swamp a ~20 us kernel; `inner` is sized per fn so one sample lasts about 1 ms."""
-    inner = {}
-    for k, fn in fns.items():
-        t0 = time.perf_counter()
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        inner[k] = max(1, min(200, int(1e-3 / max((time.perf_counter() - t0) / 3, 1e-7))))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for k, fn in fns.items():
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(inner[k]):
-                fn()
-            end.record()
-            end.synchronize()
-            samples[k].append(begin.elapsed_time(end) * 1e-3 / inner[k])
-        n = len(next(iter(samples.values())))
-        if (n >= repeat and time.perf_counter() - start >= min_time) or n >= 1000:
-            break
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def gpu_backends(op: str) -> list[str]:
     """The GPU backends ("cuda", "triton") implementing pyopt::<op> that can run here; benches time each."""
-    from pyopt import _backend
+    from pyopt.ops import backends
 
-    return [b for b in ("cuda", "triton") if b in _backend.implementations(op) and _backend.usable(b, "cuda")]
+    return [b for b in ("cuda", "triton") if b in backends.implementations(op) and backends.usable(b, "cuda")]
 
 
 def on_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -148,7 +85,7 @@ class Row:
     baseline: str  # what a user would otherwise call
     baseline_ms: float
     speedup: float  # baseline_ms / pyopt_ms
-    target: float | None = None  # the speedup the issue asks for, if any
+    target: float | None = None  # the speedup pyopt aims for, if any
     gbps: float | None = None  # pyopt's bandwidth under the bytes model
     memcpy_pct: float | None = None  # gbps as % of a memcpy of the same bytes
     memcpy_target_pct: float | None = None
@@ -241,7 +178,12 @@ def plot_family(rows: list[Row], path: str) -> None:
 
 def write_results(rows: list[Row], path_stem: str, extra: dict | None = None) -> None:
     """bench/results/<machine>.json and .md, and <machine>-<family>.png per family."""
-    meta = {"machine": machine_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    meta = {
+        "machine": machine_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),
+    }
     meta.update(extra or {})
     data = {**meta, "rows": [dataclasses.asdict(r) | {"met": r.met} for r in rows]}
     with open(path_stem + ".json", "w") as f:
@@ -249,6 +191,7 @@ def write_results(rows: list[Row], path_stem: str, extra: dict | None = None) ->
     with open(path_stem + ".md", "w") as f:
         f.write(f"# pyopt benchmarks on {meta['machine']} (torch {meta['torch']})\n\n")
         f.write("Ratios are baseline time / pyopt time, both measured in the same run (median).\n\n")
+        f.write(f"CPU flags: {' '.join(meta['cpu_flags']) or '(unknown)'}\n\n")
         f.write(format_table(rows) + "\n")
         families = list(dict.fromkeys(r.family for r in rows))
         for fam in families:

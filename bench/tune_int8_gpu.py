@@ -1,7 +1,7 @@
 """Sweep the Triton int8 GEMM's launch configurations on a GPU (bench/gpu_check.sh runs it).
 
 The kernels were written without a GPU; kernels/int8_linear.py:default_config is a first guess. This prints,
-for the issue-3 GPU cases (W8A8 M=1024/4096 K=N=4096, weight-only M=1 K=N=4096/8192, bf16), every
+for the int8 GPU cases (W8A8 M=1024/4096 K=N=4096, weight-only M=1 K=N=4096/8192, bf16), every
 candidate configuration's time, its ratio to bf16 F.linear measured in the same process, and whether its
 result matches the reference, so that one device run is enough to pick the defaults.
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import pyopt
-from pyopt.nn._base import get_param_mask, set_param_mask
+from pyopt.nn import get_param_mask, set_param_mask
 from pyopt.optim import FusedSGD
 
 SIZES = (16, 64, 32, 4)

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import pyopt  # noqa: E402
-from pyopt import _backend  # noqa: E402
+from pyopt.ops import backends  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -21,23 +21,20 @@ def backend_params(op: str, devices=DEVICES):
     """pytest params (device, backend) for every implementation of `op` usable here; others skip."""
     params = []
     for device in devices:
-        for backend in _backend.BACKENDS:
+        for backend in backends.BACKENDS:
             marks = []
-            if backend not in _backend.implementations(op):
+            if backend not in backends.implementations(op):
                 continue
-            if not _backend.usable(backend, device):
+            if not backends.usable(backend, device):
                 marks.append(pytest.mark.skip(reason=f"{backend} backend not usable on {device} here"))
             params.append(pytest.param(device, backend, id=f"{device}-{backend}", marks=marks))
     return params
 
 
-ISAS = [isa for isa in ("scalar", "avx2", "avx512", "avx512_vnni")]
-
-
 def isa_params():
     """The CPU ISAs this machine can run (each C++ kernel is tested on every one of them)."""
-    best = pyopt._native.ISA_NAMES.index(pyopt._native.detected_isa())
-    return [pytest.param(isa, id=isa) for isa in pyopt._native.ISA_NAMES[: best + 1]]
+    best = pyopt.ops.native.ISA_NAMES.index(pyopt.ops.native.detected_isa())
+    return [pytest.param(isa, id=isa) for isa in pyopt.ops.native.ISA_NAMES[: best + 1]]
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ from tolerances import tol
 from torch import nn
 
 import pyopt
+from pyopt._rules import binarize_weight, pack_signs, unpack_signs
 from pyopt.nn import BinaryLinear
-from pyopt.ops.binary_linear import binarize_weight, pack_signs, unpack_signs
 
 OP = torch.ops.pyopt.binary_linear
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from pyopt.nn._base import get_param_mask
+from pyopt.nn import get_param_mask
 from tests.tolerances import tol
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ddp_train.py"

@@ -2,7 +2,8 @@
 
 import json
 
-from pyopt import cli, demo
+from pyopt import cli
+from pyopt.cli import demo
 
 VARIANT_KEYS = {
     "name",

@@ -13,10 +13,9 @@ from tolerances import tol
 from torch import nn
 
 import pyopt
+from pyopt._rules import quantize_rows_symmetric
 from pyopt.nn import Int8Conv2d, Int8Linear
-from pyopt.nn._base import MODULES
-from pyopt.ops.int8_linear import quantize_rows_symmetric
-from pyopt.ops.quant import quantize_per_token_cpu
+from pyopt.nn.registry import MODULES
 
 LINEAR_OPS = ("int8_linear_dynamic", "int8_linear_weight_only")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -35,7 +34,8 @@ def _run(op, backend, *args):
 
 def quantize_rows_cpu(x2d):
     """The C++ per-token row quantiser the int8 layers use (the quant family's op runs the same function)."""
-    q, s = quantize_per_token_cpu(x2d, torch.int8)
+    with pyopt.use_backend("cpu"):
+        q, s = torch.ops.pyopt.quantize_per_token(x2d, torch.int8)
     return q, s.reshape(x2d.shape[0])
 
 
@@ -140,7 +140,7 @@ def test_linear_cpu_isas(op, isa, dtype, m, k, n):
 # otherwise), with 1, 2 and 3 threads (3 on this 2-core machine: threads stall, so the others claim the
 # remaining 128-column chunks of their row blocks; N = 300: chunks with a tail, also with K % 4 != 0).
 def _vnni_available():
-    return pyopt._native.detected_isa() == "avx512_vnni"
+    return pyopt.ops.native.detected_isa() == "avx512_vnni"
 
 
 @pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")

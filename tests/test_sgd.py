@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pyopt
-from pyopt.nn._base import set_param_mask
+from pyopt.nn import set_param_mask
 from pyopt.optim import FusedSGD
 from tests.conftest import backend_params, isa_params
 from tests.tolerances import SGD_TRAJECTORY, tol

@@ -10,10 +10,11 @@ from tolerances import FP32_REORDERED, tol
 from torch import nn
 
 import pyopt
-from pyopt import _backend
-from pyopt.nn._base import get_param_mask
-from pyopt.ops import sparse as sparse_ops
-from pyopt.ops import sparse_dispatch as dispatch
+import pyopt.cli
+from pyopt import _rules as sparse_ops
+from pyopt.nn import get_param_mask
+from pyopt.nn import sparse_format as dispatch
+from pyopt.ops import backends
 
 OPS = [
     "sparse_masked_linear",
@@ -67,7 +68,7 @@ def test_masked_linear_ops(device, backend, m, k, n, with_bias):
 @pytest.mark.parametrize("isa", isa_params())
 def test_every_isa_matches_reference(isa):
     """Each C++ path (AVX-512, AVX2, baseline) on odd shapes, M on both sides of the GEMV switch."""
-    if not _backend.usable("cpu", "cpu"):
+    if not backends.usable("cpu", "cpu"):
         pytest.skip("C++ CPU kernels not built")
     for m in (1, 3, 5, 37):
         x, w, mask, b = _problem(m, 77, 45, density=0.2)
@@ -95,7 +96,7 @@ def test_every_isa_matches_reference(isa):
 def test_every_isa_k_blocked_forward(isa):
     """K large enough that the forward splits K into blocks (panels > 512 KiB: K > 1024 at a 128-wide
     AVX-512 tile, > 2048 at AVX2's 64), so later blocks accumulate into the tile (init=false)."""
-    if not _backend.usable("cpu", "cpu"):
+    if not backends.usable("cpu", "cpu"):
         pytest.skip("C++ CPU kernels not built")
     m, k, n = 130, 4200, 33
     x, w, mask, b = _problem(m, k, n, density=0.1)
@@ -225,7 +226,7 @@ def test_bad_inputs():
     crow, col, values = sparse_ops.to_csr(w, mask)
     bad_col = col.clone()
     bad_col[0] = 16
-    for backend in [b for b in ("cpu", "reference") if _backend.usable(b, "cpu")]:
+    for backend in [b for b in ("cpu", "reference") if backends.usable(b, "cpu")]:
         with pyopt.use_backend(backend), pytest.raises((RuntimeError, ValueError), match="col_indices"):
             torch.ops.pyopt.sparse_csr_linear(x, crow, bad_col, values, b, 8)
     with pytest.raises(ValueError, match="crow_indices"):
@@ -352,9 +353,9 @@ def test_sparsify_report():
     assert [r["format"] for r in report] == ["csr", "csr"]
 
 
-def test_info_extra_runs(capsys):
-    pyopt._info_extra()
-    assert "sparse dispatcher" in capsys.readouterr().out
+def test_info_lists_sparse_format_choices(capsys):
+    pyopt.cli.cmd_info(None)
+    assert "sparse format choice" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- csr_int8 (weight-only int8 CSR)
@@ -399,7 +400,7 @@ def test_csr_int8_reference_vs_float64(m, k, n):
 def test_csr_int8_every_isa_matches_reference(isa):
     """C++ vs the reference on every ISA: M on both sides of the GEMV switch, odd K / N, int16 and int32
     column indices, bias or not; only float summation order differs."""
-    if not _backend.usable("cpu", "cpu"):
+    if not backends.usable("cpu", "cpu"):
         pytest.skip("C++ CPU kernels not built")
     for m in (1, 3, 5, 70):
         for k in (1, 7, 1003):
@@ -479,11 +480,11 @@ def test_csr_int8_bad_inputs():
         op(x, crow[:-1], col, q, s, b, 8)
     bad_col = col.clone()
     bad_col[0] = 16
-    for backend in [b for b in ("cpu", "reference") if _backend.usable(b, "cpu")]:
+    for backend in [b for b in ("cpu", "reference") if backends.usable(b, "cpu")]:
         for m in (1, 9):  # the GEMV and the tiled path both check
             with pyopt.use_backend(backend), pytest.raises((RuntimeError, ValueError), match="col_indices"):
                 op(torch.randn(m, 16), crow, bad_col, q, s, b, 8)
-    if _backend.usable("cpu", "cpu"):  # the C++ op's own checks, named (below the Python schema checks)
+    if backends.usable("cpu", "cpu"):  # the C++ op's own checks, named (below the Python schema checks)
         cpp = torch.ops.pyopt_cpu.sparse_csr_int8_linear
         with pytest.raises(RuntimeError, match="values must be a contiguous 1-D int8"):
             cpp(x, crow, col, q.float(), s, b, 8, -1)

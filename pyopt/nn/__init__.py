@@ -1,8 +1,19 @@
-"""Drop-in modules. Each is thin: its forward calls torch.ops.pyopt.*; see pyopt/nn/_base.py for the protocol."""
+"""Drop-in modules. Each is thin: its forward calls torch.ops.pyopt.*; pyopt/nn/registry.py is the protocol
+they follow (save/load), and pyopt/_rules.py the parameter-mask protocol (pruning, FusedSGD)."""
 
+from .._rules import get_param_mask, set_param_mask
 from .binary_linear import BinaryLinear
-from .int8_linear import Int8Conv2d, Int8Linear
+from .int8_conv import Int8Conv2d
+from .int8_linear import Int8Linear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
-__all__ = ["BinaryLinear", "Int8Conv2d", "Int8Linear", "SparseConv2d", "SparseLinear"]
+__all__ = [
+    "BinaryLinear",
+    "Int8Conv2d",
+    "Int8Linear",
+    "SparseConv2d",
+    "SparseLinear",
+    "get_param_mask",
+    "set_param_mask",
+]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.binary_linear import binarize_weight, unpack_signs
-from ._base import check_features, check_finite_weight, check_input, keep_float32, register_module
+from .._rules import binarize_weight, unpack_signs
+from .registry import check_features, check_finite_weight, check_input, keep_float32, register_module
 
 
 @register_module
@@ -65,7 +65,7 @@ class BinaryLinear(nn.Module):
         return unpack_signs(self.packed_weight, self.in_features) * self.alpha[:, None]
 
     def onnx_qdq(self) -> dict:
-        """Export spec (pyopt/onnx_export.py): int8 {-1, +1} weights dequantised with scale alpha (exact)."""
+        """Export spec (pyopt/io/onnx_export.py): int8 {-1, +1} weights dequantised with scale alpha (exact)."""
         signs = unpack_signs(self.packed_weight, self.in_features, torch.int8)
         return {
             "kind": "linear",

@@ -1,4 +1,4 @@
-"""Int8Linear and Int8Conv2d: drop-in int8 replacements for nn.Linear / nn.Conv2d (inference).
+"""Int8Linear: the drop-in int8 replacement for nn.Linear (inference); Int8Conv2d (int8_conv.py) shares its base.
 
 Modes:
   "dynamic"      W8A8: activations quantised per token (linear) / per sample (conv) on the fly, int8 GEMM,
@@ -10,10 +10,6 @@ All state is in buffers (int8 `weight`, float32 per-output-channel `weight_scale
 state_dict, deepcopy, torch.save + torch.load(weights_only=True) and pyopt.save/load work; the forward is one
 torch.ops.pyopt op, so torch.compile(fullgraph=True) sees no graph break.
 
-Int8Conv2d supports groups=1, zero padding, any kernel size/stride/padding/dilation. Depthwise/grouped
-convolutions raise ValueError in from_float (keep them in float: they are memory-bound and tiny).
-Weight-only conv dequantises the (small) conv weight per call and runs torch's conv: it saves memory, not
-time.
 """
 
 from __future__ import annotations
@@ -21,13 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.int8_linear import quantize_rows_symmetric
-from ._base import check_features, check_finite_weight, keep_float32, register_module
+from .._rules import quantize_rows_symmetric
+from .registry import check_features, check_finite_weight, keep_float32, register_module
 
 MODES = ("dynamic", "weight_only")
 
 
-def _check_mode(mode: str) -> str:
+def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return mode
@@ -39,7 +35,7 @@ def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, tor
     return q.reshape(weight.shape), scales
 
 
-class _Int8Base(nn.Module):
+class Int8Base(nn.Module):
     """Buffers and from_float shared by the int8 layers."""
 
     def _init_buffers(self, weight_shape, bias: bool, device) -> None:
@@ -67,13 +63,13 @@ class _Int8Base(nn.Module):
 
 
 @register_module
-class Int8Linear(_Int8Base):
+class Int8Linear(Int8Base):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic", device=None
     ):
         super().__init__()
         self.in_features, self.out_features = check_features(in_features, out_features)
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
         self._init_buffers((self.out_features, self.in_features), bias, device)
 
     @classmethod
@@ -104,84 +100,3 @@ class Int8Linear(_Int8Base):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}"
-
-
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
-
-
-@register_module
-class Int8Conv2d(_Int8Base):
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        mode: str = "dynamic",
-        device=None,
-    ):
-        super().__init__()
-        self.in_channels, self.out_channels, self.mode = (
-            int(in_channels),
-            int(out_channels),
-            _check_mode(mode),
-        )
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
-        self._init_buffers((self.out_channels, self.in_channels, *self.kernel_size), bias, device)
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, mode: str = "dynamic") -> Int8Conv2d:
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if conv.groups != 1:
-            raise ValueError(
-                f"Int8Conv2d supports groups=1 only (got groups={conv.groups}); keep it in float"
-            )
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"Int8Conv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
-        if isinstance(conv.padding, str):
-            raise ValueError(f"Int8Conv2d needs explicit integer padding, got padding={conv.padding!r}")
-        mod = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.bias is not None,
-            mode,
-            conv.weight.device,
-        )
-        mod._load_float(conv)
-        return mod
-
-    def extra_config(self) -> dict:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "bias": self.bias is not None,
-            "mode": self.mode,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = (
-            torch.ops.pyopt.int8_conv2d_dynamic
-            if self.mode == "dynamic"
-            else torch.ops.pyopt.int8_conv2d_weight_only
-        )
-        return op(x, self.weight, self.weight_scales, self.bias, self.stride, self.padding, self.dilation)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, mode={self.mode}"
-        )

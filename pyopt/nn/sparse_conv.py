@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import get_param_mask, register_module, set_param_mask
+from .._rules import get_param_mask, set_param_mask
+from .registry import register_module
 
 
 def _pair(v) -> tuple:

@@ -4,7 +4,7 @@ Training mode ("masked"): parameter `weight` [N, K] with pruned entries exactly 
 forward = torch.ops.pyopt.sparse_masked_linear (backward: grad_input + SDDMM, see pyopt/ops/sparse.py).
 The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0.
 Inference (`compress()` / `pyopt.sparsify`): the weight is stored as "csr", "bsr", "2:4" or "dense",
-whichever the dispatcher (pyopt/ops/sparse_dispatch.py) measured fastest — never slower than dense.
+whichever the format choice (pyopt/nn/sparse_format.py) measured fastest — never slower than dense.
 "csr_int8" (`quantize_int8()` / `pyopt.quantize`): CSR with an int8 value per kept weight and a float32
 scale per output row, y = scale_n * sum_k q[n, k] x[k] + b[n] (weight-only int8: activations stay float).
 """
@@ -14,11 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _op_checks
-from ..ops import sparse as sparse_ops
-from ..ops import sparse_dispatch as dispatch
-from ..report import Report
-from ._base import check_features, check_input, keep_float32, register_module, set_param_mask
+from .._rules import quantize_csr_values, set_param_mask
+from ..ops.checks import check_sparse_mask
+from . import sparse_format as dispatch
+from .registry import check_features, check_input, keep_float32, register_module
 
 _COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
 _CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
@@ -72,7 +71,7 @@ class SparseLinear(nn.Module):
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
         """Training-mode layer with linear's weight * mask (pruned entries exactly 0) and bias."""
         w = linear.weight
-        _op_checks.check_sparse_mask(mask, w.shape)
+        check_sparse_mask(mask, w.shape)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
         with torch.no_grad():
             m.mask.copy_(mask)
@@ -148,7 +147,7 @@ class SparseLinear(nn.Module):
         if self.format == "csr_int8":
             return self
         if self.format == "csr":
-            q, scales = sparse_ops.quantize_csr_values(
+            q, scales = quantize_csr_values(
                 self.crow_indices, self.col_indices, self.values, self.in_features
             )
             tensors = {"values": q, "row_scales": scales}
@@ -205,31 +204,3 @@ class SparseLinear(nn.Module):
         s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         s += f", format={self.format}" + (f", block={self.block}" if self.block else "")
         return s + (f", reason='{self.reason}'" if self.reason else "")
-
-
-def sparsify(model: nn.Module, format: str | None = None, cache: dispatch.DispatchCache | None = None):
-    """compress() every SparseLinear (and every other module with a compress() method, e.g. a masked
-    Conv2d) in `model`, in place. Returns (model, Report) with the format, reason and memory per layer."""
-    report = Report("pyopt.sparsify")
-    dense_total = own_total = 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, SparseLinear):
-            if mod.format == "masked":
-                mod.compress(format=format, cache=cache)
-            dense, own = mod.memory_bytes()
-            dense_total, own_total = dense_total + dense, own_total + own
-            report.add(
-                name, "compressed", format=mod.format, sparsity=getattr(mod, "sparsity", float("nan")),
-                dense_bytes=dense, bytes=own, saving=1 - own / max(dense, 1), reason=mod.reason,
-            )  # fmt: skip
-        elif callable(getattr(mod, "compress", None)) and mod is not model:
-            mod.compress()
-            report.add(
-                name, "compressed", format=getattr(mod, "format", ""), reason=getattr(mod, "reason", "")
-            )
-    report.summary = {
-        "dense_bytes": dense_total,
-        "bytes": own_total,
-        "memory_saving": 1 - own_total / max(dense_total, 1),
-    }
-    return model, report

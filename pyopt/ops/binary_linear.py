@@ -1,8 +1,6 @@
-"""binary_linear: reference, cpu, triton and cuda implementations, plus the sign-bit packing helpers.
+"""binary_linear: reference, cpu, triton and cuda implementations.
 
-Packed layout (every backend): `packed[n, j]` is a uint8 whose bit b (least significant first) is 1 iff
-`W[n, 8*j + b] >= 0` (sign(0) = +1). Each row holds ceil(K/8) bytes; the padding bits of the last byte are
-written as 0 and ignored by every kernel. On a little-endian machine bytes j, j+1 read as one uint16 give
+Packed layout: pyopt/_rules.py (pack_signs). On a little-endian machine bytes j, j+1 read as one uint16 give
 bits k = 8j .. 8j+15 in lane order, which is what the AVX-512 kernel loads as a __mmask16.
 
 Math (XNOR-Net, Rastegari et al. 2016): W ~ alpha * sign(W) with alpha[n] = mean_k |W[n, k]| (BWN).
@@ -16,35 +14,8 @@ import math
 
 import torch
 
-from .._backend import register, requested_isa
-
-_BIT_VALUES = 1 << torch.arange(8, dtype=torch.int32)  # LSB first
-
-
-def pack_signs(w: torch.Tensor) -> torch.Tensor:
-    """(..., K) float -> (..., ceil(K/8)) uint8 of sign bits (1 iff w >= 0), padding bits 0."""
-    k = w.shape[-1]
-    bits = (w >= 0).to(torch.int32)
-    pad = (-k) % 8
-    if pad:
-        bits = torch.nn.functional.pad(bits, (0, pad))
-    bits = bits.reshape(*w.shape[:-1], (k + pad) // 8, 8)
-    return (bits * _BIT_VALUES.to(w.device)).sum(-1).to(torch.uint8)
-
-
-def unpack_signs(packed: torch.Tensor, in_features: int, dtype=torch.float32) -> torch.Tensor:
-    """(..., ceil(K/8)) uint8 -> (..., K) tensor of +1/-1 (the inverse of pack_signs on signs)."""
-    bits = (packed.to(torch.int32).unsqueeze(-1) & _BIT_VALUES.to(packed.device)) != 0
-    bits = bits.reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :in_features]
-    one = torch.ones((), dtype=dtype, device=packed.device)
-    return torch.where(bits, one, -one)
-
-
-def binarize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float weight -> (packed sign bits (N, ceil(K/8)) uint8, alpha = mean|W| per row, float32)."""
-    w = weight.detach().float()
-    alpha = w.abs().mean(1) if w.shape[1] > 0 else w.new_zeros(w.shape[0])
-    return pack_signs(w), alpha.contiguous()
+from .._rules import unpack_signs
+from .backends import register, requested_isa
 
 
 def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """int8 layers: reference, cpu, triton and cuda implementations of the int8 linear / conv ops.
 
 Activations (per token / per sample) and weights (per output channel) are quantised with the quant family's
-quantize_per_token rule (API.md): amax = max|v| over a row (float32), scale = amax / 127 (1 where 0),
+quantize_per_token rule (pyopt/_rules.py): amax = max|v| over a row (float32), scale = amax / 127 (1 where 0),
 q = clamp(rint_half_even(float32(v * float32(1 / scale))), -127, 127). The reference uses that family's
 reference and the C++ path its row quantiser (csrc/cpu/quant_simd.h), so the two families agree bit for bit.
 """
@@ -13,14 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import register, requested_isa
-from .quant import quantize_per_token_ref
-
-
-def quantize_rows_symmetric(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_per_token of each row of a 2-d tensor -> (q int8, scales float32 [rows])."""
-    q, scales = quantize_per_token_ref(v, torch.int8)
-    return q, scales.reshape(v.shape[0])
+from .._rules import quantize_rows_symmetric
+from .backends import register, requested_isa
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,6 @@
 """quant family: reference, cpu, triton and cuda implementations of the pyopt:: quantize / dequantize ops.
 
-The rules every backend follows (measured against torch 2.13 on CPU, see README "Quantize / dequantize"):
-
-  per-tensor quantize   q = clamp(rne(fma(x, inv, zp)))          inv = 1.0f / float32(scale); NaN -> qmax
-  per-channel/-group    q = clamp(rne(float32(x * inv) + zp))    the product is rounded first; NaN -> 0
-  per-token             q = clamp(rne(float32(x * inv)), -127, 127), inv = 1.0f / (amax / 127)
-  dequantize            (float32(q) - zp) * float32(scale)       per-channel: in float64, then rounded
-
-rne = round half to even; all arithmetic in float32 (fp16/bf16 inputs are widened exactly first).
+Every backend follows the rounding rules of pyopt/_rules.py (bit-exact with torch 2.13 on CPU).
 """
 
 from __future__ import annotations
@@ -16,88 +9,28 @@ import math
 
 import torch
 
-from .._backend import register, requested_isa
-from .._op_checks import QRANGE
-
-F32_EPS = torch.finfo(torch.float32).eps  # torch.ao observers clamp scales to at least this
+from .._rules import (
+    QRANGE,
+    channel_view,
+    fma_f32,
+    per_group_qparams,
+    per_token_scales,
+    quantize_per_token,
+    quantize_rounded_product,
+    reciprocal_f32,
+    round_clamp,
+)
+from .backends import register, requested_isa
 
 
 # ----------------------------------------------------------------------------------------------------------
 # reference (pure torch): the fallback on every device and the oracle of the tests
 # ----------------------------------------------------------------------------------------------------------
-def fma_f32(x: torch.Tensor, inv: torch.Tensor, zp: torch.Tensor | float) -> torch.Tensor:
-    """float32 fma(x, inv, zp) with a single rounding, in pure torch.
-
-    x*inv is exact in float64 (24+24 bit significands); the sum is rounded to float64 with round-to-odd
-    (TwoSum error term -> sticky bit), which makes the final rounding to float32 correct (53 >= 2*24+2).
-    """
-    p = x.double() * inv.double()
-    z = torch.as_tensor(zp, dtype=torch.float64, device=x.device).expand_as(p)
-    s = p + z
-    b = s - p
-    err = (p - (s - b)) + (z - b)
-    odd = (s.view(torch.int64) | (err != 0).to(torch.int64)).view(torch.float64)
-    return torch.where(torch.isfinite(s), odd, s).float()
-
-
-def div_f32(a: torch.Tensor, b: float) -> torch.Tensor:
-    """a / b in float32 as a true elementwise division on every device (CUDA turns a/scalar into a*(1/b))."""
-    return a / torch.full_like(a, b)
-
-
-def reciprocal_f32(s: torch.Tensor) -> torch.Tensor:
-    """1.0f / s, correctly rounded (what torch's quantizers compute as the inverse scale)."""
-    return torch.ones_like(s) / s
-
-
-def canonical_nan(t: torch.Tensor) -> torch.Tensor:
-    """NaN scales as the one quiet NaN 0x7fc00000 (every backend writes that one, whatever the input's NaN)."""
-    return torch.where(torch.isnan(t), float("nan"), t)
-
-
-def round_clamp(v: torch.Tensor, lo: int, hi: int, nan_value: int, dtype) -> torch.Tensor:
-    v = torch.where(torch.isnan(v), float(nan_value), v)
-    return v.round().clamp_(lo, hi).to(dtype)
-
-
-def channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
-    """A per-channel vector shaped to broadcast along `axis` of an ndim-d tensor."""
-    return t.reshape((-1,) + (1,) * (ndim - 1 - axis))
-
-
-def qparams_from_minmax(mn, mx, dtype, symmetric: bool, reduce_range: bool = False):
-    """torch.ao.quantization observers' _calculate_qparams (MinMax / PerChannelMinMax), float32 math.
-
-    The range is widened to include 0; scales are at least float32 eps. Symmetric: scale = amax /
-    ((qmax - qmin) / 2), zero point 0 (int8) or 128 (uint8). Affine: scale = (max - min) / (qmax - qmin),
-    zp = clamp(qmin - rne(min / scale)). NaN in a min/max gives scale NaN and (affine) zero point 0.
-    """
-    qmin, qmax = QRANGE[dtype]
-    if reduce_range:
-        qmin, qmax = qmin // 2, qmax // 2
-    min_neg = torch.minimum(mn, torch.zeros_like(mn))
-    max_pos = torch.maximum(mx, torch.zeros_like(mx))
-    eps = torch.full_like(mn, F32_EPS)
-    if symmetric:
-        scale = torch.maximum(div_f32(torch.maximum(-min_neg, max_pos), (qmax - qmin) / 2), eps)
-        zp = torch.full(mn.shape, 128 if dtype == torch.uint8 else 0, dtype=torch.int64, device=mn.device)
-    else:
-        scale = torch.maximum(div_f32(max_pos - min_neg, float(qmax - qmin)), eps)
-        zpf = qmin - torch.round(min_neg / scale)
-        zp = torch.where(torch.isnan(zpf), 0.0, zpf).clamp(qmin, qmax).to(torch.int64)
-    return canonical_nan(scale), zp
-
-
 @register("quantize_per_tensor", "reference")
 def quantize_per_tensor_ref(x, scale, zero_point, dtype):
     inv = reciprocal_f32(torch.tensor(scale, dtype=torch.float32, device=x.device))
     lo, hi = QRANGE[dtype]
     return round_clamp(fma_f32(x.float(), inv, float(zero_point)), lo, hi, hi, dtype)
-
-
-def quantize_rounded_product(xf, inv, zp, lo, hi, dtype):
-    """clamp(rne(float32(x * inv) + zp)): the per-channel / per-group / per-token rule; NaN -> 0."""
-    return round_clamp(xf * inv + zp, lo, hi, 0, dtype)
 
 
 @register("quantize_per_channel", "reference")
@@ -108,25 +41,9 @@ def quantize_per_channel_ref(x, scales, zero_points, axis, dtype):
     return quantize_rounded_product(x.float(), inv, zp, *QRANGE[dtype], dtype)
 
 
-def per_token_scales(xf: torch.Tensor) -> torch.Tensor:
-    """amax|x| / 127 per row of the last dim (float32, keepdim); 0 -> 1.0."""
-    if xf.shape[-1] == 0:
-        return torch.ones((*xf.shape[:-1], 1), device=xf.device)
-    scales = div_f32(xf.abs().amax(-1, keepdim=True), 127.0)
-    return canonical_nan(torch.where(scales == 0, 1.0, scales))
-
-
 @register("quantize_per_token", "reference")
 def quantize_per_token_ref(x, dtype):
-    xf = x.float()
-    scales = per_token_scales(xf)
-    return quantize_rounded_product(xf, reciprocal_f32(scales), 0.0, -127, 127, dtype), scales
-
-
-def per_group_qparams(xf: torch.Tensor, group_size: int, dtype, symmetric: bool):
-    """(scales, zero_points) of each group of the last dim: the observer rules on the group's min/max."""
-    mn, mx = torch.aminmax(xf.reshape(*xf.shape[:-1], xf.shape[-1] // group_size, group_size), dim=-1)
-    return qparams_from_minmax(mn, mx, dtype, symmetric)
+    return quantize_per_token(x)
 
 
 @register("quantize_per_group", "reference")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import register, requested_isa
-from .._op_checks import _check_fused_sgd_tensors
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+from .._rules import LOW_PRECISION
+from .backends import register, requested_isa
+from .checks import check_fused_sgd_tensors
 
 
 def _skip_step(found_inf) -> bool:
@@ -36,7 +35,7 @@ def fused_sgd_ref(
     params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
     nesterov, maximize, lr_tensor, grad_scale, found_inf,
 ):  # fmt: skip
-    _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
+    check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
     if _skip_step(found_inf):
         return
     lr = host_lr(lr, lr_tensor)
@@ -124,7 +123,7 @@ def fused_sgd_triton(
     params, grads, momentum_buffers, master_params, masks, first_step, lr, weight_decay, momentum, dampening,
     nesterov, maximize, lr_tensor, grad_scale, found_inf,
 ):  # fmt: skip
-    _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
+    check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
     if not params:
         return
     from ..kernels.sgd import launch_sgd

@@ -16,31 +16,28 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import register, requested_isa
-
+from .._rules import dequantize_csr_int8, masked_weight
+from .backends import register, requested_isa
 
 # ----------------------------------------------------------------------------------------------------------
 # reference: pure torch (fallback on any device and the tests' oracle)
 # ----------------------------------------------------------------------------------------------------------
-def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # where(), not weight * mask: a pruned inf/nan weight must not leak into the product
-    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
 @register("sparse_masked_linear", "reference")
 def masked_linear_ref(x, weight, mask, bias):
-    return F.linear(x, _masked(weight, mask), bias)
+    return F.linear(x, masked_weight(weight, mask), bias)
 
 
 @register("sparse_masked_linear_grad_input", "reference")
 def masked_linear_grad_input_ref(grad_y, weight, mask):
-    return grad_y @ _masked(weight, mask)
+    return grad_y @ masked_weight(weight, mask)
 
 
 @register("sparse_masked_sddmm", "reference")
 def masked_sddmm_ref(grad_y, x, mask):
     gy = _2d(grad_y)
-    return _masked(gy.t() @ _2d(x), mask)
+    return masked_weight(gy.t() @ _2d(x), mask)
 
 
 def _check_col_range(col_indices: torch.Tensor, k: int) -> None:
@@ -56,13 +53,6 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
         crow_indices, col_indices.long(), values, (out_features, k), check_invariants=True
     ).to_dense()
     return F.linear(x, w, bias)
-
-
-def dequantize_csr_int8(crow_indices, values, row_scales) -> torch.Tensor:
-    """float32 values of a csr_int8 weight: w[j] = q[j] * scale[row(j)] (one float32 rounding each)."""
-    counts = crow_indices[1:] - crow_indices[:-1]
-    rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=values.device), counts)
-    return values.float() * row_scales[rows]
 
 
 @register("sparse_csr_int8_linear", "reference")
@@ -217,88 +207,3 @@ def _backward_masked_linear(ctx, grad_y):
 torch.library.register_autograd(
     "pyopt::sparse_masked_linear", _backward_masked_linear, setup_context=_setup_masked_linear
 )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# formats: masked dense weight -> CSR / BSR tensors for the ops above
-# ----------------------------------------------------------------------------------------------------------
-def to_csr(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(crow_indices int64, col_indices int16 if in_features < 2^15 else int32, values) of weight*mask.
-
-    Every kept entry is stored (also a kept weight that happens to be 0), columns sorted within rows.
-    """
-    n, k = weight.shape
-    rows, cols = mask.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=n)
-    crow = torch.zeros(n + 1, dtype=torch.int64, device=weight.device)
-    crow[1:] = counts.cumsum(0)
-    col_dtype = torch.int16 if k <= torch.iinfo(torch.int16).max else torch.int32
-    return crow, cols.to(col_dtype), weight[rows, cols].contiguous()
-
-
-def quantize_csr_values(
-    crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor, in_features: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, float32 row_scales [N]) of a float CSR weight, same structure (crow / col unchanged).
-
-    The rule of Int8Linear's per-channel weight quantiser (quantize_rows_symmetric, the quantize_per_token
-    rule): scale_n = max|w[n, :]| / 127 (1.0 for an all-zero row), q = clamp(rne(w * (1 / scale_n)), ±127).
-    The rows are quantised as a zero-padded [N, longest row] matrix (the max over a padded row is the max over
-    its kept weights; padding quantises to 0 and is dropped), not as the dense [N, K] weight.
-    """
-    from .int8_linear import quantize_rows_symmetric  # lazily: the int8 family imports nothing from here
-
-    n = crow_indices.shape[0] - 1
-    counts = crow_indices[1:] - crow_indices[:-1]
-    rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
-    pos = torch.arange(values.numel(), device=values.device) - crow_indices[:-1].repeat_interleave(counts)
-    width = int(counts.max()) if n and values.numel() else 0
-    padded = torch.zeros(n, width, dtype=torch.float32, device=values.device)
-    padded[rows, pos] = values.float()
-    q, scales = quantize_rows_symmetric(padded)
-    return q[rows, pos].contiguous(), scales.float().contiguous()
-
-
-def to_csr_int8(
-    weight: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(crow_indices, col_indices, values int8, row_scales float32) of weight*mask: to_csr + int8 values."""
-    crow, col, values = to_csr(weight, mask)
-    q, scales = quantize_csr_values(crow, col, values, weight.shape[1])
-    return crow, col, q, scales
-
-
-def block_mask(mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    """[N/bh, K/bw] bool: which (bh, bw) blocks hold any kept entry."""
-    bh, bw = block
-    n, k = mask.shape
-    if bh <= 0 or bw <= 0 or n % bh or k % bw:
-        raise ValueError(f"block {block} must divide the weight shape {(n, k)}")
-    return mask.reshape(n // bh, bh, k // bw, bw).any(dim=3).any(dim=1)
-
-
-def is_block_structured(mask: torch.Tensor, block: tuple[int, int]) -> bool:
-    """Whether every (bh, bw) block of the mask is all kept or all pruned."""
-    bh, bw = block
-    n, k = mask.shape
-    if n % bh or k % bw:
-        return False
-    blocks = mask.reshape(n // bh, bh, k // bw, bw)
-    return bool((blocks.all(dim=3).all(dim=1) == blocks.any(dim=3).any(dim=1)).all())
-
-
-def to_bsr(
-    weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(crow_indices int64, col_indices int32, values [nnz_blocks, bh, bw]) of weight*mask.
-
-    Blocks with any kept entry are stored whole (pruned entries inside them as 0).
-    """
-    bh, bw = block
-    n, k = weight.shape
-    keep = block_mask(mask, block)
-    brow, bcol = keep.nonzero(as_tuple=True)
-    crow = torch.zeros(n // bh + 1, dtype=torch.int64, device=weight.device)
-    crow[1:] = torch.bincount(brow, minlength=n // bh).cumsum(0)
-    blocks = _masked(weight, mask).reshape(n // bh, bh, k // bw, bw).permute(0, 2, 1, 3)
-    return crow, bcol.to(torch.int32), blocks[brow, bcol].contiguous()

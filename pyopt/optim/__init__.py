@@ -1,5 +1,5 @@
 """Optimizers built on pyopt's fused kernels."""
 
-from .sgd import FusedSGD
+from .fused_sgd import FusedSGD
 
 __all__ = ["FusedSGD"]

@@ -2,80 +2,14 @@
 
 from __future__ import annotations
 
-import fnmatch
-
 import torch
 from torch import nn
 
-from ..report import Report
+from ..convert.report import Report
+from ..nn import SparseConv2d, SparseLinear
 from . import masks as M
-
-
-def _sparse_linear_cls():
-    """pyopt.nn.SparseLinear if that family is built in (imported lazily: it is optional for prune itself)."""
-    from .. import nn as pnn
-
-    return getattr(pnn, "SparseLinear", None)
-
-
-def _sparse_conv_cls():
-    from ..nn.sparse_conv import SparseConv2d
-
-    return SparseConv2d
-
-
-def _kind(module: nn.Module) -> str | None:
-    """'linear' / 'conv' for prunable layers (dense or already pruned), else None.
-
-    Exact types only: subclasses of nn.Linear (e.g. MultiheadAttention's out_proj) are read through .weight by
-    their owners, which a swapped-in layer would silently bypass.
-    """
-    sparse_linear = _sparse_linear_cls()
-    if type(module) is nn.Linear or (sparse_linear is not None and type(module) is sparse_linear):
-        return "linear"
-    if type(module) in (nn.Conv2d, _sparse_conv_cls()):
-        return "conv"
-    return None
-
-
-def _patterns(arg, name: str) -> list:
-    if arg is None:
-        return []
-    items = [arg] if isinstance(arg, (str, type)) else arg
-    try:
-        items = list(items)
-    except TypeError:
-        items = [None]
-    for item in items:
-        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
-            raise TypeError(
-                f"{name} must be a glob pattern (str), an nn.Module type, or a list of them; got {arg!r}"
-            )
-    return items
-
-
-def _matches(qualname: str, module: nn.Module, patterns: list) -> bool:
-    return any(
-        fnmatch.fnmatchcase(qualname, p) if isinstance(p, str) else isinstance(module, p) for p in patterns
-    )
-
-
-def select_layers(model: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Module]]:
-    """(qualified name, layer) of every prunable layer that `include` selects and `exclude` does not.
-
-    include / exclude: None, or a glob pattern on the qualified module name (fnmatch: `*` also matches dots,
-    e.g. "encoder.*", "*.fc?"), an nn.Module subclass (matched with isinstance), or a list mixing both.
-    include=None selects every nn.Linear / nn.Conv2d (and already-pruned SparseLinear / SparseConv2d);
-    exclude wins over include. The model itself has the name "".
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    return [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if _kind(mod) and (include is None or _matches(name, mod, inc)) and not _matches(name, mod, exc)
-    ]
+from .channel import prune_channels
+from .select import layer_kind, select_layers
 
 
 def _current_mask(name: str, layer: nn.Module) -> torch.Tensor:
@@ -155,16 +89,15 @@ def _set_module(model: nn.Module, qualname: str, new: nn.Module) -> nn.Module:
 def _apply_mask(name: str, layer: nn.Module, mask: torch.Tensor) -> nn.Module:
     """Swap a dense layer for its sparse twin, or update a sparse layer's mask; returns the layer to keep."""
     if type(layer) is nn.Conv2d:
-        return _sparse_conv_cls().from_dense(layer, mask)
+        return SparseConv2d.from_dense(layer, mask)
     if hasattr(layer, "set_mask"):  # SparseConv2d (and SparseLinear if it offers it): in place
         layer.set_mask(mask)
         return layer
-    sparse_linear = _sparse_linear_cls()
     dense = layer
     if type(layer) is not nn.Linear:  # an already-pruned SparseLinear: rebuild it around the same tensors
         dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
         dense.weight, dense.bias = layer.weight, layer.bias
-    return sparse_linear.from_dense(dense, mask)
+    return SparseLinear.from_dense(dense, mask)
 
 
 def prune(
@@ -190,7 +123,7 @@ def prune(
              weights along the input dim, for conv the flattened in_channels/groups*kh*kw dim); (bh, bw) blocks
              of the (out, in) weight matrix; "channel" (physically remove output channels: see
              pyopt.pruning.channel.prune_channels; channel_norm picks L1 or L2 for it).
-    include / exclude: see select_layers.
+    include / exclude: see pyopt/convert/select.py.
 
     Dense layers are replaced (nn.Linear -> pyopt.nn.SparseLinear.from_dense, nn.Conv2d ->
     pyopt.nn.SparseConv2d.from_dense); already-pruned layers get the intersection of old and new mask, so
@@ -199,8 +132,6 @@ def prune(
     """
     amount, pat = _check_args(amount, method, scope, pattern, generator)
     if pat.kind == "channel":
-        from .channel import prune_channels
-
         if scope != "layer":
             raise ValueError(
                 f"scope={scope!r}: pattern='channel' prunes each layer's channels, use scope='layer'"
@@ -208,12 +139,6 @@ def prune(
         return prune_channels(model, amount, method, include, exclude, generator, channel_norm)
     layers = select_layers(model, include, exclude)
     new_masks = _layer_masks(layers, amount, method, scope, pat, generator)
-    dense_linear = [name for name, layer in layers if type(layer) is nn.Linear]
-    if dense_linear and _sparse_linear_cls() is None:  # checked before anything changes
-        raise RuntimeError(
-            f"pruning nn.Linear layer '{dense_linear[0]}' needs pyopt.nn.SparseLinear, which this build "
-            "lacks; exclude Linear layers (exclude=[torch.nn.Linear]) or install the sparse family"
-        )
     report = Report("prune")
     kept = total = 0
     for (name, old), mask in zip(layers, new_masks, strict=True):
@@ -223,7 +148,7 @@ def prune(
         report.add(
             name,
             "pruned",
-            type="Linear" if _kind(old) == "linear" else "Conv2d",
+            type="Linear" if layer_kind(old) == "linear" else "Conv2d",
             pattern=str(pat),
             method=method,
             params=numel,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..report import Report
+from ..convert.report import Report
 from . import masks as M
-from .api import select_layers
+from .select import select_layers
 
 _PASSTHROUGH = (
     nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,

@@ -13,8 +13,9 @@ import numbers
 import torch
 from torch import nn
 
-from ..nn._base import get_param_mask
+from .._rules import get_param_mask
 from . import masks as M
+from .api import prune
 
 
 def _check_int(name: str, value, minimum: int | None = None) -> int:
@@ -119,8 +120,6 @@ class GradualPruner:
 
         Returns the prune Report when it pruned, else None.
         """
-        from .api import prune
-
         if step is None:
             step, self.step_count = self.step_count, self.step_count + 1
         if step < self.begin_step:

@@ -12,7 +12,8 @@ from . import compress, demo
 def cmd_info(args) -> int:
     import torch
 
-    from . import _backend, _native
+    from ..ops import backends as _backend
+    from ..ops import native as _native
 
     print(
         f"pyopt {__import__('pyopt').__version__}  torch {torch.__version__}  python {sys.version.split()[0]}"
@@ -45,15 +46,16 @@ def cmd_info(args) -> int:
                 runs.append("-")
         impls = ",".join(_backend.implementations(op))
         print(f"{op:32s} " + " ".join(f"{r:>12s}" for r in runs) + f"   {impls}")
-    extra = getattr(__import__("pyopt"), "_info_extra", None)
-    if extra:
-        print()
-        extra()
+    from ..nn.sparse_format import DEFAULT_CACHE
+
+    print(f"\nsparse format choice: {len(DEFAULT_CACHE)} calibrated decision(s) in this process")
+    for key, d in DEFAULT_CACHE.items():
+        print(f"  {key[0]} {key[1]} {key[2]} sparsity~{key[3]:.2f}: {d.format} ({d.reason})")
     return 0
 
 
 def _bench_dir() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(here, "bench")
     if not os.path.isfile(os.path.join(path, "harness.py")):
         raise SystemExit(

@@ -1,4 +1,4 @@
-"""The never-slower-than-dense dispatcher of compressed sparse layers.
+"""The never-slower-than-dense format choice of compressed sparse layers (SparseLinear.compress()).
 
 For a masked weight, `choose()` times every format that can run it here — "dense" (F.linear on the
 masked weight), "csr", "bsr" (when the mask is block-structured) and "2:4" (CUDA sm80+, half precision,
@@ -12,13 +12,12 @@ isolate). The `Decision` keeps the measured times, so the choice and its reason 
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from . import sparse as sparse_ops
+from .._rules import is_block_structured, masked_weight, to_bsr, to_csr, to_csr_int8
+from ..timing import time_many
 
 # csr_int8 (weight-only int8 CSR) is never chosen here: pyopt.quantize / SparseLinear.quantize_int8 pick it,
 # for size (1 B value + 2 B column per kept weight, + 4 B per row), not speed.
@@ -73,10 +72,10 @@ DEFAULT_CACHE = DispatchCache()
 
 def detect_block(mask: torch.Tensor) -> tuple[int, int] | None:
     """The largest block shape the mask is made of (all-kept or all-pruned blocks), if any."""
-    if mask.all() or not mask.any() or not sparse_ops.is_block_structured(mask, (4, 4)):
+    if mask.all() or not mask.any() or not is_block_structured(mask, (4, 4)):
         return None
     for block in BLOCK_CANDIDATES:
-        if sparse_ops.is_block_structured(mask, block):
+        if is_block_structured(mask, block):
             return block
     return None
 
@@ -101,17 +100,17 @@ def _semi_structured_ok(weight: torch.Tensor, mask: torch.Tensor) -> bool:
 def build(fmt: str, weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, int] | None = None) -> dict:
     """The tensors that store weight*mask in `fmt` (names = SparseLinear buffer names)."""
     if fmt == "dense":
-        return {"weight": sparse_ops._masked(weight, mask).contiguous()}
+        return {"weight": masked_weight(weight, mask).contiguous()}
     if fmt == "csr":
-        crow, col, values = sparse_ops.to_csr(weight, mask)
+        crow, col, values = to_csr(weight, mask)
         return {"crow_indices": crow, "col_indices": col, "values": values}
     if fmt == "csr_int8":
-        crow, col, values, scales = sparse_ops.to_csr_int8(weight, mask)
+        crow, col, values, scales = to_csr_int8(weight, mask)
         return {"crow_indices": crow, "col_indices": col, "values": values, "row_scales": scales}
     if fmt == "bsr":
         if block is None:
             raise ValueError("format='bsr' needs a block shape (bh, bw)")
-        crow, col, values = sparse_ops.to_bsr(weight, mask, block)
+        crow, col, values = to_bsr(weight, mask, block)
         return {"crow_indices": crow, "col_indices": col, "values": values}
     if fmt == "2:4":
         if not _semi_structured_ok(weight, mask):
@@ -119,7 +118,7 @@ def build(fmt: str, weight: torch.Tensor, mask: torch.Tensor, block: tuple[int, 
                 "format='2:4' needs a CUDA sm80+ device, float16/bfloat16 weights, dims divisible by 64 "
                 "and a 2:4 mask"
             )
-        return {"weight": sparse_ops._masked(weight, mask).contiguous()}
+        return {"weight": masked_weight(weight, mask).contiguous()}
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
@@ -149,21 +148,6 @@ def linear(
     else:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     return op(x, tensors["crow_indices"], tensors["col_indices"], tensors["values"], bias, out_features)
-
-
-def _median_ms(fns: dict, device: torch.device, rounds: int) -> dict[str, float]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(rounds):  # interleaved rounds: a neighbour's load hits every format alike
-        for k, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def cache_key(weight: torch.Tensor, mask: torch.Tensor, block, ms) -> tuple:
@@ -207,8 +191,8 @@ def choose(
     for m in ms:
         x = torch.randn(m, k, dtype=weight.dtype, device=weight.device)
         fns = {f: (lambda f=f, t=t, x=x: linear(f, t, x, bias, n)) for f, t in candidates.items()}
-        for f, v in _median_ms(fns, weight.device, rounds).items():
-            times[f][m] = v
+        for f, v in time_many(fns, weight.device, repeat=rounds, min_time=0.0, warmup=1).items():
+            times[f][m] = v * 1e3
     # worst-case speedup over the calibrated batch sizes; sparse must beat dense at every one of them
     worst = {f: min(times["dense"][m] / times[f][m] for m in ms) for f in candidates if f != "dense"}
     best = max(worst, key=worst.get) if worst else None

@@ -1,4 +1,4 @@
-"""The small protocol every pyopt module follows, shared by save/load, quantize, prune and FusedSGD.
+"""The protocol every pyopt module follows, shared by save/load, quantize, prune and ONNX export.
 
 Module registry (for pyopt.save / pyopt.load):
     @register_module
@@ -8,12 +8,8 @@ Module registry (for pyopt.save / pyopt.load):
         def from_config(cls, cfg: dict) -> "Int8Linear": ...  # an empty module of the right shapes
     All tensor state lives in parameters/buffers, so state_dict + from_config round-trips exactly.
 
-Parameter masks (for FusedSGD and pruned training):
-    set_param_mask(param, mask)  attaches a bool mask (same shape as param, same device) to the parameter;
-    get_param_mask(param)        returns it or None. FusedSGD keeps masked-out entries of the parameter and
-                                 of its momentum buffer exactly zero, inside its fused pass.
-    The module owning the mask keeps it as a buffer (so it is saved and moved with the module) and calls
-    set_param_mask again whenever the buffer object changes (e.g. after .to(), load_state_dict).
+Also the constructor / forward argument checks the modules share. Parameter masks (pruning, FusedSGD) are
+a rule of pyopt/_rules.py (set_param_mask / get_param_mask).
 """
 
 from __future__ import annotations
@@ -25,8 +21,6 @@ from torch import nn
 
 MODULES: dict[str, type[nn.Module]] = {}
 
-_MASK_ATTR = "_pyopt_mask"
-
 
 def register_module(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: make `cls` known to pyopt.load by its class name."""
@@ -36,15 +30,6 @@ def register_module(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-def set_param_mask(param: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
-        if mask.shape != param.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != parameter shape {tuple(param.shape)}")
-    setattr(param, _MASK_ATTR, mask)
-
-
 def keep_float32(module: nn.Module, *names: str) -> None:
     """After Module._apply: buffers holding quantisation metadata (scales, an int8 layer's bias) stay float32
     under .half() / .to(dtype) — the ops compute in float32 and require it; only their device follows."""
@@ -52,10 +37,6 @@ def keep_float32(module: nn.Module, *names: str) -> None:
         t = module._buffers.get(name)
         if t is not None and t.is_floating_point() and t.dtype != torch.float32:
             module._buffers[name] = t.float()
-
-
-def get_param_mask(param: torch.Tensor) -> torch.Tensor | None:
-    return getattr(param, _MASK_ATTR, None)
 
 
 def check_features(in_features, out_features) -> tuple[int, int]:

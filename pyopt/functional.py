@@ -1,7 +1,7 @@
-"""Public quantize / dequantize API (int8 / uint8), bit-exact with torch's quantizers on CPU.
+"""The tensor-level functional API: quantize / dequantize (int8 / uint8), bit-exact with torch's quantizers on CPU.
 
 Each function validates its arguments and calls one `torch.ops.pyopt.*` op, which routes to the fastest
-backend for the input's device (see pyopt/_backend.py). Rounding rules: README "Quantize / dequantize".
+backend for the input's device (pyopt/ops/). Rounding rules: README "Quantize / dequantize".
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numbers
 
 import torch
 
-from ._op_checks import check_axis, check_quant_dtype, check_quant_input
-from .ops.quant import qparams_from_minmax
+from ._rules import qparams_from_minmax
+from .ops.checks import check_axis, check_quant_dtype, check_quant_input
 
 __all__ = [
     "choose_qparams",

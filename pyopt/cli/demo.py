@@ -18,7 +18,7 @@ the tutorial — and measured the same way:
 For each: test accuracy, size of its pyopt.save file, latency at batch 1 and 256 (median of interleaved
 repeated runs after warm-up, one process, torch.inference_mode), speedup vs float32, and a reload check:
 pyopt.load into a fresh float model of the same architecture must give bit-identical outputs.
-Outputs: a terminal table and --out/{results.json, results.md, tradeoffs.png} (pyopt/_demo_report.py).
+Outputs: a terminal table and --out/{results.json, results.md, tradeoffs.png} (pyopt/demo_report.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import math
 import os
-import statistics
 import sys
 import time
 from collections import OrderedDict
@@ -39,6 +38,8 @@ from torch import nn
 
 import pyopt
 import pyopt.optim
+
+from ..timing import time_many
 
 NUM_CLASSES = 10
 # The two hidden Linear layers hold 99% of the weights and most of the multiply-adds: that is where
@@ -251,25 +252,13 @@ VARIANTS: dict[str, Callable] = {
 
 # ------------------------------------------------------------------------------------------- measuring
 def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, min_time: float) -> dict[str, float]:
-    """Median ms per forward of each model on x. Warm-up first; then the models run in interleaved rounds
-    (so that a neighbour's load or clock drift hits every variant alike) until each has >= 5 samples
-    and `min_time` seconds of samples."""
-    samples: dict[str, list[float]] = {k: [] for k in models}
+    """Median ms per forward of each model on x, in interleaved rounds (pyopt.timing.time_many)."""
+    for m in models.values():
+        m.eval()
     with torch.inference_mode():
-        for m in models.values():
-            m.eval()
-            for _ in range(3):
-                m(x)
-        while True:
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                samples[name].append(time.perf_counter() - t0)
-            spent = min(sum(v) for v in samples.values())
-            n = len(samples[next(iter(samples))])
-            if (n >= 5 and spent >= min_time) or n >= 500:
-                break
-    return {k: 1e3 * statistics.median(v) for k, v in samples.items()}
+        fns = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        t = time_many(fns, repeat=5, min_time=min_time * len(models), warmup=3)
+    return {k: 1e3 * v for k, v in t.items()}
 
 
 def describe(model: nn.Module) -> str:
@@ -295,7 +284,7 @@ def save_and_reload(name: str, model: nn.Module, data: Data, out_dir: str, size:
 
 # ------------------------------------------------------------------------------------------------ main
 def run(cfg: Config) -> dict:
-    from . import _demo_report
+    from . import demo_report
 
     torch.manual_seed(cfg.seed)
     names = list(cfg.variants or VARIANTS)
@@ -350,14 +339,12 @@ def run(cfg: Config) -> dict:
     keys = ["name", "accuracy", "size_bytes", "latency_ms_b1", "latency_ms_b256"]
     keys += ["speedup_b1", "speedup_b256", "reload_identical"]
     results = {
-        "machine": _demo_report.machine_name(),
+        "machine": demo_report.machine_name(),
         "torch": torch.__version__,
         "pyopt": pyopt.__version__,
         "variants": [{k: rows[n][k] for k in keys} for n in names if n in rows],
     }
-    _demo_report.write_all(
-        results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load, layers
-    )
+    demo_report.write_all(results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load, layers)
     return {"results": results, "failed": failed}
 
 

@@ -1,25 +1,11 @@
-"""Writing the demo's results: terminal table, results.json, results.md, tradeoffs.png, target notes."""
+"""Writing the demo's results: terminal table, results.json, results.md, tradeoffs.png, goal notes."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 
-
-def machine_name() -> str:
-    """CPU model and core count (or the GPU's name), for results files; shared with bench/harness.py."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().replace(" ", "-")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu.replace(' ', '-')}-{os.cpu_count()}cores"
+from ..timing import machine_name  # noqa: F401  (results files name their machine)
 
 
 def _mib(n: int) -> str:
@@ -41,7 +27,7 @@ def table(variants: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# Why the size target can be missed (the closing note says which applies).
+# Why the size goal can be missed (the report says which applies).
 WHY_SIZE_CSR = (
     "the pruned head stayed in float CSR (float32 value + int16 column index = 6 B per kept weight, about "
     "6.7x smaller than dense float32 at 90% sparsity): pyopt.quantize did not convert it to csr_int8"
@@ -52,25 +38,25 @@ WHY_SIZE_CSR_INT8 = (
     "the file's metadata weigh too much"
 )
 WHY_SIZE_DENSE = (
-    "pyopt.sparsify's dispatcher kept the pruned layers dense (in its calibration on this machine, CSR "
+    "pyopt.sparsify's format choice kept the pruned layers dense (in its calibration on this machine, CSR "
     "was not faster than dense at every batch size; on a busy machine that calibration is noisy), and "
     "pyopt.quantize converts only compressed csr SparseLinear layers to int8 (csr_int8)"
 )
 
 
-def target_notes(
+def goal_notes(
     variants: list[dict], failed: dict[str, str], n_test: int, load: tuple[float, int], layers: dict[str, str]
 ) -> list[str]:
-    """The issue's targets, each marked met / MISSED with the numbers that decide it and, if missed, why."""
+    """The demo's goals, each marked met / MISSED with the numbers that decide it and, if missed, why."""
     by = {v["name"]: v for v in variants}
     notes = []
     ref = by.get("float32")
     if ref is None:
-        return ["no float32 baseline: targets not evaluated"]
+        return ["no float32 baseline: goals not evaluated"]
     for name, limit in (("pruned-90", 0.5), ("int8", 0.5), ("pruned-90+int8", 1.0)):
         if name in by:
             drop = 100 * (ref["accuracy"] - by[name]["accuracy"])
-            note = f"{name}: accuracy drop {drop:.2f} pt (target <= {limit} pt): {'met' if drop <= limit else 'MISSED'}"
+            note = f"{name}: accuracy drop {drop:.2f} pt (goal <= {limit} pt): {'met' if drop <= limit else 'MISSED'}"
             if drop > limit:
                 wrong = round(n_test * (ref["accuracy"] - by[name]["accuracy"]))
                 note += f" — {wrong} more of the {n_test} test images wrong; a longer fine-tune (--finetune-epochs) may recover them"
@@ -78,7 +64,7 @@ def target_notes(
     if "pruned-90+int8" in by:
         ratio = ref["size_bytes"] / by["pruned-90+int8"]["size_bytes"]
         ok = ratio >= 8
-        note = f"pruned-90+int8: {ratio:.1f}x smaller on disk (target >= 8x): {'met' if ok else 'MISSED'}"
+        note = f"pruned-90+int8: {ratio:.1f}x smaller on disk (goal >= 8x): {'met' if ok else 'MISSED'}"
         kinds = layers.get("pruned-90+int8", "")
         why = (
             WHY_SIZE_CSR_INT8
@@ -93,7 +79,7 @@ def target_notes(
         best = max(others, key=lambda v: v["speedup_b256"])
         ok = best["speedup_b256"] >= 2
         note = (
-            f"fastest at batch 256: {best['name']} {best['speedup_b256']:.2f}x float32 (target >= 2x): "
+            f"fastest at batch 256: {best['name']} {best['speedup_b256']:.2f}x float32 (goal >= 2x): "
             f"{'met' if ok else 'MISSED'}"
         )
         loadavg, cores = load
@@ -186,7 +172,7 @@ def write_all(
     layers: dict[str, str],
 ) -> None:
     variants = results["variants"]
-    notes = target_notes(variants, failed, n_test, load, layers)
+    notes = goal_notes(variants, failed, n_test, load, layers)
     text = table(variants) if variants else "(no variant measured)"
     print()
     print(text)

@@ -13,30 +13,30 @@ from collections.abc import Callable
 
 import torch
 
-from ._backend import make_router
-from ._op_checks import (
-    _check_binary_linear,
-    _check_dequantize_per_channel,
-    _check_dequantize_per_channel_meta,
-    _check_dequantize_per_group,
-    _check_dequantize_per_group_meta,
-    _check_dequantize_per_tensor,
-    _check_fused_sgd_lists,
-    _check_fused_sgd_tensors,
-    _check_int8_conv2d,
-    _check_int8_linear,
-    _check_quantize_per_channel,
-    _check_quantize_per_channel_meta,
-    _check_quantize_per_group,
-    _check_quantize_per_tensor,
-    _check_quantize_per_token,
-    _check_sparse_bsr_linear,
-    _check_sparse_csr_int8_linear,
-    _check_sparse_csr_linear,
-    _check_sparse_masked_linear,
-    _check_sparse_masked_linear_grad_input,
-    _check_sparse_masked_sddmm,
-    _conv_out_hw,
+from .backends import make_router
+from .checks import (
+    check_binary_linear,
+    check_dequantize_per_channel,
+    check_dequantize_per_channel_meta,
+    check_dequantize_per_group,
+    check_dequantize_per_group_meta,
+    check_dequantize_per_tensor,
+    check_fused_sgd_lists,
+    check_fused_sgd_tensors,
+    check_int8_conv2d,
+    check_int8_linear,
+    check_quantize_per_channel,
+    check_quantize_per_channel_meta,
+    check_quantize_per_group,
+    check_quantize_per_tensor,
+    check_quantize_per_token,
+    check_sparse_bsr_linear,
+    check_sparse_csr_int8_linear,
+    check_sparse_csr_linear,
+    check_sparse_masked_linear,
+    check_sparse_masked_linear_grad_input,
+    check_sparse_masked_sddmm,
+    conv_out_hw,
 )
 
 _lib = torch.library.Library("pyopt", "DEF")  # noqa: TOR901 - owned by this module for the process lifetime
@@ -61,7 +61,7 @@ def defop(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# quant: int8/uint8 quantize / dequantize (issue: foundation). Implementations: pyopt/ops/quant.py
+# quant: int8/uint8 quantize / dequantize Implementations: pyopt/ops/quant.py
 #
 # The router checks (pyopt/_op_checks.py) run before every backend: metadata (dtypes, shapes, ranges of scalar arguments)
 # and, for tensor-valued scales / zero points, their values (a scale <= 0 or non-finite, a zero point out of
@@ -85,51 +85,51 @@ def _fake(meta_check, result):
 
 QUANTIZE_PER_TENSOR = defop(
     "quantize_per_tensor(Tensor x, float scale, int zero_point, ScalarType dtype) -> Tensor",
-    _fake(_check_quantize_per_tensor, lambda x, s, z, dtype: _empty_out(x, dtype)),
-    _check_quantize_per_tensor,
+    _fake(check_quantize_per_tensor, lambda x, s, z, dtype: _empty_out(x, dtype)),
+    check_quantize_per_tensor,
 )
 QUANTIZE_PER_CHANNEL = defop(
     "quantize_per_channel(Tensor x, Tensor scales, Tensor zero_points, int axis, ScalarType dtype) -> Tensor",
-    _fake(_check_quantize_per_channel_meta, lambda x, s, z, axis, dtype: _empty_out(x, dtype)),
-    _check_quantize_per_channel,
+    _fake(check_quantize_per_channel_meta, lambda x, s, z, axis, dtype: _empty_out(x, dtype)),
+    check_quantize_per_channel,
 )
 QUANTIZE_PER_TOKEN = defop(
     "quantize_per_token(Tensor x, ScalarType dtype) -> (Tensor, Tensor)",
     _fake(
-        _check_quantize_per_token,
+        check_quantize_per_token,
         lambda x, dtype: (
             _empty_out(x, dtype),
             torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device),
         ),
     ),
-    _check_quantize_per_token,
+    check_quantize_per_token,
 )
 QUANTIZE_PER_GROUP = defop(
     "quantize_per_group(Tensor x, int group_size, ScalarType dtype, bool symmetric) -> (Tensor, Tensor, Tensor)",
     _fake(
-        _check_quantize_per_group,
+        check_quantize_per_group,
         lambda x, gs, dtype, sym: (
             _empty_out(x, dtype),
             torch.empty((*x.shape[:-1], x.shape[-1] // gs), dtype=torch.float32, device=x.device),
             torch.empty((*x.shape[:-1], x.shape[-1] // gs), dtype=torch.int64, device=x.device),
         ),
     ),
-    _check_quantize_per_group,
+    check_quantize_per_group,
 )
 DEQUANTIZE_PER_TENSOR = defop(
     "dequantize_per_tensor(Tensor q, float scale, int zero_point, ScalarType out_dtype) -> Tensor",
-    _fake(_check_dequantize_per_tensor, lambda q, s, z, out_dtype: _empty_out(q, out_dtype)),
-    _check_dequantize_per_tensor,
+    _fake(check_dequantize_per_tensor, lambda q, s, z, out_dtype: _empty_out(q, out_dtype)),
+    check_dequantize_per_tensor,
 )
 DEQUANTIZE_PER_CHANNEL = defop(
     "dequantize_per_channel(Tensor q, Tensor scales, Tensor zero_points, int axis, ScalarType out_dtype) -> Tensor",
-    _fake(_check_dequantize_per_channel_meta, lambda q, s, z, axis, out_dtype: _empty_out(q, out_dtype)),
-    _check_dequantize_per_channel,
+    _fake(check_dequantize_per_channel_meta, lambda q, s, z, axis, out_dtype: _empty_out(q, out_dtype)),
+    check_dequantize_per_channel,
 )
 DEQUANTIZE_PER_GROUP = defop(
     "dequantize_per_group(Tensor q, Tensor scales, Tensor zero_points, int group_size, ScalarType out_dtype) -> Tensor",
-    _fake(_check_dequantize_per_group_meta, lambda q, s, z, gs, out_dtype: _empty_out(q, out_dtype)),
-    _check_dequantize_per_group,
+    _fake(check_dequantize_per_group_meta, lambda q, s, z, gs, out_dtype: _empty_out(q, out_dtype)),
+    check_dequantize_per_group,
 )
 
 
@@ -156,31 +156,30 @@ def _defop_dequantize_out(name: str, params: str, check_meta: Callable, check: C
 DEQUANTIZE_PER_TENSOR_OUT = _defop_dequantize_out(
     "dequantize_per_tensor",
     "float scale, int zero_point",
-    _check_dequantize_per_tensor,
-    _check_dequantize_per_tensor,
+    check_dequantize_per_tensor,
+    check_dequantize_per_tensor,
 )
 DEQUANTIZE_PER_CHANNEL_OUT = _defop_dequantize_out(
     "dequantize_per_channel",
     "Tensor scales, Tensor zero_points, int axis",
-    _check_dequantize_per_channel_meta,
-    _check_dequantize_per_channel,
+    check_dequantize_per_channel_meta,
+    check_dequantize_per_channel,
 )
 DEQUANTIZE_PER_GROUP_OUT = _defop_dequantize_out(
     "dequantize_per_group",
     "Tensor scales, Tensor zero_points, int group_size",
-    _check_dequantize_per_group_meta,
-    _check_dequantize_per_group,
+    check_dequantize_per_group_meta,
+    check_dequantize_per_group,
 )
 
 
 # ----------------------------------------------------------------------------------------------------------
-# int8 / binary layers (issue: quantised layers). Implementations: pyopt/ops/int8_linear.py, ...
+# int8 / binary layers Implementations: pyopt/ops/int8_linear.py, ...
 # ----------------------------------------------------------------------------------------------------------
-# (section owned by the int8/binary layer family)
 
 
 def _int8_linear_fake(x, w_q, w_scales, bias):
-    _check_int8_linear(x, w_q, w_scales, bias)
+    check_int8_linear(x, w_q, w_scales, bias)
     return x.new_empty((*x.shape[:-1], w_q.shape[0]))
 
 
@@ -189,19 +188,19 @@ def _int8_linear_fake(x, w_q, w_scales, bias):
 INT8_LINEAR_DYNAMIC = defop(
     "int8_linear_dynamic(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias) -> Tensor",
     _int8_linear_fake,
-    _check_int8_linear,
+    check_int8_linear,
 )
 # W8A16/W8A32: out = (x @ w_q^T) * w_scales + bias, weights dequantised inside the GEMM/GEMV.
 INT8_LINEAR_WEIGHT_ONLY = defop(
     "int8_linear_weight_only(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias) -> Tensor",
     _int8_linear_fake,
-    _check_int8_linear,
+    check_int8_linear,
 )
 
 
 def _int8_conv2d_dynamic_fake(x, w_q, w_scales, bias, stride, padding, dilation):
-    _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
-    ho, wo = _conv_out_hw(x, w_q, stride, padding, dilation)
+    check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
+    ho, wo = conv_out_hw(x, w_q, stride, padding, dilation)
     return x.new_empty((x.shape[0], w_q.shape[0], ho, wo)).contiguous(memory_format=torch.channels_last)
 
 
@@ -211,12 +210,12 @@ INT8_CONV2D_DYNAMIC = defop(
     "int8_conv2d_dynamic(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias, int[2] stride, int[2] padding, "
     "int[2] dilation) -> Tensor",
     _int8_conv2d_dynamic_fake,
-    _check_int8_conv2d,
+    check_int8_conv2d,
 )
 
 
 def _int8_conv2d_weight_only_fake(x, w_q, w_scales, bias, stride, padding, dilation):
-    _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
+    check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation)
     w = w_q.to(x.dtype)  # fake tensors: lets torch's own conv meta decide the output strides
     return torch.nn.functional.conv2d(x, w, None, stride, padding, dilation)
 
@@ -226,7 +225,7 @@ INT8_CONV2D_WEIGHT_ONLY = defop(
     "int8_conv2d_weight_only(Tensor x, Tensor w_q, Tensor w_scales, Tensor? bias, int[2] stride, "
     "int[2] padding, int[2] dilation) -> Tensor",
     _int8_conv2d_weight_only_fake,
-    _check_int8_conv2d,
+    check_int8_conv2d,
 )
 
 
@@ -238,48 +237,47 @@ BINARY_LINEAR = defop(
     "binary_linear(Tensor x, Tensor packed_weight, Tensor alpha, Tensor? bias, int in_features, "
     "bool binary_activations=False) -> Tensor",
     lambda x, packed_weight, alpha, bias, in_features, binary_activations=False: (
-        _check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations),
+        check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations),
         x.new_empty((*x.shape[:-1], packed_weight.shape[0])),
     )[1],
-    _check_binary_linear,
+    check_binary_linear,
 )
 
 
 # ----------------------------------------------------------------------------------------------------------
-# sparse masked matmul (issue: pruning). Implementations: pyopt/ops/sparse.py
+# sparse masked matmul Implementations: pyopt/ops/sparse.py
 # ----------------------------------------------------------------------------------------------------------
 # Weights are [out_features N, in_features K]; x is [..., K]; masks are bool [N, K] (True = kept).
 # Training: sparse_masked_linear (autograd: grad_input + SDDMM below). Inference: CSR / BSR weights.
-# (section owned by the sparse family)
 
 
 SPARSE_MASKED_LINEAR = defop(
     "sparse_masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias) -> Tensor",
     lambda x, weight, mask, bias: (
-        _check_sparse_masked_linear(x, weight, mask, bias),
+        check_sparse_masked_linear(x, weight, mask, bias),
         x.new_empty((*x.shape[:-1], weight.shape[0])),
     )[1],
-    _check_sparse_masked_linear,
+    check_sparse_masked_linear,
 )
 
 
 SPARSE_MASKED_LINEAR_GRAD_INPUT = defop(
     "sparse_masked_linear_grad_input(Tensor grad_y, Tensor weight, Tensor mask) -> Tensor",
     lambda grad_y, weight, mask: (
-        _check_sparse_masked_linear_grad_input(grad_y, weight, mask),
+        check_sparse_masked_linear_grad_input(grad_y, weight, mask),
         grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1])),
     )[1],
-    _check_sparse_masked_linear_grad_input,
+    check_sparse_masked_linear_grad_input,
 )
 
 
 SPARSE_MASKED_SDDMM = defop(
     "sparse_masked_sddmm(Tensor grad_y, Tensor x, Tensor mask) -> Tensor",
     lambda grad_y, x, mask: (
-        _check_sparse_masked_sddmm(grad_y, x, mask),
+        check_sparse_masked_sddmm(grad_y, x, mask),
         x.new_empty((grad_y.shape[-1], x.shape[-1])),
     )[1],
-    _check_sparse_masked_sddmm,
+    check_sparse_masked_sddmm,
 )
 
 
@@ -287,10 +285,10 @@ SPARSE_CSR_LINEAR = defop(
     "sparse_csr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
     "int out_features) -> Tensor",
     lambda x, crow_indices, col_indices, values, bias, out_features: (
-        _check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features),
+        check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features),
         x.new_empty((*x.shape[:-1], out_features)),
     )[1],
-    _check_sparse_csr_linear,
+    check_sparse_csr_linear,
 )
 
 
@@ -298,10 +296,10 @@ SPARSE_CSR_INT8_LINEAR = defop(
     "sparse_csr_int8_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
     "Tensor row_scales, Tensor? bias, int out_features) -> Tensor",
     lambda x, crow_indices, col_indices, values, row_scales, bias, out_features: (
-        _check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features),
+        check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features),
         x.new_empty((*x.shape[:-1], out_features)),
     )[1],
-    _check_sparse_csr_int8_linear,
+    check_sparse_csr_int8_linear,
 )
 
 
@@ -309,22 +307,21 @@ SPARSE_BSR_LINEAR = defop(
     "sparse_bsr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? bias, "
     "int out_features) -> Tensor",
     lambda x, crow_indices, col_indices, values, bias, out_features: (
-        _check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features),
+        check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features),
         x.new_empty((*x.shape[:-1], out_features)),
     )[1],
-    _check_sparse_bsr_linear,
+    check_sparse_bsr_linear,
 )
 
 
 # ----------------------------------------------------------------------------------------------------------
-# fused SGD (issue: FusedSGD). Implementations: pyopt/ops/sgd.py
+# fused SGD Implementations: pyopt/ops/sgd.py
 # ----------------------------------------------------------------------------------------------------------
-# (section owned by the SGD family)
 
 
 def _fake_fused_sgd(params, grads, momentum_buffers, master_params, masks, first_step, lr, *rest):
-    _check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks, first_step, lr, rest[-3])
-    _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
+    check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks, first_step, lr, rest[-3])
+    check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks)
 
 
 # One step of torch.optim.SGD (maximize -> weight decay -> momentum -> Nesterov -> lr) over many tensors,
@@ -338,7 +335,7 @@ FUSED_SGD = defop(
     "Tensor? found_inf) -> ()",
     _fake_fused_sgd,
     lambda params, grads, bufs, masters, masks, first_step, lr, wd, mom, damp, nest, mx, lr_t, gs, fi: (
-        _check_fused_sgd_lists(params, grads, bufs, masters, masks, first_step, lr, lr_t)
+        check_fused_sgd_lists(params, grads, bufs, masters, masks, first_step, lr, lr_t)
     ),
     route_on_first_arg=True,  # thousands of tensors: every backend checks their devices itself
 )

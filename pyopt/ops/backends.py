@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from . import _native
+from . import native as _native
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 DEFAULT_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}

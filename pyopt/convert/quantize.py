@@ -11,7 +11,8 @@ weight-only int8 in both modes — there is no sparse int8 x int8 kernel — and
 SparseLinear formats are skipped with the reason (masked: compress first; dense / bsr / 2:4: no int8 format).
 
 Which layers are skipped, and why (each appears in the report with its reason):
-    - excluded by `include` / `exclude` (fnmatch patterns on qualified module names, e.g. "encoder.*")
+    - excluded by `include` / `exclude` (pyopt/convert/select.py: glob patterns on qualified module names,
+      e.g. "encoder.*", or module types)
     - too small: fewer than `min_weights` weights (default MIN_WEIGHTS = 128*128). Below that a layer's
       float matmul takes a few microseconds and the per-call cost of quantising activations and launching
       a custom op is the same order, so int8 cannot pay (and the memory saved is a few KB).
@@ -23,42 +24,18 @@ Which layers are skipped, and why (each appears in the report with its reason):
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
-
 from torch import nn
 
+from ..nn import BinaryLinear, Int8Conv2d, Int8Linear, SparseLinear
 from .report import Report
+from .select import Selector
 
 MODES = ("dynamic", "weight_only", "binary")
 MIN_WEIGHTS = 128 * 128
 
 
-def _patterns(name: str, value) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Iterable) and all(isinstance(p, str) for p in value):
-        return tuple(value)
-    raise TypeError(f"{name} must be None, a pattern string or a list of pattern strings, got {value!r}")
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _nbytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-
-def _int8_class(kind: str):
-    from . import nn as pnn  # lazily: the int8 layers are an optional part of the build
-
-    cls = getattr(pnn, kind, None)
-    if cls is None:
-        raise RuntimeError(f"pyopt.nn.{kind} is not available in this build; mode 'binary' is")
-    return cls
 
 
 def _convert(name: str, module: nn.Module, mode: str, min_weights: int) -> tuple[nn.Module | None, str]:
@@ -79,12 +56,10 @@ def _convert(name: str, module: nn.Module, mode: str, min_weights: int) -> tuple
         )
     if isinstance(module, nn.Linear):
         if mode == "binary":
-            from .nn.binary_linear import BinaryLinear
-
             return BinaryLinear.from_float(module), ""
-        return _int8_class("Int8Linear").from_float(module, mode=mode), ""
+        return Int8Linear.from_float(module, mode=mode), ""
     try:
-        return _int8_class("Int8Conv2d").from_float(module, mode=mode), ""
+        return Int8Conv2d.from_float(module, mode=mode), ""
     except ValueError as e:  # a conv configuration Int8Conv2d rejects (documented there)
         return None, str(e)
 
@@ -120,8 +95,9 @@ def quantize(
 ) -> tuple[nn.Module, Report]:
     """Replace the model's nn.Linear (and nn.Conv2d, int8 modes) by quantised pyopt layers, in place.
 
-    include / exclude: fnmatch patterns (a string or a list) on qualified module names; a layer is
-    converted when it matches some include pattern (all layers if include is None) and no exclude pattern.
+    include / exclude: glob patterns on qualified module names or module types, or lists of them
+    (pyopt/convert/select.py); a layer is converted when include selects it (all layers if include is
+    None) and exclude does not.
     Compressed "csr" SparseLinear layers become "csr_int8" (weight-only int8, in every int8 mode).
     Returns (model, report): one report row per Linear/Conv2d/SparseLinear with action "quantized" or "skipped", the
     mode, the new type, its bytes before/after and, for skipped layers, the reason.
@@ -132,19 +108,17 @@ def quantize(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
         raise ValueError(f"min_weights must be an int >= 0, got {min_weights!r}")
-    inc, exc = _patterns("include", include), _patterns("exclude", exclude)
+    selected = Selector(include, exclude)
 
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise ValueError("model must contain the layers to quantise (wrap a single layer in nn.Sequential)")
     report = Report(f"pyopt.quantize(mode={mode!r})")
-    from .nn.sparse_linear import SparseLinear
-
     kinds = (nn.Linear, nn.Conv2d, SparseLinear)
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     before = after = 0
     for name, module in targets:
         row = {"type": type(module).__name__, "mode": mode}
-        if (inc is not None and not _matches(name, inc)) or (exc is not None and _matches(name, exc)):
+        if not selected(name, module):
             report.add(name, "skipped", **row, reason="excluded by include/exclude")
             continue
         if isinstance(module, SparseLinear):  # converted in place, not swapped

@@ -3,7 +3,7 @@
 Semantics (torch/optim/sgd.py, `_single_tensor_sgd`): maximize -> weight decay -> momentum (the first
 time a parameter has a grad its buffer becomes that grad, per parameter) -> Nesterov -> p -= lr * g.
 Additions over torch:
-  * masks: a parameter with `pyopt.nn._base.get_param_mask(p)` keeps its masked-out entries, and those of
+  * masks: a parameter with `pyopt.nn.get_param_mask(p)` keeps its masked-out entries, and those of
     its momentum buffer, exactly zero — in the same pass, so pruned weights are never revived;
   * GradScaler: `_step_supports_amp_scaling` — GradScaler hands over `grad_scale` / `found_inf` and the
     kernel unscales; an overflow skips the step without touching any state (new buffers included);
@@ -19,13 +19,12 @@ import operator
 
 import torch
 
-from ..nn._base import _MASK_ATTR
+from .._rules import LOW_PRECISION, MASK_ATTR
 
 # `any(map(_is_none, xs))`: the per-element test runs in C (a generator expression costs ~2x for
 # thousands of parameters, and `None in tensors` would call Tensor.__eq__).
 _is_none = functools.partial(operator.is_, None)
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FLOAT32_STATE = ("master_param", "momentum_buffer")  # kept float32 under master_weights
 
 
@@ -151,7 +150,7 @@ class FusedSGD(torch.optim.Optimizer):
         if new_state and found_inf is not None and found_inf.item() != 0:
             return  # overflow: keep the state exactly as it was (no new, uninitialised buffers)
 
-        masks = [getattr(p, _MASK_ATTR, None) for p in params]  # get_param_mask, inlined
+        masks = [getattr(p, MASK_ATTR, None) for p in params]  # get_param_mask, inlined
         if all(map(_is_none, masks)):
             masks = []
         lr = group["lr"]

@@ -5,7 +5,7 @@ the safetensors metadata (a str -> str dict) holding:
     format          "pyopt"
     format_version  FORMAT_VERSION
     modules         JSON {qualified name: {"type": class name, "config": module.extra_config()}} for every
-                    submodule whose class is registered in pyopt.nn._base.MODULES
+                    submodule whose class is registered in pyopt.nn.registry.MODULES
     aliases         JSON {state_dict key: key it shares its tensor with} (tied weights are stored once)
     sha256          hex digest over (name, dtype, shape, bytes) of every stored tensor, in key order, so
                     edited tensor data is detected (safetensors itself checks only the header's offsets)
@@ -26,7 +26,7 @@ import os
 import torch
 from torch import nn
 
-from .nn._base import MODULES
+from ..nn.registry import MODULES
 
 FORMAT = "pyopt"
 FORMAT_VERSION = "1"
@@ -181,7 +181,7 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list, tensors: di
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         # from_config builds float32 layers; the swapped-in layer takes the precision of the one it replaces
-        # (a bf16 model stays bf16; int8 scales stay float32, see nn._base.keep_float32), or, replacing a
+        # (a bf16 model stays bf16; int8 scales stay float32, see nn.registry.keep_float32), or, replacing a
         # layer without float parameters, that of its saved tensors. A file in another precision than the
         # model then fails _check_state, as it does for the model's plain layers.
         dtype = _float_dtype(old) or _saved_float_dtype(name, tensors)

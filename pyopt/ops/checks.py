@@ -1,4 +1,4 @@
-"""Argument checks of the `pyopt::` ops (pyopt/_ops.py declares the ops and their fakes and uses these).
+"""Argument checks of the `pyopt::` ops (pyopt/ops/schemas.py declares the ops and their fakes and uses these).
 
 `check_*` functions validate metadata only (shapes, dtypes, scalar arguments), so the fake impls call them too
 and torch.compile reports bad input at trace time; they raise ValueError/TypeError naming the argument.
@@ -12,13 +12,7 @@ import math
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-QUANT_DTYPES = (torch.int8, torch.uint8)
-
-
-QRANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+from .._rules import FLOAT_DTYPES, QRANGE, QUANT_DTYPES, SGD_DTYPES, SPARSE_DTYPES
 
 
 def check_float_input(name: str, x: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
@@ -124,14 +118,14 @@ def check_group_size(x, group_size: int) -> int:
     return x.shape[-1] // group_size
 
 
-def _check_quantize_per_tensor(x, scale, zero_point, dtype):
+def check_quantize_per_tensor(x, scale, zero_point, dtype):
     check_quant_input("x", x)
     check_scalar_scale("scale", scale)
     check_quant_dtype("dtype", dtype)
     check_zero_point("zero_point", zero_point, dtype)
 
 
-def _check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype):
+def check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype):
     check_quant_input("x", x)
     check_quant_dtype("dtype", dtype)
     ax = check_axis("axis", axis, x.dim())
@@ -140,12 +134,12 @@ def _check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype):
     check_qparams_meta(x, scales, zero_points, (x.shape[ax],), f"x.shape[axis={axis}]")
 
 
-def _check_quantize_per_channel(x, scales, zero_points, axis, dtype):
-    _check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype)
+def check_quantize_per_channel(x, scales, zero_points, axis, dtype):
+    check_quantize_per_channel_meta(x, scales, zero_points, axis, dtype)
     check_qparams_values(scales, zero_points, dtype)
 
 
-def _check_quantize_per_token(x, dtype):
+def check_quantize_per_token(x, dtype):
     check_quant_input("x", x)
     if dtype != torch.int8:
         raise TypeError(f"dtype must be torch.int8 (per-token quantization is symmetric), got {dtype}")
@@ -153,20 +147,20 @@ def _check_quantize_per_token(x, dtype):
         raise ValueError("x must have at least 1 dimension for per-token quantization")
 
 
-def _check_quantize_per_group(x, group_size, dtype, symmetric):
+def check_quantize_per_group(x, group_size, dtype, symmetric):
     check_quant_input("x", x)
     check_quant_dtype("dtype", dtype)
     check_group_size(x, group_size)
 
 
-def _check_dequantize_per_tensor(q, scale, zero_point, out_dtype):
+def check_dequantize_per_tensor(q, scale, zero_point, out_dtype):
     check_q_input("q", q)
     check_scalar_scale("scale", scale)
     check_zero_point("zero_point", zero_point, q.dtype)
     check_float_out_dtype("out_dtype", out_dtype)
 
 
-def _check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype):
+def check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype):
     check_q_input("q", q)
     check_float_out_dtype("out_dtype", out_dtype)
     if q.dim() == 0:
@@ -175,20 +169,20 @@ def _check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype):
     check_qparams_meta(q, scales, zero_points, (q.shape[ax],), f"q.shape[axis={axis}]")
 
 
-def _check_dequantize_per_channel(q, scales, zero_points, axis, out_dtype):
-    _check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype)
+def check_dequantize_per_channel(q, scales, zero_points, axis, out_dtype):
+    check_dequantize_per_channel_meta(q, scales, zero_points, axis, out_dtype)
     check_qparams_values(scales, zero_points, q.dtype)
 
 
-def _check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype):
+def check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype):
     check_q_input("q", q)
     check_float_out_dtype("out_dtype", out_dtype)
     groups = check_group_size(q, group_size)
     check_qparams_meta(q, scales, zero_points, (*q.shape[:-1], groups), "q.shape[:-1] + (groups,)")
 
 
-def _check_dequantize_per_group(q, scales, zero_points, group_size, out_dtype):
-    _check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype)
+def check_dequantize_per_group(q, scales, zero_points, group_size, out_dtype):
+    check_dequantize_per_group_meta(q, scales, zero_points, group_size, out_dtype)
     check_qparams_values(scales, zero_points, q.dtype)
 
 
@@ -209,21 +203,21 @@ def _check_int8_weights(w_q, w_scales, bias, w_ndim: int) -> None:
             raise ValueError(f"bias must have shape ({w_q.shape[0]},), got {tuple(bias.shape)}")
 
 
-def _check_int8_linear(x, w_q, w_scales, bias):
+def check_int8_linear(x, w_q, w_scales, bias):
     check_float_input("x", x)
     _check_int8_weights(w_q, w_scales, bias, 2)
     if x.dim() < 1 or x.shape[-1] != w_q.shape[1]:
         raise ValueError(f"x: last dim must equal in_features={w_q.shape[1]}, got shape {tuple(x.shape)}")
 
 
-def _conv_out_hw(x, w_q, stride, padding, dilation) -> tuple[int, int]:
+def conv_out_hw(x, w_q, stride, padding, dilation) -> tuple[int, int]:
     return tuple(
         (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w_q.shape[2 + i] - 1) - 1) // stride[i] + 1
         for i in range(2)
     )
 
 
-def _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation):
+def check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation):
     check_float_input("x", x)
     _check_int8_weights(w_q, w_scales, bias, 4)
     if x.dim() != 4 or x.shape[1] != w_q.shape[1]:
@@ -233,11 +227,11 @@ def _check_int8_conv2d(x, w_q, w_scales, bias, stride, padding, dilation):
     for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(v) != 2 or any(int(e) < lo for e in v):
             raise ValueError(f"{name} must be 2 ints >= {lo}, got {list(v)}")
-    if min(_conv_out_hw(x, w_q, stride, padding, dilation)) < 1:
+    if min(conv_out_hw(x, w_q, stride, padding, dilation)) < 1:
         raise ValueError(f"x spatial size {tuple(x.shape[2:])} is smaller than the (dilated) kernel")
 
 
-def _check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations=False):
+def check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_activations=False):
     check_float_input("x", x)
     if in_features < 0:
         raise ValueError(f"in_features must be >= 0, got {in_features}")
@@ -255,9 +249,6 @@ def _check_binary_linear(x, packed_weight, alpha, bias, in_features, binary_acti
         raise ValueError(f"alpha must be a float32 tensor of shape ({n},)")
     if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,)):
         raise ValueError(f"bias must be None or a float32 tensor of shape ({n},)")
-
-
-SPARSE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _check_tensor(name: str, t, dtypes=None, ndim=None) -> None:
@@ -293,7 +284,7 @@ def _check_input_features(name: str, x: torch.Tensor, k: int, what: str) -> None
         raise ValueError(f"{name} must have shape [..., {k}] ({what}), got {tuple(x.shape)}")
 
 
-def _check_sparse_masked_linear(x, weight, mask, bias):
+def check_sparse_masked_linear(x, weight, mask, bias):
     _check_tensor("x", x, SPARSE_DTYPES)
     _check_tensor("weight", weight, SPARSE_DTYPES, ndim=2)
     _check_same_dtype("weight", weight, "x", x)
@@ -302,7 +293,7 @@ def _check_sparse_masked_linear(x, weight, mask, bias):
     _check_bias(bias, weight.shape[0], x)
 
 
-def _check_sparse_masked_linear_grad_input(grad_y, weight, mask):
+def check_sparse_masked_linear_grad_input(grad_y, weight, mask):
     _check_tensor("grad_y", grad_y, SPARSE_DTYPES)
     _check_tensor("weight", weight, SPARSE_DTYPES, ndim=2)
     _check_same_dtype("weight", weight, "grad_y", grad_y)
@@ -310,7 +301,7 @@ def _check_sparse_masked_linear_grad_input(grad_y, weight, mask):
     check_sparse_mask(mask, weight.shape)
 
 
-def _check_sparse_masked_sddmm(grad_y, x, mask):
+def check_sparse_masked_sddmm(grad_y, x, mask):
     _check_tensor("grad_y", grad_y, SPARSE_DTYPES)
     _check_tensor("x", x, SPARSE_DTYPES)
     _check_same_dtype("x", x, "grad_y", grad_y)
@@ -343,13 +334,13 @@ def _check_compressed(
     _check_bias(bias, out_features, x)
 
 
-def _check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features):
+def check_sparse_csr_linear(x, crow_indices, col_indices, values, bias, out_features):
     _check_compressed(
         x, crow_indices, col_indices, values, bias, out_features, out_features, (torch.int16, torch.int32), 1
     )
 
 
-def _check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features):
+def check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features):
     # weight-only int8 CSR: x float (any of SPARSE_DTYPES), values int8, one float32 scale per output row
     _check_tensor("x", x, SPARSE_DTYPES)
     _check_tensor("values", values, (torch.int8,), ndim=1)
@@ -369,7 +360,7 @@ def _check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scal
             raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
 
 
-def _check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features):
+def check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_features):
     _check_tensor("values", values, ndim=3)
     bh, bw = values.shape[1], values.shape[2]
     if bh == 0 or bw == 0 or out_features % bh or (x.dim() >= 1 and x.shape[-1] % bw):
@@ -381,11 +372,8 @@ def _check_sparse_bsr_linear(x, crow_indices, col_indices, values, bias, out_fea
     )
 
 
-SGD_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks, first_step, lr, lr_tensor):
-    """O(1) checks run by the router on every step (per-tensor checks: _check_fused_sgd_tensors / C++)."""
+def check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks, first_step, lr, lr_tensor):
+    """O(1) checks run by the router on every step (per-tensor checks: check_fused_sgd_tensors / C++)."""
     n = len(params)
     if len(grads) != n:
         raise ValueError(f"grads must have one tensor per param ({n}), got {len(grads)}")
@@ -402,7 +390,7 @@ def _check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks
         raise ValueError("lr_tensor must be 1-element")
 
 
-def _check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks):
+def check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks):
     """Per-tensor metadata checks (fake impl, reference and Triton; the C++ kernels TORCH_CHECK the same)."""
     device = params[0].device if params else None
     for i, p in enumerate(params):

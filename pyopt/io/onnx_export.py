@@ -33,7 +33,7 @@ import warnings
 import torch
 from torch import nn
 
-from .nn._base import MODULES
+from ..nn.registry import MODULES
 
 OPSET = 17
 _INT8 = 3  # onnx.TensorProto.INT8
