@@ -14,7 +14,7 @@ CU_SRCS   := $(wildcard csrc/cuda/*.cu)
 CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))
 NATIVE_SRCS := setup.py $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
 
-.PHONY: all venv build demo test pytest bench bench-quick check-cuda lint format info clean
+.PHONY: all venv build demo test pytest bench bench-quick check-cuda check-cuda-bind lint format info clean
 
 all: test
 
@@ -51,10 +51,28 @@ bench: build
 bench-quick: build
 	$(VPY) -m pyopt bench --quick
 
-# Every .cu includes only CUDA headers, so it compiles to an object here even though torch has no CUDA.
-check-cuda: $(CU_OBJS)
+# Every .cu includes only CUDA headers, so it compiles to an object here even though torch has no CUDA. The
+# binding files (.cpp, which include torch) are compiled for syntax and types against this torch's headers
+# and the CUDA toolkit's (a CPU wheel lacks only torch's generated c10/cuda/impl/cuda_cmake_macros.h: a stub).
+CU_BINDS  := $(wildcard csrc/cuda/*.cpp)
+check-cuda: $(CU_OBJS) check-cuda-bind
 	@if command -v $(NVCC) >/dev/null; then echo "check-cuda: $(words $(CU_SRCS)) .cu file(s) compile for sm_80 and sm_90"; \
 	else echo "check-cuda: skipped (no nvcc on this machine)"; fi
+
+check-cuda-bind: $(VENV)/.deps
+	@if command -v $(NVCC) >/dev/null; then \
+	  cuda_inc=; for d in "$$CUDA_HOME" /usr/local/cuda /opt/cuda; do \
+	    if [ -n "$$d" ] && [ -f "$$d/include/cuda_runtime.h" ]; then cuda_inc=$$d/include; break; fi; done; \
+	  if [ -z "$$cuda_inc" ]; then echo "check-cuda-bind: skipped (no cuda_runtime.h found)"; exit 0; fi; \
+	  torch_inc=$$($(VPY) -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))"); \
+	  py_inc=$$($(VPY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+	  mkdir -p build/cuda-stub/c10/cuda/impl; \
+	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/cuda-stub/c10/cuda/impl/cuda_cmake_macros.h; \
+	  for f in $(CU_BINDS); do \
+	    $(CXX) -std=c++17 -fsyntax-only -w -Ibuild/cuda-stub $$torch_inc -I$$cuda_inc -I$$py_inc -I csrc \
+	      -DTORCH_EXTENSION_NAME=_C_cuda $$f || exit 1; done; \
+	  echo "check-cuda: $(words $(CU_BINDS)) CUDA binding file(s) compile against torch's headers"; \
+	else echo "check-cuda-bind: skipped (no nvcc on this machine)"; fi
 
 build/cuda-check/%.o: csrc/cuda/%.cu $(wildcard csrc/cuda/*.cuh)
 	@mkdir -p $(@D)

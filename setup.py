@@ -27,7 +27,16 @@ def _extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    cxx = [
+        "-O3",
+        "-std=c++17",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Werror=return-type",
+        "-ffp-contract=off",
+    ]  # no implicit FMA: the kernels round as the references (explicit fma where meant)
     exts = [
         CppExtension(
             "pyopt._C",

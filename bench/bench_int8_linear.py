@@ -77,6 +77,25 @@ def run(quick: bool = False) -> list[harness.Row]:
                 lambda: conv(xc), target=1.5, **rep,
             )
         )  # fmt: skip
+        # Per-call overhead of a tiny layer (goals: the op <= 1.3x F.linear's time, the module <= 1.5x nn.Linear's).
+        small = nn.Linear(64, 64).eval()
+        small_q = Int8Linear.from_float(small, "dynamic")
+        x64 = torch.randn(1, 64)
+        op = torch.ops.pyopt.int8_linear_dynamic
+        w64, s64, b64 = small_q.weight, small_q.weight_scales, small_q.bias
+        rows.append(
+            harness.compare(
+                FAMILY, f"per call: int8_linear_dynamic M=1 K=N=64 ({harness.CALLS} calls)",
+                harness.calls(lambda: op(x64, w64, s64, b64)), "F.linear fp32",
+                harness.calls(lambda: F.linear(x64, small.weight, small.bias)), target=1 / 1.3, **rep,
+            )
+        )  # fmt: skip
+        rows.append(
+            harness.compare(
+                FAMILY, f"per call: Int8Linear(64, 64) M=1 ({harness.CALLS} calls)", harness.calls(lambda: small_q(x64)),
+                "nn.Linear(64, 64)", harness.calls(lambda: small(x64)), target=1 / 1.5, **rep,
+            )
+        )  # fmt: skip
     return rows
 
 

@@ -108,6 +108,17 @@ def run(quick: bool = False) -> list[harness.Row]:
             repeat=repeat,
         )
     )
+    # Per-call overhead of a tiny call: the dispatcher reaches the C++ kernel in one hop (goal: <= 1.3x torch's
+    # time for its nearest op, i.e. speedup >= 0.77).
+    x64 = torch.randn(64)
+    out.append(
+        harness.compare(
+            "quant", f"per call: quantize_per_tensor 64 elements ({harness.CALLS} calls)",
+            harness.calls(lambda: torch.ops.pyopt.quantize_per_tensor(x64, scale, zp, torch.int8)),
+            "torch.quantize_per_tensor", harness.calls(lambda: torch.quantize_per_tensor(x64, scale, zp, torch.qint8)),
+            target=1 / 1.3, repeat=repeat,
+        )
+    )  # fmt: skip
     return out
 
 

@@ -93,9 +93,39 @@ def small_tensors_row(count: int, size: int = 1000) -> harness.Row:
     )  # fmt: skip
 
 
+def per_call_row() -> harness.Row:
+    """Per-call overhead of one step of one 64-element param, momentum + Nesterov + weight decay: the op
+    against torch's own fused SGD op (torch._fused_sgd_), both called directly (goal: <= 1.3x its time)."""
+    p, g, b = torch.randn(64), torch.randn(64), torch.randn(64)
+    p2, b2 = p.clone(), b.clone()
+    wd, mom, lr = HYPER["weight_decay"], HYPER["momentum"], HYPER["lr"]
+    ours = lambda: torch.ops.pyopt.fused_sgd_(  # noqa: E731
+        [p], [g], [b], [], [], [False], lr, wd, mom, 0.0, True, False, None, None, None
+    )
+    theirs = lambda: torch._fused_sgd_(  # noqa: E731
+        [p2],
+        [g],
+        [b2],
+        weight_decay=wd,
+        momentum=mom,
+        lr=lr,
+        dampening=0.0,
+        nesterov=True,
+        maximize=False,
+        is_first_step=False,
+    )
+    return harness.compare(
+        "sgd", f"per call: fused_sgd_ one 64-element param ({harness.CALLS} calls)", harness.calls(ours),
+        "torch._fused_sgd_", harness.calls(theirs), target=1 / 1.3,
+    )  # fmt: skip
+
+
 def run(quick: bool) -> list[harness.Row]:
     total, count = (1_810_000, 10) if quick else (18_100_000, 100)
-    return [*dense_rows(total, count), masked_row(total, count), small_tensors_row(200 if quick else 1000)]
+    return [
+        *dense_rows(total, count), masked_row(total, count), small_tensors_row(200 if quick else 1000),
+        per_call_row(),
+    ]  # fmt: skip
 
 
 def run_gpu(quick: bool = False) -> list[harness.Row]:

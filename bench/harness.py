@@ -28,6 +28,19 @@ def timeit(fn: Callable[[], object], device: str = "cpu", repeat: int = 10, min_
     return time_many({"f": fn}, device, repeat, min_time)["f"]
 
 
+CALLS = 200  # calls per sample of the per-call overhead rows (a ~5 us call is too short for one timer read)
+
+
+def calls(fn: Callable[[], object], n: int = CALLS) -> Callable[[], None]:
+    """fn run n times back to back: one sample of a per-call overhead row (its ms / n is the per-call time)."""
+
+    def run():
+        for _ in range(n):
+            fn()
+
+    return run
+
+
 def gpu_backends(op: str) -> list[str]:
     """The GPU backends ("cuda", "triton") implementing pyopt::<op> that can run here; benches time each."""
     from pyopt.ops import backends

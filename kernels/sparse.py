@@ -65,7 +65,7 @@ def bsr_linear(x, crow_indices, col_indices, values, bias, out_features):
         or out_features == 0
         or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
     ):
-        from ..ops.sparse import bsr_linear_ref
+        from ..ops.reference.sparse import bsr_linear_ref
 
         return bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features)
     y = torch.empty((m, out_features), dtype=x.dtype, device=x.device)

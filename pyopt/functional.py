@@ -99,7 +99,7 @@ def _dequantize(op: str, q, params: tuple, out_dtype, out):
         return getattr(torch.ops.pyopt, op)(q, *params, out_dtype)
     if not isinstance(out, torch.Tensor):  # before the dispatcher, whose message does not say what to pass
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
-    getattr(torch.ops.pyopt, f"{op}_out")(q, *params, out)
+    getattr(torch.ops.pyopt, op).out(q, *params, out=out)
     return out
 
 

@@ -181,3 +181,34 @@ def test_compile_fullgraph():
     x = torch.randn(4, 33)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("binary_linear"))
+@pytest.mark.parametrize("isa", isa_params())
+def test_special_values_and_huge_magnitudes(device, backend, isa):
+    """inf and NaN propagate as in an exact dot product, and no intermediate overflows where the result does not
+    (a 2 * S+ - S form overflows float32 for [3e37]*16 + [-3e37]*16 with all +1 weights, exactly 0). Oracle: the
+    float64 dot of the signs, rounded to float32; finite results within K roundings of the largest term."""
+    if backend != "cpu" and isa != "scalar":
+        pytest.skip("ISA only matters for the C++ backend")
+    k = 32
+    weights = [torch.ones(3, k), torch.cat([torch.ones(3, 16), -torch.ones(3, 16)], 1)]
+    xs = [
+        [[3e37] * 16 + [-3e37] * 16],
+        [[float("inf")] + [1.0] * 31],
+        [[-float("inf")] + [1.0] * 31],
+        [[float("nan")] + [1.0] * 31],
+        [[2e38] + [0.0] * 31],
+    ]
+    for w in weights:
+        packed, alpha = binarize_weight(w.to(device))
+        for rows in xs:
+            x = torch.tensor(rows, device=device)
+            with pyopt.use_backend(backend), pyopt.use_isa(isa):
+                got = torch.ops.pyopt.binary_linear(x, packed, alpha, None, k).cpu().double()
+            exact = ((x.double().cpu() @ w.double().t()) * alpha.double().cpu()).float().double()
+            assert torch.equal(torch.isnan(got), torch.isnan(exact)), (rows[0][:2], got, exact)
+            assert torch.equal(torch.isinf(got) & (got > 0), torch.isinf(exact) & (exact > 0))
+            finite = torch.isfinite(exact)
+            bound = k * 2.0**-24 * x.abs().max().item()
+            assert ((got[finite] - exact[finite]).abs() <= bound).all(), (got, exact)

@@ -438,3 +438,105 @@ def test_conv_grad_wrt_x(op):
     x_ref = x.detach().clone().requires_grad_()
     F.conv2d(x_ref, w_deq, b, 2, 1, 1).backward(grad_out)
     torch.testing.assert_close(x.grad, x_ref.grad, **tol(torch.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# regressions: tails, huge K, bad conv arguments, NaN, empty batches
+# ----------------------------------------------------------------------------------------------------------
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys, torch, pyopt
+page = mmap.PAGESIZE
+buf = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+libc = ctypes.CDLL(None)
+assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0  # the second page: PROT_NONE
+for isa in sys.argv[1:]:
+    for k, n in ((1, 9), (3, 17), (7, 1), (5, 33), (67, 3)):
+        w = torch.frombuffer(buf, dtype=torch.int8, count=n * k, offset=page - n * k).view(n, k)
+        w.copy_(torch.randint(-128, 128, (n, k), dtype=torch.int8))
+        s = torch.rand(n) + 0.1
+        for m in (1, 2, 5, 17):
+            x = torch.randn(m, k)
+            with pyopt.use_isa(isa):
+                got = [torch.ops.pyopt.int8_linear_dynamic(x, w, s, None),
+                       torch.ops.pyopt.int8_linear_weight_only(x, w, s, None)]
+            with pyopt.use_backend("reference"):
+                want = [torch.ops.pyopt.int8_linear_dynamic(x, w, s, None),
+                        torch.ops.pyopt.int8_linear_weight_only(x, w, s, None)]
+            assert torch.equal(got[0], want[0]), (isa, k, n, m)
+            torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-3)  # float32 sums of |terms| <= 381
+print("ok")
+"""
+
+
+def test_weights_ending_at_a_guard_page_are_never_read_past():
+    """in_features == 1 and every tail shape, the weight's last byte right before a PROT_NONE page: a read past
+    the end of w_q would kill the (separate) process with SIGSEGV, on every ISA this CPU has."""
+    import subprocess
+    import sys
+
+    isas = [p.values[0] for p in isa_params()]
+    run = subprocess.run(
+        [sys.executable, "-c", _GUARD_SCRIPT, *isas], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_dynamic_sum_beyond_int32_is_exact(isa):
+    """K = 140,000 products of 127 * 127 overflow an int32 accumulator; the result must equal the reference."""
+    k = 140_000
+    x, w, s = torch.ones(2, k), torch.full((3, k), 127, dtype=torch.int8), torch.ones(3)
+    with pyopt.use_backend("reference"):
+        want = torch.ops.pyopt.int8_linear_dynamic(x, w, s, None)
+    with pyopt.use_isa(isa):
+        got = torch.ops.pyopt.int8_linear_dynamic(x, w, s, None)
+    assert want[0, 0].item() == pytest.approx(127 * 127 * k / 127, rel=1e-6)  # sx = 1/127
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device,backend", backend_params("int8_conv2d_dynamic"))
+def test_conv_bad_stride_padding_dilation_raise(device, backend):
+    x, w, s = (
+        torch.randn(1, 2, 5, 5, device=device),
+        torch.ones(3, 2, 3, 3, dtype=torch.int8, device=device),
+        None,
+    )
+    s = torch.ones(3, device=device)
+    for kwargs in ({"stride": [0, 1]}, {"padding": [-1, 0]}, {"dilation": [1, 0]}, {"stride": [1]}):
+        args = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], **kwargs}
+        with pyopt.use_backend(backend), pytest.raises(ValueError, match=next(iter(kwargs))):
+            torch.ops.pyopt.int8_conv2d_dynamic(
+                x, w, s, None, args["stride"], args["padding"], args["dilation"]
+            )
+
+
+@pytest.mark.parametrize("device,backend", backend_params("int8_conv2d_dynamic"))
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_conv_nan_in_any_channel_propagates(device, backend, channel):
+    x = torch.randn(2, 3, 6, 6, device=device)
+    x[0, channel, 2, 3] = float("nan")
+    w, s = (
+        torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, device=device),
+        torch.rand(4, device=device),
+    )
+    with pyopt.use_backend(backend):
+        got = torch.ops.pyopt.int8_conv2d_dynamic(x, w, s, None, [1, 1], [1, 1], [1, 1])
+    with pyopt.use_backend("reference"):
+        want = torch.ops.pyopt.int8_conv2d_dynamic(x, w, s, None, [1, 1], [1, 1], [1, 1])
+    assert torch.isnan(got[0]).all() and torch.isnan(want[0]).all()  # the sample's scale is NaN
+    assert torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("device,backend", backend_params("int8_conv2d_dynamic"))
+@pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])
+def test_conv_empty_batch(device, backend, op):
+    x, w, s = (
+        torch.randn(0, 3, 6, 6, device=device),
+        torch.ones(4, 3, 3, 3, dtype=torch.int8, device=device),
+        None,
+    )
+    s = torch.ones(4, device=device)
+    with pyopt.use_backend(backend):
+        y = getattr(torch.ops.pyopt, op)(x, w, s, None, [1, 1], [1, 1], [1, 1])
+    assert y.shape == (0, 4, 6, 6)

@@ -100,7 +100,7 @@ def test_per_tensor_reference_matches_torch_on_ties(dtype):
     for scale in [0.0371, 2.0**-7, 1.7e-3, 0.1, 3.3, 0.05123456789]:  # float32-exact and not
         zp = 3 if dtype == torch.int8 else 131
         x = ties(torch.tensor(scale), torch.tensor(zp), 3000)
-        got = pyopt.ops.quant.quantize_per_tensor_ref(x, scale, zp, dtype)
+        got = pyopt.ops.reference.quant.quantize_per_tensor_ref(x, scale, zp, dtype)
         assert_bits_equal(got, torch.quantize_per_tensor(x, scale, zp, QDTYPES[dtype]).int_repr())
         inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
         disagreements += ((x * inv + zp).round() != fma_f32(x, inv, float(zp)).round()).sum().item()
@@ -115,7 +115,7 @@ def test_per_channel_reference_matches_torch_on_ties(dtype, axis):
     scales = torch.exp(torch.empty(C, dtype=torch.float64).uniform_(-8, 2))
     zps = torch.randint(*(-128, 128) if dtype == torch.int8 else (0, 256), (C,))
     x = torch.stack([ties(scales[c], zps[c], 400) for c in range(C)], axis)
-    got = pyopt.ops.quant.quantize_per_channel_ref(x, scales, zps, axis, dtype)
+    got = pyopt.ops.reference.quant.quantize_per_channel_ref(x, scales, zps, axis, dtype)
     want = torch.quantize_per_channel(x, scales, zps, axis, QDTYPES[dtype]).int_repr()
     assert_bits_equal(got, want)
     inv = pyopt._rules.channel_view(1.0 / scales.float(), axis, 2)
@@ -127,13 +127,13 @@ def test_per_channel_reference_matches_torch_on_ties(dtype, axis):
 def test_special_values_reference_matches_torch(dtype):
     x = torch.tensor(SPECIALS * 3 + [127.5, -128.5, 254.5, 0.5, 1.5, 2.5], dtype=torch.float32)
     zp = 3
-    got = pyopt.ops.quant.quantize_per_tensor_ref(x, 1.0, zp, dtype)
+    got = pyopt.ops.reference.quant.quantize_per_tensor_ref(x, 1.0, zp, dtype)
     assert_bits_equal(got, torch.quantize_per_tensor(x, 1.0, zp, QDTYPES[dtype]).int_repr())
     assert got[0] == pyopt._rules.QRANGE[dtype][1]  # NaN -> qmax per tensor
     x2 = x.reshape(4, 9)
     s = torch.tensor([1.0, 0.5, 2.0, 0.3], dtype=torch.float64)
     z = torch.tensor([3, 0, 5, 7])
-    got = pyopt.ops.quant.quantize_per_channel_ref(x2, s, z, 0, dtype)
+    got = pyopt.ops.reference.quant.quantize_per_channel_ref(x2, s, z, 0, dtype)
     assert_bits_equal(got, torch.quantize_per_channel(x2, s, z, 0, QDTYPES[dtype]).int_repr())
     assert got.reshape(-1)[0] == 0  # NaN -> 0 per channel
 
@@ -143,12 +143,14 @@ def test_dequantize_reference_matches_torch(dtype):
     x = torch.randn(13, 1003) * 4
     for scale in [0.0371, 0.05123456789]:
         qt = torch.quantize_per_tensor(x, scale, 5, QDTYPES[dtype])
-        got = pyopt.ops.quant.dequantize_per_tensor_ref(qt.int_repr(), scale, 5, torch.float32)
+        got = pyopt.ops.reference.quant.dequantize_per_tensor_ref(qt.int_repr(), scale, 5, torch.float32)
         assert_bits_equal(got, qt.dequantize())
     for scales in [torch.rand(13, dtype=torch.float64) + 0.01, (torch.rand(13) + 0.01).double()]:
         zps = torch.randint(0, 100, (13,))
         qt = torch.quantize_per_channel(x, scales, zps, 0, QDTYPES[dtype])
-        got = pyopt.ops.quant.dequantize_per_channel_ref(qt.int_repr(), scales, zps, 0, torch.float32)
+        got = pyopt.ops.reference.quant.dequantize_per_channel_ref(
+            qt.int_repr(), scales, zps, 0, torch.float32
+        )
         assert_bits_equal(got, qt.dequantize())
 
 
@@ -359,22 +361,22 @@ def op_samples():
     gs, gz = torch.rand(4, 2) + 0.01, torch.randint(-5, 5, (4, 2))
     ops = torch.ops.pyopt
     return [
-        (ops.quantize_per_tensor, (x, 0.1, 2, torch.int8)),
-        (ops.quantize_per_channel, (x, s, z, 0, torch.int8)),
-        (ops.quantize_per_token, (x, torch.int8)),
-        (ops.quantize_per_group, (x, 32, torch.uint8, False)),
-        (ops.dequantize_per_tensor, (q, 0.1, 2, torch.float32)),
-        (ops.dequantize_per_channel, (q, s, z, 0, torch.bfloat16)),
-        (ops.dequantize_per_group, (q, gs, gz, 32, torch.float16)),
-        (ops.dequantize_per_tensor_out, (q, 0.1, 2, torch.empty(4, 64))),
-        (ops.dequantize_per_channel_out, (q, s, z, 0, torch.empty(4, 64, dtype=torch.bfloat16))),
-        (ops.dequantize_per_group_out, (q, gs, gz, 32, torch.empty(4, 64, dtype=torch.float16))),
+        (ops.quantize_per_tensor, (x, 0.1, 2, torch.int8), {}),
+        (ops.quantize_per_channel, (x, s, z, 0, torch.int8), {}),
+        (ops.quantize_per_token, (x, torch.int8), {}),
+        (ops.quantize_per_group, (x, 32, torch.uint8, False), {}),
+        (ops.dequantize_per_tensor.default, (q, 0.1, 2, torch.float32), {}),
+        (ops.dequantize_per_channel.default, (q, s, z, 0, torch.bfloat16), {}),
+        (ops.dequantize_per_group.default, (q, gs, gz, 32, torch.float16), {}),
+        (ops.dequantize_per_tensor.out, (q, 0.1, 2), {"out": torch.empty(4, 64)}),
+        (ops.dequantize_per_channel.out, (q, s, z, 0), {"out": torch.empty(4, 64, dtype=torch.bfloat16)}),
+        (ops.dequantize_per_group.out, (q, gs, gz, 32), {"out": torch.empty(4, 64, dtype=torch.float16)}),
     ]
 
 
-@pytest.mark.parametrize("op,args", op_samples(), ids=lambda v: getattr(v, "__name__", ""))
-def test_opcheck(op, args):
-    torch.library.opcheck(op, args)
+@pytest.mark.parametrize("op,args,kwargs", op_samples(), ids=lambda v: getattr(v, "__name__", ""))
+def test_opcheck(op, args, kwargs):
+    torch.library.opcheck(op, args, kwargs)
 
 
 def bad_inputs():
@@ -422,22 +424,23 @@ def test_bad_inputs_raise_naming_the_argument(device, backend):
 
 
 def test_cpp_checks_arguments_directly():
+    """The C++ kernels (the CPU key's, reached straight from torch.ops.pyopt) check their own arguments."""
     if "cpu" not in pyopt.available_backends("cpu"):
         pytest.skip("C++ CPU kernels not built")
     x = torch.randn(4, 8)
-    cpu = torch.ops.pyopt_cpu
-    with pytest.raises(RuntimeError, match="scale"):
-        cpu.quantize_per_tensor(x, -1.0, 0, torch.int8, -1)
-    with pytest.raises(RuntimeError, match="zero_point"):
-        cpu.quantize_per_tensor(x, 1.0, 500, torch.int8, -1)
-    with pytest.raises(RuntimeError, match="scales"):
-        cpu.quantize_per_channel(x, torch.zeros(4), torch.zeros(4, dtype=torch.long), 0, torch.int8, -1)
-    with pytest.raises(RuntimeError, match="axis"):
+    cpu = torch.ops.pyopt
+    with pytest.raises(ValueError, match="scale"):
+        cpu.quantize_per_tensor(x, -1.0, 0, torch.int8)
+    with pytest.raises(ValueError, match="zero_point"):
+        cpu.quantize_per_tensor(x, 1.0, 500, torch.int8)
+    with pytest.raises(ValueError, match="scales"):
+        cpu.quantize_per_channel(x, torch.zeros(4), torch.zeros(4, dtype=torch.long), 0, torch.int8)
+    with pytest.raises(ValueError, match="axis"):
         cpu.dequantize_per_channel(
-            x.to(torch.int8), torch.ones(4), torch.zeros(4, dtype=torch.long), 5, torch.float, -1
+            x.to(torch.int8), torch.ones(4), torch.zeros(4, dtype=torch.long), 5, torch.float
         )
-    with pytest.raises(RuntimeError, match="group_size"):
-        cpu.quantize_per_group(x, 3, torch.int8, True, -1)
+    with pytest.raises(ValueError, match="group_size"):
+        cpu.quantize_per_group(x, 3, torch.int8, True)
 
 
 def tie_cases(device):
@@ -508,7 +511,7 @@ def test_gpu_matches_cpu_on_large_inputs(backend):
 # ----------------------------------------------------------------------------------------------------------
 # dequantize into the caller's tensor (out=)
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("device,backend", backend_params("dequantize_per_tensor_out"))
+@pytest.mark.parametrize("device,backend", backend_params("dequantize_per_tensor.out"))
 @pytest.mark.parametrize("out_dtype", FLOATS)
 @pytest.mark.parametrize("qdtype", list(QDTYPES))
 def test_dequantize_out_equals_allocating(device, backend, out_dtype, qdtype):
@@ -553,6 +556,16 @@ def test_dequantize_out_bad_arguments():
         pyopt.dequantize_per_tensor(q, -1.0, 0, out=torch.empty(4, 8))
     with pytest.raises((ValueError, RuntimeError), match="device"):
         pyopt.dequantize_per_tensor(q, 0.1, 0, out=torch.empty(4, 8, device="meta"))
-    if "cpu" in pyopt.available_backends("cpu"):  # the C++ op checks on its own too
-        with pytest.raises(RuntimeError, match="out must have q's shape"):
-            torch.ops.pyopt_cpu.dequantize_per_tensor_out(q, 0.1, 0, torch.empty(3), -1)
+    if "cpu" in pyopt.available_backends("cpu"):  # the C++ kernel checks on its own too
+        with pytest.raises(ValueError, match="out must have q's shape"):
+            torch.ops.pyopt.dequantize_per_tensor.out(q, 0.1, 0, out=torch.empty(3))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("dequantize_per_tensor.out"))
+def test_dequantize_out_overlapping_q_is_refused(device, backend):
+    """out sharing memory with q would be written while q is read: refused on every backend."""
+    storage = torch.zeros(512, dtype=torch.float32, device=device)
+    q = storage.view(torch.int8)[:128].view(4, 32)
+    q.copy_(torch.randint(-128, 127, (4, 32), dtype=torch.int8))
+    with pyopt.use_backend(backend), pytest.raises(ValueError, match="overlap"):
+        pyopt.dequantize_per_tensor(q, 0.1, 0, out=storage[:128].view(4, 32))

@@ -484,12 +484,11 @@ def test_csr_int8_bad_inputs():
         for m in (1, 9):  # the GEMV and the tiled path both check
             with pyopt.use_backend(backend), pytest.raises((RuntimeError, ValueError), match="col_indices"):
                 op(torch.randn(m, 16), crow, bad_col, q, s, b, 8)
-    if backends.usable("cpu", "cpu"):  # the C++ op's own checks, named (below the Python schema checks)
-        cpp = torch.ops.pyopt_cpu.sparse_csr_int8_linear
-        with pytest.raises(RuntimeError, match="values must be a contiguous 1-D int8"):
-            cpp(x, crow, col, q.float(), s, b, 8, -1)
-        with pytest.raises(RuntimeError, match="row_scales must be"):
-            cpp(x, crow, col, q, s[:7], b, 8, -1)
+    if backends.usable("cpu", "cpu"):  # the C++ kernel's own checks, named
+        with pyopt.use_backend("cpu"), pytest.raises(TypeError, match="values must have dtype"):
+            op(x, crow, col, q.float(), s, b, 8)
+        with pyopt.use_backend("cpu"), pytest.raises(ValueError, match="row_scales must have"):
+            op(x, crow, col, q, s[:7], b, 8)
 
 
 @pytest.mark.parametrize("start", ["masked", "csr", "dense"])
@@ -549,3 +548,47 @@ def test_half_keeps_quantisation_metadata_float32():
             with torch.no_grad():
                 y = converted(torch.randn(3, 64, dtype=dtype))
             assert y.dtype == dtype and torch.isfinite(y.float()).all()
+
+
+# ---------------------------------------------------------------- structural zeros and index validation
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_linear"))
+@pytest.mark.parametrize("m", [1, 9])
+def test_pruned_columns_are_structural_zeros(device, backend, m):
+    """An inf / NaN in a column of x that no kept weight reads does not reach y, on every backend and format (the
+    sparse semantics; a dense matmul with zeros would give NaN); through a kept weight it does."""
+    w = torch.randn(6, 8, device=device)
+    mask = torch.ones(6, 8, dtype=torch.bool, device=device)
+    mask[:, 3] = False  # column 3: no kept weight
+    x = torch.randn(m, 8, device=device)
+    x[:, 3] = float("nan")
+    want = x[:, [0, 1, 2, 4, 5, 6, 7]] @ w[:, [0, 1, 2, 4, 5, 6, 7]].t()
+    crow, col, values = sparse_ops.to_csr(w, mask)
+    with pyopt.use_backend(backend):
+        for y in (
+            torch.ops.pyopt.sparse_csr_linear(x, crow, col, values, None, 6),
+            torch.ops.pyopt.sparse_masked_linear(x, w, mask, None),
+            torch.ops.pyopt.sparse_masked_linear(x.double(), w.double(), mask, None).float(),
+        ):
+            assert not torch.isnan(y).any()
+            torch.testing.assert_close(y, want, **FP32_REORDERED)
+        x[0, 0] = float("inf")  # a kept column: propagates
+        y = torch.ops.pyopt.sparse_csr_linear(x, crow, col, values, None, 6)
+        assert not torch.isfinite(y[0]).any()
+
+
+@pytest.mark.parametrize("device,backend", backend_params("sparse_csr_linear"))
+def test_unsorted_or_duplicate_columns_are_refused(device, backend):
+    x = torch.randn(3, 8, device=device)
+    crow = torch.tensor([0, 2, 3], device=device)
+    values = torch.ones(3, device=device)
+    for col in ([3, 1, 5], [2, 2, 5]):
+        with pyopt.use_backend(backend), pytest.raises(ValueError, match="strictly increasing"):
+            torch.ops.pyopt.sparse_csr_linear(
+                x, crow, torch.tensor(col, dtype=torch.int16, device=device), values, None, 2
+            )
+    bcrow = torch.tensor([0, 2], device=device, dtype=torch.int64)
+    bvalues = torch.ones(2, 2, 2, device=device)
+    with pyopt.use_backend(backend), pytest.raises(ValueError, match="strictly increasing"):
+        torch.ops.pyopt.sparse_bsr_linear(
+            x, bcrow, torch.tensor([1, 0], dtype=torch.int32, device=device), bvalues, None, 2
+        )

@@ -1,6 +1,6 @@
 // BinaryLinear on CPU: y = x @ (alpha * sign(W))^T + b computed straight from the packed sign bits.
 //
-// Packed layout (shared by every backend, see pyopt/ops/binary_linear.py): packed[n, j] is one byte whose
+// Packed layout (shared by every backend, see pyopt/_rules.py pack_signs): packed[n, j] is one byte whose
 // bit b (LSB first) is 1 iff W[n, 8j + b] >= 0; K is padded to a multiple of 8 per row and the padding bits
 // are ignored by every kernel (they are written as 0).
 //
@@ -13,17 +13,27 @@
 //
 // Binary activations (XNOR + popcount): sign(x) is packed per row the same way, beta = mean|x|, and
 //     sum_k s_k t_k = K - 2 * popcount(xbits XOR wbits),   y = alpha * beta * that + b.
+//
+// Special values: 2 * S+ - S is formed in double (2 * S+ may overflow float32 where the result does not), and a
+// row holding inf/NaN (S not finite: inf - inf would give NaN where the dot product is +-inf) is computed
+// directly as sum_k s_k x_k, so every backend propagates inf and NaN as the reference's matmul does.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
+
+#include <c10/util/accumulate.h>
 
 #include "cpu/cpu_isa.h"
+#include "op_checks.h"
 
+namespace pyopt::binary {
 namespace {
 
 struct Problem {
@@ -37,22 +47,29 @@ struct Problem {
 };
 
 inline float epilogue(const Problem& p, int64_t m, int64_t n, float masked_sum) {
-  float v = p.alpha[n] * (2.0f * masked_sum - p.row_sum[m]);
+  float v = p.alpha[n] * static_cast<float>(2.0 * masked_sum - p.row_sum[m]);
   return p.bias ? v + p.bias[n] : v;
 }
 
-// --- scalar -------------------------------------------------------------------------------------------
+// sum_k s_k x_k of one row and one output channel, directly (the rows with inf/NaN; the scalar tier).
+inline double signed_dot(const Problem& p, int64_t m, int64_t n) {
+  const float* xr = p.x + m * p.K;
+  const uint8_t* wr = p.w + n * p.KB;
+  double acc = 0.0;
+  for (int64_t k = 0; k < p.K; ++k) acc += ((wr[k >> 3] >> (k & 7)) & 1) ? xr[k] : -xr[k];
+  return acc;
+}
+
+inline float epilogue_direct(const Problem& p, int64_t m, int64_t n) {
+  float v = p.alpha[n] * static_cast<float>(signed_dot(p, m, n));
+  return p.bias ? v + p.bias[n] : v;
+}
+
+// --- scalar (double accumulation: no intermediate overflow) --------------------------------------------
 void tile_scalar(const Problem& p, int64_t m0, int64_t n0, int64_t rows, int64_t cols) {
   const int64_t m1 = m0 + rows, n1 = std::min(n0 + cols, p.N);
-  for (int64_t m = m0; m < m1; ++m) {
-    const float* xr = p.x + m * p.K;
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* wr = p.w + n * p.KB;
-      float acc = 0.0f;
-      for (int64_t k = 0; k < p.K; ++k) acc += ((wr[k >> 3] >> (k & 7)) & 1) ? xr[k] : 0.0f;
-      p.y[m * p.N + n] = epilogue(p, m, n, acc);
-    }
-  }
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t n = n0; n < n1; ++n) p.y[m * p.N + n] = epilogue_direct(p, m, n);
 }
 
 #if PYOPT_X86
@@ -192,37 +209,10 @@ int64_t mismatches_scalar(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_
   return count;
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
-                const std::optional<at::Tensor>& bias, int64_t K) {
-  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && alpha.device().is_cpu(),
-              "binary_linear (cpu): x, packed_weight and alpha must be CPU tensors");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "binary_linear (cpu): x must be a contiguous 2-D float32 tensor, got ", x.sizes(), " ",
-              x.scalar_type());
-  TORCH_CHECK(K >= 0 && x.size(1) == K, "binary_linear (cpu): x.size(1) must equal in_features=", K, ", got ",
-              x.size(1));
-  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous(),
-              "binary_linear (cpu): packed_weight must be a contiguous 2-D uint8 tensor");
-  TORCH_CHECK(packed.size(1) == (K + 7) / 8, "binary_linear (cpu): packed_weight.size(1) must be ceil(",
-              K, "/8)=", (K + 7) / 8, ", got ", packed.size(1));
-  const int64_t N = packed.size(0);
-  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == N && alpha.scalar_type() == at::kFloat &&
-                  alpha.is_contiguous(),
-              "binary_linear (cpu): alpha must be a contiguous float32 tensor of shape (", N, ",)");
-  if (bias.has_value()) {
-    const auto& b = *bias;
-    TORCH_CHECK(b.device().is_cpu() && b.dim() == 1 && b.size(0) == N && b.scalar_type() == at::kFloat &&
-                    b.is_contiguous(),
-                "binary_linear (cpu): bias must be a contiguous float32 CPU tensor of shape (", N, ",)");
-  }
-}
-
-// x: (M, K) float32, packed_weight: (N, ceil(K/8)) uint8, alpha: (N) float32, bias: (N) float32 or None.
-// Returns float32 (M, N).
-at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& alpha,
-                         const std::optional<at::Tensor>& bias, int64_t in_features, bool binary_activations,
-                         int64_t isa_request) {
-  check_args(x, packed_weight, alpha, bias, in_features);
+// x: (M, K) float32 contiguous, packed_weight: (N, ceil(K/8)) uint8, alpha: (N) float32, bias: (N) float32 or
+// None, all contiguous. Returns float32 (M, N).
+at::Tensor binary_linear_2d(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& alpha,
+                            const std::optional<at::Tensor>& bias, int64_t in_features, bool binary_activations) {
   const int64_t M = x.size(0), N = packed_weight.size(0), K = in_features, KB = packed_weight.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -231,7 +221,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, c
     else y.zero_();
     return y;
   }
-  const pyopt::Isa isa = pyopt::select_isa(isa_request);
+  const pyopt::Isa isa = pyopt::active_isa();
   const bool parallel = M * N * K >= (int64_t(1) << 16);  // below this OpenMP start-up costs more than it saves
   const float* bias_ptr = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* py = y.data_ptr<float>();
@@ -301,9 +291,29 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, c
 #endif
       tile_scalar(p, m0, n0, rows, tile_n);
     }
+  // Rows with inf/NaN (their sum S is not finite): recomputed directly, see the header.
+  const float* prs = row_sum.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    if (!std::isfinite(prs[m]))
+      for (int64_t n = 0; n < N; ++n) py[m * N + n] = epilogue_direct(p, m, n);
   return y;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("binary_linear", &binary_linear); }
+// The CPU kernel of pyopt::binary_linear: x [..., K] of any float dtype and layout, the result in x's dtype.
+at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& alpha,
+                         const std::optional<at::Tensor>& bias, int64_t in_features, bool binary_activations) {
+  pyopt::checks::binary_linear(x, packed_weight, alpha, bias, in_features);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = packed_weight.size(0);
+  const at::Tensor x2 =
+      x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in_features}).to(at::kFloat).contiguous();
+  const std::optional<at::Tensor> b = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  at::Tensor y = binary_linear_2d(x2, packed_weight.contiguous(), alpha.contiguous(), b, in_features, binary_activations);
+  return y.to(x.scalar_type()).view(out_shape);
+}
+
+}  // namespace pyopt::binary
+
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) { m.impl("binary_linear", &pyopt::binary::binary_linear); }

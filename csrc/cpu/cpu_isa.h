@@ -1,12 +1,18 @@
 // Run-time ISA selection for the CPU kernels.
 //
-// The shipped binary is compiled for baseline x86-64. Hot loops are written once as templates/functions
-// carrying a target attribute (PYOPT_TARGET_AVX512 / PYOPT_TARGET_AVX2) and the caller picks one with
-// `select_isa(requested)`: the Python layer passes the ISA it wants (default: the best the CPU has,
-// overridable with PYOPT_CPU_ISA or pyopt.use_isa() so tests exercise every path on one machine).
-// No global mutable state: detection is a pure function of CPUID, cached in a function-local static const.
+// The shipped binary is compiled for baseline x86-64. Hot loops are written once per ISA, as functions or
+// templates carrying a target attribute (PYOPT_TARGET_AVX512 / PYOPT_TARGET_AVX2), in a namespace named after
+// the ISA (`pyopt::<family>::avx512`, `::avx2`, `::scalar`), and an op's entry point picks one with
+// `active_isa()`: the best the CPU has, capped by PYOPT_CPU_ISA (read once) and by the calling thread's cap
+// (`pyopt.use_isa(...)` sets it, so tests exercise every path on one machine).
+// No global mutable state: detection is a pure function of CPUID, cached in a function-local static const;
+// the cap is thread-local (OpenMP workers never read it: the ISA is chosen once, on the calling thread).
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
 
 namespace pyopt {
 
@@ -44,11 +50,32 @@ inline Isa detected_isa() {
 #endif
 }
 
-// The ISA a kernel may use: what the caller asked for (-1 = best), never more than the CPU has.
-inline Isa select_isa(int64_t requested) {
-  Isa best = detected_isa();
-  if (requested < 0 || requested > static_cast<int64_t>(best)) return best;
-  return static_cast<Isa>(requested);
+inline constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512", "avx512_vnni"};
+
+// PYOPT_CPU_ISA (an ISA name), read once per process: -1 when unset or unknown.
+inline int64_t env_isa_cap() {
+  static const int64_t cap = [] {
+    const char* v = std::getenv("PYOPT_CPU_ISA");
+    if (v == nullptr) return int64_t{-1};
+    for (int64_t i = 0; i < static_cast<int64_t>(std::size(kIsaNames)); ++i)
+      if (std::strcmp(v, kIsaNames[i]) == 0) return i;
+    return int64_t{-1};
+  }();
+  return cap;
+}
+
+// The calling thread's cap (-1 = none), set by pyopt.use_isa through pyopt._C.set_isa_cap.
+inline int64_t& thread_isa_cap() {
+  thread_local int64_t cap = -1;
+  return cap;
+}
+
+// The ISA a kernel called on this thread may use: the best the CPU has, capped by the env and thread caps.
+inline Isa active_isa() {
+  int64_t isa = static_cast<int64_t>(detected_isa());
+  if (env_isa_cap() >= 0) isa = std::min(isa, env_isa_cap());
+  if (thread_isa_cap() >= 0) isa = std::min(isa, thread_isa_cap());
+  return static_cast<Isa>(isa);
 }
 
 }  // namespace pyopt

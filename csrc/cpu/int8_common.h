@@ -8,6 +8,9 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <vector>
+
+#include <c10/util/accumulate.h>
 
 #include "cpu/cpu_isa.h"
 #include "cpu/quant_simd.h"
@@ -74,18 +77,36 @@ inline void quant_rows(const T* x, int8_t* q, float* scales, int64_t rows, int64
   });
 }
 
-inline void check_weights(const at::Tensor& w_q, const at::Tensor& w_scales, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w_q.device().is_cpu() && w_q.scalar_type() == at::kChar && w_q.dim() == 2 && w_q.is_contiguous(),
-              "w_q must be a contiguous 2-d int8 CPU tensor [out_features, in_features]");
-  TORCH_CHECK(w_scales.scalar_type() == at::kFloat && w_scales.is_contiguous() && w_scales.dim() == 1 &&
-                  w_scales.size(0) == w_q.size(0),
-              "w_scales must be a contiguous float32 tensor of shape [out_features]");
-  if (bias) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->dim() == 1 &&
-                    bias->size(0) == w_q.size(0),
-                "bias must be a contiguous float32 tensor of shape [out_features]");
-  }
+// The 2-d operands of a linear op's kernel: x as [rows, K] contiguous, the weights contiguous, the bias as a
+// contiguous float32 vector (the modules keep it float32; a bf16/fp16 bias is widened exactly).
+struct LinearOperands {
+  at::Tensor x, w, sw;
+  c10::optional<at::Tensor> bias;
+};
+
+// x [..., K] viewed as [rows, K] (rows = the product of the leading dims; also right when K == 0 or x is empty).
+inline at::Tensor rows_2d(const at::Tensor& x, int64_t K) {
+  return x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), K});
 }
+
+inline LinearOperands linear_operands(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                                      const c10::optional<at::Tensor>& bias) {
+  const int64_t K = w_q.size(1);
+  return {rows_2d(x, K).contiguous(),
+          w_q.contiguous(), w_scales.contiguous(),
+          bias ? c10::optional<at::Tensor>(bias->to(at::kFloat).contiguous()) : c10::nullopt};
+}
+
+// The output shape of a linear op: x's leading dims + (N,).
+inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
+// Exact int32 accumulation: |q| <= 127 and |w| <= 128, so K products sum to at most 16256 * K, which fits
+// int32 while K <= kMaxExactK. Longer rows are computed exactly in float64 instead (|acc| < 2^53).
+constexpr int64_t kMaxExactK = 2147483647LL / (127 * 128);
 
 #define PYOPT_FLOAT_DISPATCH(dtype, ...)                                 \
   [&] {                                                                  \

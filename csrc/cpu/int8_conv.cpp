@@ -15,14 +15,14 @@
 #include "cpu/int8_common.h"
 #include "cpu/int8_gemm.h"
 #include "cpu/quant_simd.h"
+#include "op_checks.h"
 
 #if PYOPT_X86
 #include <immintrin.h>
 #endif
 
+namespace pyopt::int8 {
 namespace {
-
-using namespace pyopt::int8;
 
 // ---------------------------------------------------------------------------------------------------------
 // Conv activations: per-sample quantisation read straight from NCHW and written as NHWC int8, so the float
@@ -91,9 +91,13 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
       plane_amax[p] = std::isnan(mn) ? NAN : std::max(-mn, mx);
     }
   });
-  for (int64_t b = 0; b < B; ++b) {
-    auto first = plane_amax.begin() + b * C;
-    scales[b] = pyopt::quant::per_token_scale(C == 0 ? 0.0f : *std::max_element(first, first + C));
+  for (int64_t b = 0; b < B; ++b) {  // NaN-propagating max over the sample's planes (std::max_element is not)
+    float amax = 0.0f;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = plane_amax[b * C + c];
+      amax = (std::isnan(v) || std::isnan(amax)) ? NAN : std::max(amax, v);
+    }
+    scales[b] = pyopt::quant::per_token_scale(amax);
   }
   at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int8_t> tile(C * W);
@@ -114,6 +118,26 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
   });
 }
 
+// The exact float64 path for rows too long for an int32 sum (K = KH*KW*C > kMaxExactK): the reference's
+// arithmetic (quantised sample, float64 conv, float32 epilogue), so results stay bit-identical.
+at::Tensor conv_wide_k(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, Isa isa) {
+  const int64_t B = x.size(0), K = x.numel() / std::max<int64_t>(B, 1);
+  const at::Tensor xc = x.contiguous();
+  auto q = at::empty({B, K}, x.options().dtype(at::kChar));
+  auto sx = at::empty({B}, x.options().dtype(at::kFloat));
+  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
+    quant_rows(xc.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), B, K, isa);
+  });
+  auto acc = at::conv2d(q.to(at::kDouble).view(x.sizes()), w_q.to(at::kDouble), {}, stride, padding, dilation);
+  auto out = acc.to(at::kFloat) * sx.view({-1, 1, 1, 1}) * w_scales.view({1, -1, 1, 1});
+  if (bias) out = out + bias->to(at::kFloat).view({1, -1, 1, 1});
+  return out.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------------------
 // Dynamic conv2d (groups = 1): per-sample symmetric activation quantisation (one scale per image, so every
 // im2col row of an image shares it and the scale factors out of the integer dot product), int8 im2col in
@@ -121,24 +145,21 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
 // channels-last NCHW tensor (the GEMM's natural layout; torch's conv keeps channels-last too).
 // With VNNI the im2col rows are written straight into the GEMM's per-thread packing buffer (its RowFill), so
 // neither the [B*HO*WO, KH*KW*C] int8 matrix nor an int32 accumulator is ever stored: at batch 8, 64->64,
-// 56x56, 3x3 that measured 8.2 vs 12.3 ms single-thread (F.conv2d fp32: 18.0 ms).
+// 56x56, 3x3 that measured 8.2 vs 12.3 ms single-thread (F.conv2d fp32: 18.0 ms). The CPU kernel of
+// pyopt::int8_conv2d_dynamic.
 // ---------------------------------------------------------------------------------------------------------
-at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, const at::Tensor& w_scales,
-                               const c10::optional<at::Tensor>& bias, std::vector<int64_t> stride,
-                               std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t isa_req) {
-  TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() == 4, "x must be a 4-d CPU tensor [B, C, H, W]");
-  TORCH_CHECK(w_q.scalar_type() == at::kChar && w_q.dim() == 4, "w_q must be a 4-d int8 tensor [O, C, kh, kw]");
-  TORCH_CHECK(x_in.size(1) == w_q.size(1), "x.size(1) must equal in_channels");
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "stride, padding and dilation must have 2 elements");
-  const Isa isa = pyopt::select_isa(isa_req);
+at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, const at::Tensor& w_scales_in,
+                               const c10::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto [HO, WO] = pyopt::checks::int8_conv2d(x_in, w_q, w_scales_in, bias_in, stride, padding, dilation);
+  const Isa isa = pyopt::active_isa();
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t O = w_q.size(0), KH = w_q.size(2), KW = w_q.size(3);
-  const int64_t HO = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) / stride[0] + 1;
-  const int64_t WO = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK(HO > 0 && WO > 0, "the input is smaller than the (dilated) kernel");
+  const at::Tensor w_scales = w_scales_in.contiguous();
+  const c10::optional<at::Tensor> bias =
+      bias_in ? c10::optional<at::Tensor>(bias_in->to(at::kFloat).contiguous()) : c10::nullopt;
+  if (KH * KW * C > kMaxExactK) return conv_wide_k(x_in, w_q, w_scales, bias, stride, padding, dilation, isa);
   auto wmat = w_q.permute({0, 2, 3, 1}).contiguous().view({O, KH * KW * C});
-  check_weights(wmat, w_scales, bias);
   auto out = at::empty({B, O, HO, WO}, x_in.options(), at::MemoryFormat::ChannelsLast);
   if (B == 0 || O == 0) return out;
 
@@ -200,6 +221,6 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
   return out;
 }
 
-}  // namespace
+}  // namespace pyopt::int8
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("int8_conv2d_dynamic", &int8_conv2d_dynamic); }
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) { m.impl("int8_conv2d_dynamic", &pyopt::int8::int8_conv2d_dynamic); }

@@ -11,7 +11,7 @@
 //                  one block of output rows at a time into a small float buffer that feeds a BLAS GEMM, so a
 //                  full float copy of the weight never exists.
 //
-// Quantisation rule (docs/API.md, quantize_per_token): amax = max|x| over the row (float32),
+// Quantisation rule (pyopt/_rules.py, quantize_per_token): amax = max|x| over the row (float32),
 // scale = amax / 127 (1 if 0), q = clamp(rint_half_even(float32(x * float32(1 / scale))), -127, 127).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,14 +28,14 @@
 #include "cpu/int8_common.h"
 #include "cpu/int8_gemm.h"
 #include "cpu/quant_simd.h"
+#include "op_checks.h"
 
 #if PYOPT_X86
 #include <immintrin.h>
 #endif
 
+namespace pyopt::int8 {
 namespace {
-
-using namespace pyopt::int8;
 
 #if PYOPT_X86
 PYOPT_TARGET_AVX2 inline float hsum8(__m256 v) {
@@ -102,8 +102,6 @@ void dequant_epilogue(const int32_t* acc, const float* sx, const float* sw, cons
 
 }  // namespace
 
-namespace pyopt::int8 {
-
 // int32 acc[M, N] = q[M, K] @ w[N, K]^T. at::_int_mm (oneDNN) except for tiny K, where it is both slow
 // and, for K == 1, wrong in torch 2.13.
 at::Tensor int8_gemm_acc(const at::Tensor& q, const at::Tensor& w) {
@@ -134,24 +132,30 @@ void epilogue_into(const at::Tensor& acc, const at::Tensor& sx, const at::Tensor
   });
 }
 
-}  // namespace pyopt::int8
-
 namespace {
 
-void check_x2d(const at::Tensor& x, int64_t K) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-d CPU tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              "x must be float32, bfloat16 or float16");
-  TORCH_CHECK(x.size(1) == K, "x.size(1) (", x.size(1), ") must equal in_features (", K, ")");
+// Rows too long for an exact int32 sum (K > kMaxExactK): the reference's arithmetic in ATen — the same
+// per-token quantiser, the exact product in float64, the float32 epilogue — so results stay bit-identical.
+at::Tensor dynamic_wide_k(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& sw,
+                          const c10::optional<at::Tensor>& bias, Isa isa) {
+  const int64_t M = x.size(0), K = x.size(1);
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto sx = at::empty({M}, x.options().dtype(at::kFloat));
+  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
+    quant_rows(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), M, K, isa);
+  });
+  auto out = at::mm(q.to(at::kDouble), w_q.to(at::kDouble).t()).to(at::kFloat) * sx.unsqueeze(1) * sw;
+  if (bias) out = out + *bias;
+  return out.to(x.scalar_type());
 }
 
-at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                               const c10::optional<at::Tensor>& bias, int64_t isa_req) {
-  check_weights(w_q, w_scales, bias);
-  check_x2d(x, w_q.size(1));
-  const Isa isa = pyopt::select_isa(isa_req);
+// x [M, K] contiguous, weights contiguous, bias contiguous float32 (linear_operands).
+at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                      const c10::optional<at::Tensor>& bias) {
+  const Isa isa = pyopt::active_isa();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
+  if (K > kMaxExactK) return dynamic_wide_k(x, w_q, w_scales, bias, isa);
   if (pyopt::int8gemm::available(isa) && K > 0 && M > 1) {
     // Native VNNI GEMM: each block of rows is quantised into a per-thread buffer right before its GEMM, and
     // the epilogue runs on the accumulators. Not for M == 1: its 16-row tiles would waste 15/16 of the work,
@@ -350,11 +354,9 @@ at::Tensor wo_blocked_gemm(const at::Tensor& x_in, const at::Tensor& w_q, const 
   return x_in.scalar_type() == at::kFloat ? out : out.to(x_in.scalar_type());
 }
 
-at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                                   const c10::optional<at::Tensor>& bias, int64_t isa_req) {
-  check_weights(w_q, w_scales, bias);
-  check_x2d(x, w_q.size(1));
-  const Isa isa = pyopt::select_isa(isa_req);
+at::Tensor weight_only_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                          const c10::optional<at::Tensor>& bias) {
+  const Isa isa = pyopt::active_isa();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M > kWoGemvMaxM && K > 0) return wo_blocked_gemm(x, w_q, w_scales, bias);
   auto out = at::empty({M, N}, x.options());
@@ -368,7 +370,24 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, c
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
-  m.def("int8_linear_dynamic", &int8_linear_dynamic);
-  m.def("int8_linear_weight_only", &int8_linear_weight_only);
+// The CPU kernels of pyopt::int8_linear_dynamic / int8_linear_weight_only: x [..., K] in any layout.
+at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                               const c10::optional<at::Tensor>& bias) {
+  pyopt::checks::int8_linear(x, w_q, w_scales, bias);
+  const LinearOperands a = linear_operands(x, w_q, w_scales, bias);
+  return dynamic_2d(a.x, a.w, a.sw, a.bias).view(linear_out_shape(x, w_q.size(0)));
+}
+
+at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                                   const c10::optional<at::Tensor>& bias) {
+  pyopt::checks::int8_linear(x, w_q, w_scales, bias);
+  const LinearOperands a = linear_operands(x, w_q, w_scales, bias);
+  return weight_only_2d(a.x, a.w, a.sw, a.bias).view(linear_out_shape(x, w_q.size(0)));
+}
+
+}  // namespace pyopt::int8
+
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) {
+  m.impl("int8_linear_dynamic", &pyopt::int8::int8_linear_dynamic);
+  m.impl("int8_linear_weight_only", &pyopt::int8::int8_linear_weight_only);
 }

@@ -2,8 +2,9 @@
 //
 // Each op takes any-strided input (made contiguous once; contiguous input is read in place, in one pass,
 // fp16/bf16 widened in registers), splits the flat range into chunks for OpenMP, and runs the span kernels
-// of quant_simd.h for the ISA the caller allows. Rounding rules: quant_simd.h and README. Every argument is
-// checked here too (the Python router checks first, with the same messages).
+// of quant_simd.h for the ISA active on the calling thread. Rounding rules: pyopt/_rules.py, quant_simd.h.
+// These are the CPU-key kernels of the pyopt:: quant ops: every argument is checked here (op_checks.h: the
+// messages and exception types of pyopt/ops/checks.py).
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -17,14 +18,14 @@
 #include <sys/mman.h>
 #endif
 
-#include "cpu/cpu_isa.h"
-#include "cpu/quant_args.h"
-#include "cpu/quant_simd.h"
 
+#include "cpu/cpu_isa.h"
+#include "cpu/quant_simd.h"
+#include "op_checks.h"
+
+namespace pyopt::quant {
 namespace {
-using pyopt::Isa;
-using namespace pyopt::quant;
-using namespace pyopt::quant_args;
+namespace checks = pyopt::checks;
 
 constexpr int64_t kGrain = 1 << 15;  // elements per OpenMP chunk (a multiple of the 64-element block)
 // Per-channel values are broadcast along rows of at least this many elements; shorter rows use arrays of
@@ -86,56 +87,40 @@ void dispatch_float(at::ScalarType t, const F& f) {
   }
 }
 
-void check_float_input(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got ", x.device());
-  auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", t);
-}
-
-void check_q_input(const at::Tensor& q) {
-  TORCH_CHECK(q.device().is_cpu(), "q must be a CPU tensor, got ", q.device());
-  TORCH_CHECK(q.scalar_type() == at::kChar || q.scalar_type() == at::kByte, "q must be int8 or uint8, got ",
-              q.scalar_type());
-}
-
-void check_out_dtype(at::ScalarType t) {
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
-              "out_dtype must be float32, float16 or bfloat16, got ", t);
-}
-
 // float32 scales (converted exactly from float32/float64) and zero points, validated.
 struct ChannelParams {
   std::vector<double> scale;
   std::vector<float> scale32, zp;
 };
 
-ChannelParams channel_params(const at::Tensor& scales, const at::Tensor& zero_points, int64_t n,
-                             std::pair<float, float> range) {
-  TORCH_CHECK(scales.device().is_cpu() && zero_points.device().is_cpu(), "scales and zero_points must be CPU tensors");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kDouble,
-              "scales must be float32 or float64, got ", scales.scalar_type());
-  TORCH_CHECK(!at::isFloatingType(zero_points.scalar_type()) && !at::isComplexType(zero_points.scalar_type()),
-              "zero_points must be an integer tensor, got ", zero_points.scalar_type());
-  TORCH_CHECK(scales.numel() == n, "scales must have ", n, " elements, got ", scales.numel());
-  TORCH_CHECK(zero_points.numel() == n, "zero_points must have ", n, " elements, got ", zero_points.numel());
+// The values of validated per-channel / per-group qparams (their metadata is checked by the caller): every
+// scale finite and > 0 in float32, every zero point in the range of the quantized dtype (ValueError).
+ChannelParams channel_params(const at::Tensor& scales, const at::Tensor& zero_points, at::ScalarType qdtype) {
+  const int64_t n = scales.numel();
+  const auto range = checks::qrange(qdtype, "dtype");
   at::Tensor s = scales.to(at::kDouble).contiguous(), z = zero_points.to(at::kLong).contiguous();
   const double* ps = s.const_data_ptr<double>();
   const int64_t* pz = z.const_data_ptr<int64_t>();
   ChannelParams p{std::vector<double>(ps, ps + n), std::vector<float>(n), std::vector<float>(n)};
   for (int64_t c = 0; c < n; ++c) {
-    p.scale32[c] = checked_scale(ps[c], "scales");
-    check_zero_point(pz[c], range, "zero_points");
+    const float s32 = static_cast<float>(ps[c]);
+    TORCH_CHECK_VALUE(std::isfinite(s32) && s32 > 0, "scales must all be finite and > 0 (as float32), got ", ps[c]);
+    TORCH_CHECK_VALUE(pz[c] >= range.first && pz[c] <= range.second, "zero_points must be in [", range.first, ", ",
+                      range.second, "] for torch.", c10::toString(qdtype), ", got ", pz[c]);
+    p.scale32[c] = s32;
     p.zp[c] = static_cast<float>(pz[c]);
   }
   return p;
 }
 
 // (outer, C, inner) of a tensor viewed around `axis`.
-std::tuple<int64_t, int64_t, int64_t> around_axis(const at::Tensor& t, int64_t axis, const char* name) {
-  TORCH_CHECK(t.dim() >= 1, name, " must have at least 1 dimension");
-  TORCH_CHECK(axis >= -t.dim() && axis < t.dim(), "axis must be in [", -t.dim(), ", ", t.dim() - 1, "], got ", axis);
-  axis = axis < 0 ? axis + t.dim() : axis;
+// Checks axis, then the per-channel qparams' metadata (one per channel of that axis).
+std::tuple<int64_t, int64_t, int64_t> around_axis(const at::Tensor& t, int64_t axis, const char* name,
+                                                  const at::Tensor& scales, const at::Tensor& zero_points) {
+  axis = checks::axis(axis, t.dim(), "axis");
+  TORCH_CHECK_VALUE(t.dim() >= 1, name, " must have at least 1 dimension for per-channel quantization");
+  const std::string what = std::string(name) + ".shape[axis=" + std::to_string(axis) + "]";
+  checks::qparams_meta(t, scales, zero_points, {t.size(axis)}, what.c_str());
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= t.size(d);
   for (int64_t d = axis + 1; d < t.dim(); ++d) inner *= t.size(d);
@@ -190,16 +175,17 @@ void per_channel_ranges(int64_t n, int64_t C, int64_t inner, const std::vector<f
 // --------------------------------------------------------------------------------------------------------
 // quantize
 // --------------------------------------------------------------------------------------------------------
-at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_point, at::ScalarType dtype,
-                               int64_t isa_req) {
-  check_float_input(x_, "x");
-  const auto range = qrange(dtype, "dtype");
-  const float inv = 1.0f / checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
-  check_zero_point(zero_point, range, "zero_point");
+}  // namespace
+
+at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_point, at::ScalarType dtype) {
+  checks::quant_input(x_, "x");
+  const float inv = 1.0f / checks::scalar_scale(scale, "scale"), zp = static_cast<float>(zero_point);
+  const auto range = checks::qrange(dtype, "dtype");
+  checks::zero_point(zero_point, range, "zero_point", dtype);
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const bool nt = out.nbytes() >= kStreamBytes;
-  const Isa isa = pyopt::select_isa(isa_req);
+  const Isa isa = pyopt::active_isa();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
@@ -215,18 +201,18 @@ at::Tensor quantize_per_tensor(const at::Tensor& x_, double scale, int64_t zero_
 }
 
 at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, const at::Tensor& zero_points,
-                                int64_t axis, at::ScalarType dtype, int64_t isa_req) {
-  check_float_input(x_, "x");
-  const auto range = qrange(dtype, "dtype");
+                                int64_t axis, at::ScalarType dtype) {
+  checks::quant_input(x_, "x");
+  const auto range = checks::qrange(dtype, "dtype");
   int64_t outer, C, inner;
-  std::tie(outer, C, inner) = around_axis(x_, axis, "x");
-  ChannelParams p = channel_params(scales, zero_points, C, range);
+  std::tie(outer, C, inner) = around_axis(x_, axis, "x", scales, zero_points);
+  ChannelParams p = channel_params(scales, zero_points, dtype);
   std::vector<float> inv(C);
   for (int64_t c = 0; c < C; ++c) inv[c] = 1.0f / p.scale32[c];
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const bool nt = out.nbytes() >= kStreamBytes;
-  const Isa isa = pyopt::select_isa(isa_req);
+  const Isa isa = pyopt::active_isa();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
   const float lo = range.first, hi = range.second;
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -250,10 +236,10 @@ at::Tensor quantize_per_channel(const at::Tensor& x_, const at::Tensor& scales, 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::ScalarType dtype, int64_t isa_req) {
-  check_float_input(x_, "x");
-  TORCH_CHECK(dtype == at::kChar, "dtype must be torch.int8 (per-token quantization is symmetric), got ", dtype);
-  TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::ScalarType dtype) {
+  checks::quant_input(x_, "x");
+  TORCH_CHECK_TYPE(dtype == at::kChar, "dtype must be torch.int8 (per-token quantization is symmetric), got ", dtype);
+  TORCH_CHECK_VALUE(x_.dim() >= 1, "x must have at least 1 dimension for per-token quantization");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const bool nt = out.nbytes() >= kStreamBytes;
@@ -264,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   const int64_t rows = scales.numel();
   float* ps = scales.data_ptr<float>();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
-  const Isa isa = pyopt::select_isa(isa_req);
+  const Isa isa = pyopt::active_isa();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* px = static_cast<const In*>(x.const_data_ptr());
@@ -275,7 +261,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_, at::
   return {out, scales};
 }
 
-// One group's (scale, zero point): torch.ao's observer formulas (pyopt/ops/quant.py qparams_from_minmax).
+namespace {
+// One group's (scale, zero point): torch.ao's observer formulas (pyopt/_rules.py qparams_from_minmax).
 std::pair<float, float> group_qparams(float mn, float mx, float qmin, float qmax, bool symmetric, bool is_uint8) {
   if (std::isnan(mn) || std::isnan(mx)) return {NAN, symmetric && is_uint8 ? 128.0f : 0.0f};
   const float eps = std::numeric_limits<float>::epsilon();
@@ -290,14 +277,13 @@ std::pair<float, float> group_qparams(float mn, float mx, float qmin, float qmax
   return {scale, zp};
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x_, int64_t group_size,
-                                                                  at::ScalarType dtype, bool symmetric,
-                                                                  int64_t isa_req) {
-  check_float_input(x_, "x");
-  const auto range = qrange(dtype, "dtype");
-  TORCH_CHECK(x_.dim() >= 1, "x must have at least 1 dimension");
-  TORCH_CHECK(group_size >= 1 && x_.size(-1) % group_size == 0, "group_size (", group_size,
-              ") must be positive and divide the last dim of x (", x_.size(-1), ")");
+                                                                  at::ScalarType dtype, bool symmetric) {
+  checks::quant_input(x_, "x");
+  const auto range = checks::qrange(dtype, "dtype");
+  checks::group_size(x_, group_size, "x");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = new_output(x.sizes(), x.options().dtype(dtype));
   const bool nt = out.nbytes() >= kStreamBytes;
@@ -309,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
   float* ps = scales.data_ptr<float>();
   int64_t* pz = zps.data_ptr<int64_t>();
   uint8_t* po = static_cast<uint8_t*>(out.data_ptr());
-  const Isa isa = pyopt::select_isa(isa_req);
+  const Isa isa = pyopt::active_isa();
   const float lo = range.first, hi = range.second;
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
@@ -334,6 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_group(const at::Tens
 // --------------------------------------------------------------------------------------------------------
 // dequantize: (float32(q) - zp) * scale, narrowed to out_dtype
 // --------------------------------------------------------------------------------------------------------
+namespace {
 template <class F>
 void dispatch_out(at::ScalarType out_dtype, bool is_signed, const F& f) {
   dispatch_float(out_dtype, [&](auto tag) {
@@ -357,12 +344,14 @@ void dequant_channels(Isa isa, const uint8_t* pq, Out* po, int64_t numel, int64_
       });
 }
 
-// The caller's output (the pyopt::dequantize_*_out ops): a float tensor of q's shape on the CPU. A fresh
-// output is the other case (new_output); writing into a reused one skips the page faults of a new mapping.
+// The caller's output (the pyopt::dequantize_*.out overloads): a float tensor of q's shape that does not share
+// memory with q (the kernels read q while writing out). A fresh output is the other case (new_output); writing
+// into a reused one skips the page faults of a new mapping.
 void check_out(const at::Tensor& q, const at::Tensor& out) {
-  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
-  check_out_dtype(out.scalar_type());
-  TORCH_CHECK(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
+  checks::float_out_dtype(out.scalar_type(), "out_dtype");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
+  TORCH_CHECK_VALUE(!checks::may_overlap(out, q),
+                    "out must not overlap q (it is read while out is written)");
 }
 
 // Every dequantize op: checks, then `body(q, out, nt)` writes the contiguous q into the contiguous out
@@ -382,11 +371,11 @@ at::Tensor dequantize_new(const at::Tensor& q, at::ScalarType out_dtype, const B
   return out;
 }
 
-auto per_tensor_body(const at::Tensor& q_, double scale, int64_t zero_point, int64_t isa_req) {
-  check_q_input(q_);
-  const float s = checked_scale(scale, "scale"), zp = static_cast<float>(zero_point);
-  check_zero_point(zero_point, qrange(q_.scalar_type(), "q.dtype"), "zero_point");
-  const Isa isa = pyopt::select_isa(isa_req);
+auto per_tensor_body(const at::Tensor& q_, double scale, int64_t zero_point) {
+  checks::q_input(q_, "q");
+  const float s = checks::scalar_scale(scale, "scale"), zp = static_cast<float>(zero_point);
+  checks::zero_point(zero_point, checks::qrange(q_.scalar_type(), "q.dtype"), "zero_point", q_.scalar_type());
+  const Isa isa = pyopt::active_isa();
   return [=](const at::Tensor& q, at::Tensor& out, bool nt) {
     const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
     dispatch_out(out.scalar_type(), q.scalar_type() == at::kChar, [&](auto tag, auto is_signed) {
@@ -400,30 +389,16 @@ auto per_tensor_body(const at::Tensor& q_, double scale, int64_t zero_point, int
   };
 }
 
-at::Tensor dequantize_per_tensor(const at::Tensor& q, double scale, int64_t zero_point, at::ScalarType out_dtype,
-                                 int64_t isa_req) {
-  check_out_dtype(out_dtype);
-  return dequantize_new(q, out_dtype, per_tensor_body(q, scale, zero_point, isa_req));
-}
-
-void dequantize_per_tensor_out(const at::Tensor& q, double scale, int64_t zero_point, at::Tensor out,
-                               int64_t isa_req) {
-  auto body = per_tensor_body(q, scale, zero_point, isa_req);
-  check_out(q, out);
-  dequantize_into(q, out, body);
-}
-
-auto per_channel_body(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points, int64_t axis,
-                      int64_t isa_req) {
-  check_q_input(q_);
+auto per_channel_body(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points, int64_t axis) {
+  checks::q_input(q_, "q");
   int64_t outer, C, inner;
-  std::tie(outer, C, inner) = around_axis(q_, axis, "q");
+  std::tie(outer, C, inner) = around_axis(q_, axis, "q", scales, zero_points);
   (void)outer;
-  ChannelParams p = channel_params(scales, zero_points, C, qrange(q_.scalar_type(), "q.dtype"));
+  ChannelParams p = channel_params(scales, zero_points, q_.scalar_type());
   // torch computes (q - zp) * scale in float64 and rounds once. With float32-representable scales the
   // float32 product is that same correctly rounded value, so the vector kernels apply; otherwise float64.
   const bool f32_exact = std::all_of(p.scale.begin(), p.scale.end(), [](double v) { return (double)(float)v == v; });
-  const Isa isa = f32_exact ? pyopt::select_isa(isa_req) : Isa::Scalar;
+  const Isa isa = f32_exact ? pyopt::active_isa() : Isa::Scalar;
   // init-capture: the per-channel / per-group vectors move into the closure instead of being copied
   return [=, p = std::move(p)](const at::Tensor& q, at::Tensor& out, bool nt) {
     const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
@@ -446,28 +421,16 @@ auto per_channel_body(const at::Tensor& q_, const at::Tensor& scales, const at::
   };
 }
 
-at::Tensor dequantize_per_channel(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
-                                  int64_t axis, at::ScalarType out_dtype, int64_t isa_req) {
-  check_out_dtype(out_dtype);
-  return dequantize_new(q, out_dtype, per_channel_body(q, scales, zero_points, axis, isa_req));
-}
-
-void dequantize_per_channel_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
-                                int64_t axis, at::Tensor out, int64_t isa_req) {
-  auto body = per_channel_body(q, scales, zero_points, axis, isa_req);
-  check_out(q, out);
-  dequantize_into(q, out, body);
-}
-
 auto per_group_body(const at::Tensor& q_, const at::Tensor& scales, const at::Tensor& zero_points,
-                    int64_t group_size, int64_t isa_req) {
-  check_q_input(q_);
-  TORCH_CHECK(q_.dim() >= 1, "q must have at least 1 dimension");
-  TORCH_CHECK(group_size >= 1 && q_.size(-1) % group_size == 0, "group_size (", group_size,
-              ") must be positive and divide the last dim of q (", q_.size(-1), ")");
-  const int64_t groups = q_.numel() / std::max<int64_t>(group_size, 1);
-  ChannelParams p = channel_params(scales, zero_points, groups, qrange(q_.scalar_type(), "q.dtype"));
-  const Isa isa = pyopt::select_isa(isa_req);
+                    int64_t group_size) {
+  checks::q_input(q_, "q");
+  const int64_t row_groups = checks::group_size(q_, group_size, "q");
+  std::vector<int64_t> gshape(q_.sizes().begin(), q_.sizes().end());
+  gshape.back() = row_groups;
+  checks::qparams_meta(q_, scales, zero_points, gshape, "q.shape[:-1] + (groups,)");
+  const int64_t groups = q_.numel() / group_size;
+  ChannelParams p = channel_params(scales, zero_points, q_.scalar_type());
+  const Isa isa = pyopt::active_isa();
   // init-capture: the per-channel / per-group vectors move into the closure instead of being copied
   return [=, p = std::move(p)](const at::Tensor& q, at::Tensor& out, bool nt) {
     const uint8_t* pq = static_cast<const uint8_t*>(q.const_data_ptr());
@@ -481,35 +444,61 @@ auto per_group_body(const at::Tensor& q_, const at::Tensor& scales, const at::Te
   };
 }
 
-at::Tensor dequantize_per_group(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
-                                int64_t group_size, at::ScalarType out_dtype, int64_t isa_req) {
-  check_out_dtype(out_dtype);
-  return dequantize_new(q, out_dtype, per_group_body(q, scales, zero_points, group_size, isa_req));
+}  // namespace
+
+// dequantize_*: a fresh output of out_dtype; dequantize_*.out: into the caller's tensor.
+at::Tensor dequantize_per_tensor(const at::Tensor& q, double scale, int64_t zero_point, at::ScalarType out_dtype) {
+  auto body = per_tensor_body(q, scale, zero_point);
+  checks::float_out_dtype(out_dtype, "out_dtype");
+  return dequantize_new(q, out_dtype, body);
 }
 
-void dequantize_per_group_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
-                              int64_t group_size, at::Tensor out, int64_t isa_req) {
-  auto body = per_group_body(q, scales, zero_points, group_size, isa_req);
+void dequantize_per_tensor_out(const at::Tensor& q, double scale, int64_t zero_point, at::Tensor& out) {
+  auto body = per_tensor_body(q, scale, zero_point);
   check_out(q, out);
   dequantize_into(q, out, body);
 }
 
-}  // namespace
+at::Tensor dequantize_per_channel(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                  int64_t axis, at::ScalarType out_dtype) {
+  checks::q_input(q, "q");
+  checks::float_out_dtype(out_dtype, "out_dtype");
+  return dequantize_new(q, out_dtype, per_channel_body(q, scales, zero_points, axis));
+}
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
-  m.def("quantize_per_tensor", &quantize_per_tensor);
-  m.def("quantize_per_channel", &quantize_per_channel);
-  m.def("quantize_per_token", &quantize_per_token);
-  m.def("quantize_per_group", &quantize_per_group);
-  m.def("dequantize_per_tensor", &dequantize_per_tensor);
-  m.def("dequantize_per_channel", &dequantize_per_channel);
-  m.def("dequantize_per_group", &dequantize_per_group);
-  m.def("dequantize_per_tensor_out(Tensor q, float scale, int zero_point, Tensor(a!) out, int isa) -> ()",
-        &dequantize_per_tensor_out);
-  m.def("dequantize_per_channel_out(Tensor q, Tensor scales, Tensor zero_points, int axis, Tensor(a!) out, "
-        "int isa) -> ()",
-        &dequantize_per_channel_out);
-  m.def("dequantize_per_group_out(Tensor q, Tensor scales, Tensor zero_points, int group_size, Tensor(a!) out, "
-        "int isa) -> ()",
-        &dequantize_per_group_out);
+void dequantize_per_channel_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                       int64_t axis, at::Tensor& out) {
+  auto body = per_channel_body(q, scales, zero_points, axis);
+  check_out(q, out);
+  dequantize_into(q, out, body);
+}
+
+at::Tensor dequantize_per_group(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                int64_t group_size, at::ScalarType out_dtype) {
+  checks::q_input(q, "q");
+  checks::float_out_dtype(out_dtype, "out_dtype");
+  return dequantize_new(q, out_dtype, per_group_body(q, scales, zero_points, group_size));
+}
+
+void dequantize_per_group_out(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zero_points,
+                                     int64_t group_size, at::Tensor& out) {
+  auto body = per_group_body(q, scales, zero_points, group_size);
+  check_out(q, out);
+  dequantize_into(q, out, body);
+}
+
+}  // namespace pyopt::quant
+
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) {
+  namespace q = pyopt::quant;
+  m.impl("quantize_per_tensor", &q::quantize_per_tensor);
+  m.impl("quantize_per_channel", &q::quantize_per_channel);
+  m.impl("quantize_per_token", &q::quantize_per_token);
+  m.impl("quantize_per_group", &q::quantize_per_group);
+  m.impl("dequantize_per_tensor", &q::dequantize_per_tensor);
+  m.impl("dequantize_per_channel", &q::dequantize_per_channel);
+  m.impl("dequantize_per_group", &q::dequantize_per_group);
+  m.impl("dequantize_per_tensor.out", &q::dequantize_per_tensor_out);
+  m.impl("dequantize_per_channel.out", &q::dequantize_per_channel_out);
+  m.impl("dequantize_per_group.out", &q::dequantize_per_group_out);
 }

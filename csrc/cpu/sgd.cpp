@@ -30,10 +30,10 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "op_checks.h"
 
+namespace pyopt::sgd {
 namespace {
-
-using pyopt::Isa;
 
 constexpr int64_t kChunk = 32768;             // elements per work item: 128 KiB of fp32 per stream
 constexpr int64_t kParallelMin = 2 * kChunk;  // below this, one thread is faster than waking the team
@@ -198,7 +198,7 @@ Functor pick_functor(at::ScalarType dtype, bool master, Isa isa, bool momentum, 
   if (dtype == stype && master == kMaster) return pick_flags<T, B, kMaster>(isa, momentum, mask);
   PYOPT_SGD_TYPES(PYOPT_SGD_CASE)
 #undef PYOPT_SGD_CASE
-  TORCH_CHECK(false, "fused_sgd_: params must be float32, float64, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK_TYPE(false, "fused_sgd_: params must be float32, float64, bfloat16 or float16, got ", dtype);
 }
 
 // A tensor the kernel may write through a raw pointer: itself when contiguous, else a contiguous copy
@@ -210,18 +210,30 @@ at::Tensor writable(const at::Tensor& t, std::vector<std::pair<at::Tensor, at::T
   return c;
 }
 
-void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-               const std::vector<at::Tensor>& momentum_buffers, const std::vector<at::Tensor>& master_params,
-               const c10::List<std::optional<at::Tensor>>& masks, const std::vector<int64_t>& first_step,
-               double lr, double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
-               double inv_grad_scale, int64_t isa) {
+}  // namespace
+
+// The CPU kernel of pyopt::fused_sgd_ (schema and semantics: pyopt/ops/schemas.py). Every argument is checked
+// here, with the messages of pyopt/ops/checks.py (op_checks.h's sgd_lists / sgd_tensor). found_inf and
+// lr_tensor are CPU scalars here: reading them costs no synchronisation.
+void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                at::TensorList master_params, const c10::List<std::optional<at::Tensor>>& masks,
+                const c10::List<bool>& first_step, double lr, double weight_decay, double momentum, double dampening,
+                bool nesterov, bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
+  checks::sgd_lists(n, grads.size(), momentum_buffers.size(), master_params.size(), masks.size(), first_step.size(),
+                    lr, lr_tensor);
   const bool has_mom = !momentum_buffers.empty(), has_master = !master_params.empty();
-  TORCH_CHECK(grads.size() == n, "fused_sgd_: grads must have one tensor per param");
-  TORCH_CHECK(!has_mom || (momentum_buffers.size() == n && first_step.size() == n),
-              "fused_sgd_: momentum_buffers and first_step must have one entry per param");
-  TORCH_CHECK(!has_master || master_params.size() == n, "fused_sgd_: master_params must have one per param");
-  TORCH_CHECK(masks.empty() || masks.size() == n, "fused_sgd_: masks must be empty or one per param");
+  for (size_t i = 0; i < n; ++i) {
+    const std::optional<at::Tensor> m = masks.empty() ? std::nullopt : masks.get(i);
+    checks::sgd_tensor(i, params, grads[i], has_mom ? &momentum_buffers[i] : nullptr,
+                       has_master ? &master_params[i] : nullptr, m && m->defined() ? &*m : nullptr);
+  }
+  if (found_inf && found_inf->item<double>() != 0) return;  // GradScaler found an overflow: change nothing
+  if (lr_tensor) lr = lr_tensor->item<double>();  // torch's SGD reads a tensor lr as a Python float too
+  // GradScaler's unscale factor: float32(1 / scale), as torch's _unscale_grads_ computes it
+  const double inv_grad_scale =
+      grad_scale ? static_cast<double>(static_cast<float>(1.0 / grad_scale->item<double>())) : 1.0;
 
   Hyper h;
   // ATen casts a Python scalar to the tensor's type; `1 - dampening` and `-lr` are computed in double first.
@@ -231,7 +243,7 @@ void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tens
          static_cast<float>(1.0 - dampening), static_cast<float>(-lr)};
   h.has_wd = weight_decay != 0.0;
   h.nesterov = nesterov;
-  const Isa target = pyopt::select_isa(isa);
+  const Isa target = pyopt::active_isa();
 
   std::vector<TensorTask> tasks;
   std::vector<at::Tensor> keep;  // contiguous copies of inputs, alive until the loop ends
@@ -240,41 +252,20 @@ void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tens
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    const at::Tensor& g = grads[i];
-    TORCH_CHECK(p.device().is_cpu() && g.device().is_cpu(), "fused_sgd_: params[", i, "] and grads[", i,
-                "] must be CPU tensors");
-    TORCH_CHECK(!g.is_sparse(), "fused_sgd_: grads[", i, "]: FusedSGD does not support sparse gradients");
-    TORCH_CHECK(g.scalar_type() == p.scalar_type() && g.sizes() == p.sizes(), "fused_sgd_: grads[", i,
-                "] must have the dtype and shape of params[", i, "]");
-    const bool low = p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf;
-    TORCH_CHECK(!has_master || low, "fused_sgd_: master_params need bf16/fp16 params, params[", i, "] is ",
-                p.scalar_type());
     TensorTask t{};
     t.numel = p.numel();
     t.param = writable(p, writeback).data_ptr();
-    keep.push_back(g.contiguous());
+    keep.push_back(grads[i].contiguous());
     t.grad = keep.back().data_ptr();
     if (has_mom) {
-      const at::Tensor& b = momentum_buffers[i];
-      TORCH_CHECK(b.device().is_cpu() && b.sizes() == p.sizes() &&
-                      b.scalar_type() == (has_master ? at::kFloat : p.scalar_type()),
-                  "fused_sgd_: momentum_buffers[", i, "] must match params[", i,
-                  "] in shape and dtype (float32 with master weights)");
-      t.buf = writable(b, writeback).data_ptr();
-      t.first = first_step[i] != 0;
+      t.buf = writable(momentum_buffers[i], writeback).data_ptr();
+      t.first = first_step.get(i);
     }
-    if (has_master) {
-      const at::Tensor& m = master_params[i];
-      TORCH_CHECK(m.device().is_cpu() && m.sizes() == p.sizes() && m.scalar_type() == at::kFloat,
-                  "fused_sgd_: master_params[", i, "] must be a float32 CPU tensor with the shape of params[", i, "]");
-      t.master = writable(m, writeback).data_ptr<float>();
-    }
+    if (has_master) t.master = writable(master_params[i], writeback).data_ptr<float>();
     bool has_mask = false;
     if (!masks.empty()) {
       std::optional<at::Tensor> m = masks.get(i);
       if (m.has_value() && m->defined()) {
-        TORCH_CHECK(m->device().is_cpu() && m->scalar_type() == at::kBool && m->sizes() == p.sizes(),
-                    "fused_sgd_: masks[", i, "] must be a bool CPU tensor with the shape of params[", i, "]");
         keep.push_back(m->contiguous());
         t.mask = keep.back().data_ptr<bool>();
         has_mask = true;
@@ -300,6 +291,6 @@ void fused_sgd(const std::vector<at::Tensor>& params, const std::vector<at::Tens
   for (auto& [dst, src] : writeback) dst.copy_(src);
 }
 
-}  // namespace
+}  // namespace pyopt::sgd
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("fused_sgd", &fused_sgd); }
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) { m.impl("fused_sgd_", &pyopt::sgd::fused_sgd_); }

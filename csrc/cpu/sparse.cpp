@@ -16,9 +16,12 @@
 #include <algorithm>
 #include <vector>
 
+#include <c10/util/accumulate.h>
+
 #include "cpu/cpu_isa.h"
 #include "cpu/sparse_common.h"
 #include "cpu/transpose16.h"
+#include "op_checks.h"
 #if PYOPT_X86
 #include <immintrin.h>
 #endif
@@ -55,7 +58,7 @@
 #undef SPARSE_BSR_R
 #endif
 
-#define SPARSE_NS baseline
+#define SPARSE_NS scalar
 #define SPARSE_TARGET
 #define SPARSE_VL 4
 #define SPARSE_FMA(a, b, c) ((a) * (b) + (c))
@@ -63,19 +66,19 @@
 #define SPARSE_BSR_R 4
 #include "cpu/sparse_kernels.h"
 
-// Shared with sparse_int8.cpp (declared in sparse_common.h): kernels_for, transpose_panels, the checks.
-namespace pyopt_sparse {
+// Shared with sparse_int8.cpp (declared in sparse_common.h): kernels_for, transpose_panels, the operands.
+namespace pyopt::sparse {
 
-const Kernels& kernels_for(int64_t isa) {
+const Kernels& kernels_for(pyopt::Isa isa) {
 #if PYOPT_X86
-  switch (pyopt::select_isa(isa)) {
+  switch (isa) {
     case pyopt::Isa::Avx512Vnni:
-    case pyopt::Isa::Avx512: return pyopt_sparse::avx512::kernels;
-    case pyopt::Isa::Avx2: return pyopt_sparse::avx2::kernels;
+    case pyopt::Isa::Avx512: return pyopt::sparse::avx512::kernels;
+    case pyopt::Isa::Avx2: return pyopt::sparse::avx2::kernels;
     default: break;
   }
 #endif
-  return pyopt_sparse::baseline::kernels;
+  return pyopt::sparse::scalar::kernels;
 }
 
 // Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of a 1 MiB L2 (the forward's
@@ -145,25 +148,36 @@ static int64_t mask_list(const uint8_t* m, int64_t k0, int64_t k1, int32_t* idx)
   return L;
 }
 
-void check_float2d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got ", t.dim(), "-D");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+void check_crow_values(const at::Tensor& crow, int64_t rows, int64_t nnz) {
+  const int64_t* c = crow.const_data_ptr<int64_t>();
+  bool monotone = true;
+  for (int64_t i = 0; i < rows; ++i) monotone &= c[i] <= c[i + 1];
+  TORCH_CHECK_VALUE(c[0] == 0 && c[rows] == nnz && monotone,
+                    "crow_indices must start at 0, never decrease and end at nnz=", nnz);
 }
 
-static void check_mask(const at::Tensor& mask, int64_t N, int64_t K) {
-  TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == K, "mask must have shape [", N, ", ", K,
-              "], got ", mask.sizes());
-  TORCH_CHECK(mask.is_contiguous(), "mask must be contiguous");
+at::Tensor as_f32_rows(const at::Tensor& x) {
+  return x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), x.size(-1)})
+      .to(at::kFloat)
+      .contiguous();
 }
 
-const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N) {
-  if (!bias.has_value()) return nullptr;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ", bias->sizes());
-  TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous(), "bias must be contiguous float32");
-  return bias->data_ptr<float>();
+std::optional<at::Tensor> as_f32(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<at::Tensor>(t->to(at::kFloat).contiguous()) : std::nullopt;
+}
+
+at::Tensor like_x(const at::Tensor& y, const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return y.to(x.scalar_type()).view(shape);
+}
+
+namespace {
+
+// y [M, N] = bias broadcast (or zeros): the result when there is nothing to multiply.
+at::Tensor bias_only(int64_t M, int64_t N, const std::optional<at::Tensor>& bias, const at::TensorOptions& opt) {
+  at::Tensor y = at::zeros({M, N}, opt);
+  return bias ? y.add_(*bias) : y;
 }
 
 // Row segments straight from a bool mask: set columns (movemask scan) and the weights there.
@@ -182,20 +196,14 @@ struct MaskSource {
   }
 };
 
+// The float32 kernels below take 2-D contiguous float32 operands (the entry points at the end convert).
 // y = x (W*mask)^T + b, reading only the weights the mask keeps.
-static at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
-                         const std::optional<at::Tensor>& bias, int64_t isa) {
-  check_float2d(x, "x");
-  check_float2d(weight, "weight");
+at::Tensor masked_linear_f32(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                             const std::optional<at::Tensor>& bias) {
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  TORCH_CHECK(weight.size(1) == K, "weight must have ", K, " columns (x.size(-1)), got ", weight.size(1));
-  check_mask(mask, N, K);
-  const float* b = bias_ptr(bias, N);
-  if (M == 0 || N == 0 || K == 0) {
-    at::Tensor y = at::zeros({M, N}, x.options());
-    return bias.has_value() ? y.add_(*bias) : y;
-  }
-  const Kernels& kr = kernels_for(isa);
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  if (M == 0 || N == 0 || K == 0) return bias_only(M, N, bias, x.options());
+  const Kernels& kr = kernels_for(pyopt::active_isa());
   const int64_t Mp = round_up(M, kr.vl);
   at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
   const MaskSource src{reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()), weight.data_ptr<float>(),
@@ -206,15 +214,10 @@ static at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, c
 }
 
 // grad_x = grad_y (W*mask): threads own K-blocks of grad_x^T and scatter into them (no reduction needed).
-static at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask,
-                                    int64_t isa) {
-  check_float2d(grad_y, "grad_y");
-  check_float2d(weight, "weight");
+at::Tensor masked_linear_grad_input_f32(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask) {
   const int64_t M = grad_y.size(0), N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(grad_y.size(1) == N, "grad_y must have ", N, " columns (weight.size(0)), got ", grad_y.size(1));
-  check_mask(mask, N, K);
   if (M == 0 || N == 0 || K == 0) return at::zeros({M, K}, grad_y.options());
-  const Kernels& kr = kernels_for(isa);
+  const Kernels& kr = kernels_for(pyopt::active_isa());
   const int64_t Mp = round_up(M, kr.vl);
   const int64_t threads = omp_get_max_threads();
   const int64_t kb = std::max<int64_t>(16, std::min(k_block(K, Mp), round_up(K, 2 * threads) / (2 * threads)));
@@ -242,14 +245,10 @@ static at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::T
 }
 
 // SDDMM: grad_W = (grad_y^T x) * mask, each kept entry one dot product over M; pruned entries exactly 0.
-static at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask, int64_t isa) {
-  check_float2d(grad_y, "grad_y");
-  check_float2d(x, "x");
+at::Tensor masked_sddmm_f32(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask) {
   const int64_t M = grad_y.size(0), N = grad_y.size(1), K = x.size(1);
-  TORCH_CHECK(x.size(0) == M, "x must have ", M, " rows (grad_y.size(0)), got ", x.size(0));
-  check_mask(mask, N, K);
   if (M == 0 || N == 0 || K == 0) return at::zeros({N, K}, x.options());
-  const Kernels& kr = kernels_for(isa);
+  const Kernels& kr = kernels_for(pyopt::active_isa());
   const int64_t Mp = round_up(M, kr.vl), kb = k_block(K, Mp);
   at::Tensor gyt = transpose_panels(kr, grad_y, Mp, Mp), xt = transpose_panels(kr, x, Mp, Mp);
   at::Tensor gw = at::empty({N, K}, x.options());
@@ -279,41 +278,13 @@ static at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, co
   return gw;
 }
 
-// Checks of a compressed row structure: crow (rows+1, int64) monotone from 0 to nnz.
-void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* what) {
-  TORCH_CHECK(crow.scalar_type() == at::kLong && crow.dim() == 1 && crow.is_contiguous(),
-              "crow_indices must be a contiguous 1-D int64 tensor");
-  TORCH_CHECK(crow.size(0) == rows + 1, "crow_indices must have ", rows + 1, " entries (", what, " + 1), got ",
-              crow.size(0));
-  const int64_t* c = crow.data_ptr<int64_t>();
-  TORCH_CHECK(c[0] == 0 && c[rows] == nnz, "crow_indices must start at 0 and end at nnz=", nnz);
-  for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(c[i] <= c[i + 1], "crow_indices must be non-decreasing");
-}
-
-std::optional<at::Tensor> csr_prologue(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
-                                       int64_t nnz, const std::optional<at::Tensor>& bias, int64_t N) {
-  check_float2d(x, "x");
-  TORCH_CHECK(N >= 0, "out_features must be >= 0");
-  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
-                  col.is_contiguous() && col.size(0) == nnz,
-              "col_indices must be a contiguous 1-D int16/int32 tensor with one entry per value");
-  check_crow(crow, N, nnz, "out_features");
-  bias_ptr(bias, N);  // checks it
-  const int64_t M = x.size(0);
-  if (M != 0 && N != 0) return std::nullopt;
-  at::Tensor y = at::zeros({M, N}, x.options());
-  return bias.has_value() ? y.add_(*bias) : y;
-}
-
 // y = x W^T + b with W (N x K) in CSR: crow (N+1, int64), col (nnz, int16 or int32), values (nnz, float32).
-static at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                      const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
-  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.is_contiguous(),
-              "values must be a contiguous 1-D float32 tensor");
-  if (auto empty = csr_prologue(x, crow, col, values.size(0), bias, out_features)) return *empty;
-  const int64_t N = out_features;
-  const float* b = bias_ptr(bias, N);
-  const Kernels& kr = kernels_for(isa);
+at::Tensor csr_linear_f32(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                          const std::optional<at::Tensor>& bias, int64_t N) {
+  const int64_t M = x.size(0);
+  if (M == 0 || N == 0) return bias_only(M, N, bias, x.options());
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  const Kernels& kr = kernels_for(pyopt::active_isa());
   const int64_t* pc = crow.data_ptr<int64_t>();
   const float* pv = values.data_ptr<float>();
   if (col.scalar_type() == at::kShort)
@@ -324,31 +295,26 @@ static at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const 
 }
 
 // y = x W^T + b with W in BSR: crow (N/bh + 1, int64), col (nnzb, int32 block columns), values (nnzb, bh, bw).
-static at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                      const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
-  check_float2d(x, "x");
-  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 3 && values.is_contiguous(),
-              "values must be a contiguous float32 tensor of shape [nnz_blocks, bh, bw]");
+at::Tensor bsr_linear_f32(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                          const std::optional<at::Tensor>& bias, int64_t N) {
   const int64_t nnzb = values.size(0), bh = values.size(1), bw = values.size(2);
-  const int64_t M = x.size(0), K = x.size(1), N = out_features;
-  TORCH_CHECK(bh > 0 && bw > 0 && N % bh == 0 && K % bw == 0, "block shape (", bh, ", ", bw,
-              ") must divide the weight shape (", N, ", ", K, ")");
-  TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous() && col.size(0) == nnzb,
-              "col_indices must be a contiguous 1-D int32 tensor with one entry per block");
-  check_crow(crow, N / bh, nnzb, "out_features / bh");
-  const int32_t* pcol = col.data_ptr<int32_t>();
-  for (int64_t j = 0; j < nnzb; ++j)
-    TORCH_CHECK(pcol[j] >= 0 && pcol[j] < K / bw, "col_indices must be in [0, ", K / bw, ")");
-  const float* b = bias_ptr(bias, N);
-  if (M == 0 || N == 0) {
-    at::Tensor y = at::zeros({M, N}, x.options());
-    return bias.has_value() ? y.add_(*bias) : y;
-  }
-  const Kernels& kr = kernels_for(isa);
-  const int64_t tile = static_cast<int64_t>(kr.vl) * kr.bsr_nv, Mp = round_up(M, tile), nbr = N / bh;
-  at::Tensor xt = transpose_panels(kr, x, Mp, tile), y = at::empty({M, N}, x.options());
-  const float *pxt = xt.data_ptr<float>(), *pv = values.data_ptr<float>();
+  const int64_t M = x.size(0), K = x.size(1);
   const int64_t* pc = crow.data_ptr<int64_t>();
+  const int32_t* pcol = col.data_ptr<int32_t>();
+  const int64_t nbr = N / bh;
+  bool ok = true;  // block columns strictly increasing within each block row and in [0, K / bw)
+  for (int64_t I = 0; I < nbr; ++I)
+    for (int64_t j = pc[I]; j < pc[I + 1]; ++j)
+      ok &= pcol[j] >= 0 && pcol[j] < K / bw && (j == pc[I] || pcol[j] > pcol[j - 1]);
+  TORCH_CHECK_VALUE(ok, "col_indices must be in [0, ", K / bw, ") and strictly increasing within each block row");
+  (void)nnzb;
+  if (M == 0 || N == 0) return bias_only(M, N, bias, x.options());
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  const Kernels& kr = kernels_for(pyopt::active_isa());
+  const int64_t tile = static_cast<int64_t>(kr.vl) * kr.bsr_nv, Mp = round_up(M, tile);
+  at::Tensor xt = transpose_panels(kr, x, Mp, tile), y = at::empty({M, N}, x.options());
+  const float* pxt = xt.data_ptr<float>();
+  const float* pv = values.data_ptr<float>();
   float* py = y.data_ptr<float>();
   // (m-tile, chunk of block rows) pairs, m-tile major: the threads sweep one m-tile of xt (K x tile floats,
   // in L2) over all block rows before the next; no barrier between m-tiles. Each task's (chunk rows x tile)
@@ -369,12 +335,108 @@ static at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const 
   return y;
 }
 
-}  // namespace pyopt_sparse
+// Column indices strictly increasing within each row and in [0, K) (the float32 kernels check this inline).
+void check_csr_cols(const at::Tensor& crow, const at::Tensor& col, int64_t N, int64_t K) {
+  const int64_t* pc = crow.const_data_ptr<int64_t>();
+  const int64_t* pk = col.const_data_ptr<int64_t>();
+  bool ok = true;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = pc[n]; j < pc[n + 1]; ++j) ok &= pk[j] >= 0 && pk[j] < K && (j == pc[n] || pk[j] > pk[j - 1]);
+  TORCH_CHECK_VALUE(ok, "col_indices must be in [0, ", K, ") and strictly increasing within each row");
+}
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) {
-  m.def("sparse_masked_linear", &pyopt_sparse::masked_linear);
-  m.def("sparse_masked_linear_grad_input", &pyopt_sparse::masked_linear_grad_input);
-  m.def("sparse_masked_sddmm", &pyopt_sparse::masked_sddmm);
-  m.def("sparse_csr_linear", &pyopt_sparse::csr_linear);
-  m.def("sparse_bsr_linear", &pyopt_sparse::bsr_linear);
+// float64 (gradcheck, high-precision use): the sparse semantics in ATen ops (pyopt/ops/reference/sparse.py
+// defines them the same way): y[m, n] = sum over the stored entries (n, k) of w * x[m, k] + b[n], so an inf or
+// NaN in a column with no stored weight does not reach y (structural zeros, as in every sparse kernel).
+at::Tensor stored_product(const at::Tensor& x2, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& vals,
+                          int64_t N) {
+  return at::zeros({x2.size(0), N}, x2.options()).index_add_(1, rows, x2.index_select(1, cols) * vals);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// The CPU kernels of the pyopt:: sparse ops: arguments checked (op_checks.h), x [..., K] of any float dtype
+// and layout; float32 / bf16 / fp16 computed by the float32 kernels above, float64 in ATen (stored_product).
+// ---------------------------------------------------------------------------------------------------------
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                         const std::optional<at::Tensor>& bias) {
+  checks::sparse_masked_linear(x, weight, mask, bias);
+  const int64_t N = weight.size(0);
+  if (x.scalar_type() == at::kDouble) {
+    const auto nz = mask.nonzero();
+    const at::Tensor rows = nz.select(1, 0), cols = nz.select(1, 1);
+    at::Tensor y = stored_product(x.reshape({-1, x.size(-1)}), rows, cols, weight.index({rows, cols}), N);
+    return like_x(bias ? y.add_(*bias) : y, x, N);
+  }
+  return like_x(masked_linear_f32(as_f32_rows(x), weight.to(at::kFloat).contiguous(), mask.contiguous(), as_f32(bias)),
+                x, N);
+}
+
+at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& weight, const at::Tensor& mask) {
+  checks::sparse_masked_linear_grad_input(grad_y, weight, mask);
+  const int64_t K = weight.size(1);
+  if (grad_y.scalar_type() == at::kDouble) {
+    const auto nz = mask.nonzero();
+    const at::Tensor rows = nz.select(1, 0), cols = nz.select(1, 1);
+    return like_x(stored_product(grad_y.reshape({-1, grad_y.size(-1)}), cols, rows, weight.index({rows, cols}), K),
+                  grad_y, K);
+  }
+  return like_x(masked_linear_grad_input_f32(as_f32_rows(grad_y), weight.to(at::kFloat).contiguous(), mask.contiguous()),
+                grad_y, K);
+}
+
+at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask) {
+  checks::sparse_masked_sddmm(grad_y, x, mask);
+  const at::Tensor gy2 = grad_y.reshape({-1, grad_y.size(-1)}), x2 = x.reshape({-1, x.size(-1)});
+  if (x.scalar_type() == at::kDouble) return at::where(mask, at::mm(gy2.t(), x2), at::zeros({}, x.options()));
+  return masked_sddmm_f32(gy2.to(at::kFloat).contiguous(), x2.to(at::kFloat).contiguous(), mask.contiguous())
+      .to(x.scalar_type());
+}
+
+at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                      const std::optional<at::Tensor>& bias, int64_t out_features) {
+  checks::sparse_csr_linear(x, crow, col, values, bias, out_features);
+  check_crow_values(crow, out_features, values.size(0));
+  if (x.scalar_type() == at::kDouble) {
+    check_csr_cols(crow, col.to(at::kLong).contiguous(), out_features, x.size(-1));
+    const at::Tensor rows = at::repeat_interleave(crow.diff());
+    at::Tensor y = stored_product(x.reshape({-1, x.size(-1)}), rows, col.to(at::kLong), values, out_features);
+    return like_x(bias ? y.add_(*bias) : y, x, out_features);
+  }
+  return like_x(csr_linear_f32(as_f32_rows(x), crow.contiguous(), col.contiguous(), values.to(at::kFloat).contiguous(),
+                               as_f32(bias), out_features),
+                x, out_features);
+}
+
+at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                      const std::optional<at::Tensor>& bias, int64_t out_features) {
+  checks::sparse_bsr_linear(x, crow, col, values, bias, out_features);
+  const int64_t bh = values.size(1), bw = values.size(2), K = x.size(-1);
+  check_crow_values(crow, out_features / bh, values.size(0));
+  if (x.scalar_type() == at::kDouble) {
+    bsr_linear_f32(at::empty({0, K}, x.options().dtype(at::kFloat)), crow.contiguous(), col.contiguous(),
+                   values.to(at::kFloat).contiguous(), std::nullopt, out_features);  // (validates col_indices)
+    // every stored block (I, J): y[:, I*bh:(I+1)*bh] += x[:, J*bw:(J+1)*bw] @ block^T
+    const at::Tensor xb = x.reshape({-1, K / bw, bw});
+    const at::Tensor brow = at::repeat_interleave(crow.diff()), gathered = xb.index_select(1, col.to(at::kLong));
+    const at::Tensor prod = at::einsum("mjb,jhb->mjh", {gathered, values});  // [M, nnzb, bh]
+    at::Tensor y = at::zeros({xb.size(0), out_features / bh, bh}, x.options()).index_add_(1, brow, prod);
+    y = y.view({xb.size(0), out_features});
+    return like_x(bias ? y.add_(*bias) : y, x, out_features);
+  }
+  return like_x(bsr_linear_f32(as_f32_rows(x), crow.contiguous(), col.contiguous(), values.to(at::kFloat).contiguous(),
+                               as_f32(bias), out_features),
+                x, out_features);
+}
+
+}  // namespace pyopt::sparse
+
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) {
+  namespace sp = pyopt::sparse;
+  m.impl("sparse_masked_linear", &sp::masked_linear);
+  m.impl("sparse_masked_linear_grad_input", &sp::masked_linear_grad_input);
+  m.impl("sparse_masked_sddmm", &sp::masked_sddmm);
+  m.impl("sparse_csr_linear", &sp::csr_linear);
+  m.impl("sparse_bsr_linear", &sp::bsr_linear);
 }

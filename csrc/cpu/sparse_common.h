@@ -7,11 +7,13 @@
 #include <ATen/ATen.h>
 #include <omp.h>
 
+#include "cpu/cpu_isa.h"
+
 #include <algorithm>
 #include <optional>
 #include <vector>
 
-namespace pyopt_sparse {
+namespace pyopt::sparse {
 
 // The per-ISA kernels of sparse_kernels.h, as one table of function pointers.
 struct Kernels {
@@ -37,16 +39,18 @@ struct Kernels {
 };
 
 // Defined in sparse.cpp.
-const Kernels& kernels_for(int64_t isa);
+const Kernels& kernels_for(pyopt::Isa isa);
 at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width = 0);
-void check_float2d(const at::Tensor& t, const char* name);
-const float* bias_ptr(const std::optional<at::Tensor>& bias, int64_t N);
-void check_crow(const at::Tensor& crow, int64_t rows, int64_t nnz, const char* what);
-// The checks shared by the CSR linears (float and int8 values; each checks its own values first): x, col
-// (one int16/int32 index per value), crow, bias. Returns the result when there is nothing to compute
-// (M == 0 or N == 0: the bias broadcast, or zeros).
-std::optional<at::Tensor> csr_prologue(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
-                                       int64_t nnz, const std::optional<at::Tensor>& bias, int64_t N);
+// crow (rows + 1 entries, checked by the op's argument checks) must run from 0 to nnz without decreasing.
+void check_crow_values(const at::Tensor& crow, int64_t rows, int64_t nnz);
+// x [..., K] of any float dtype as the kernels' operand: 2-D, contiguous float32.
+at::Tensor as_f32_rows(const at::Tensor& x);
+std::optional<at::Tensor> as_f32(const std::optional<at::Tensor>& t);
+// y [rows, N] float32 back to x's dtype and leading dims.
+at::Tensor like_x(const at::Tensor& y, const at::Tensor& x, int64_t N);
+// The CPU kernel of pyopt::sparse_csr_linear (csr_int8's float64 path runs it).
+at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                      const std::optional<at::Tensor>& bias, int64_t out_features);
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -168,12 +172,12 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
         py[m * N + n] = scale ? acc * scale[n] + bn : acc;
       }
     }
-    TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
+    TORCH_CHECK_VALUE(!bad, "col_indices must be in [0, ", K, ") and strictly increasing within each row");
     return y;
   }
 #pragma omp parallel for schedule(dynamic, 256) reduction(|| : bad)
   for (int64_t n = 0; n < N; ++n) bad = bad || !row_ok(n);
-  TORCH_CHECK(!bad, "col_indices must be in [0, ", K, ")");
+  TORCH_CHECK_VALUE(!bad, "col_indices must be in [0, ", K, ") and strictly increasing within each row");
   const int64_t Mp = round_up(M, kr.vl);
   at::Tensor xt = transpose_panels(kr, x, Mp), y = at::empty({M, N}, x.options());
   const CsrSource<I, V> src{crow, col, val, std::vector<int64_t>(N)};
@@ -181,4 +185,4 @@ at::Tensor csr_linear_impl(const at::Tensor& x, const int64_t* crow, const I* co
   return y;
 }
 
-}  // namespace pyopt_sparse
+}  // namespace pyopt::sparse

@@ -10,22 +10,21 @@
 #include <torch/library.h>
 
 #include "cpu/sparse_common.h"
+#include "op_checks.h"
 
-namespace pyopt_sparse {
+namespace pyopt::sparse {
+namespace {
 
-static at::Tensor csr_int8_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
-                                  const at::Tensor& values, const at::Tensor& row_scales,
-                                  const std::optional<at::Tensor>& bias, int64_t out_features, int64_t isa) {
-  const int64_t N = out_features;
-  TORCH_CHECK(values.scalar_type() == at::kChar && values.dim() == 1 && values.is_contiguous(),
-              "values must be a contiguous 1-D int8 tensor, got ", values.scalar_type(), " of shape ", values.sizes());
-  TORCH_CHECK(row_scales.scalar_type() == at::kFloat && row_scales.dim() == 1 && row_scales.is_contiguous() &&
-                  row_scales.size(0) == N,
-              "row_scales must be a contiguous 1-D float32 tensor of ", N, " entries (out_features), got ",
-              row_scales.scalar_type(), " of shape ", row_scales.sizes());
-  if (auto empty = csr_prologue(x, crow, col, values.size(0), bias, out_features)) return *empty;
-  const float* b = bias_ptr(bias, N);
-  const Kernels& kr = kernels_for(isa);
+at::Tensor csr_int8_linear_f32(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                               const at::Tensor& values, const at::Tensor& row_scales,
+                               const std::optional<at::Tensor>& bias, int64_t N) {
+  const int64_t M = x.size(0);
+  if (M == 0 || N == 0) {
+    at::Tensor y = at::zeros({M, N}, x.options());
+    return bias ? y.add_(*bias) : y;
+  }
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  const Kernels& kr = kernels_for(pyopt::active_isa());
   const int64_t* pc = crow.data_ptr<int64_t>();
   const int8_t* pv = values.data_ptr<int8_t>();
   const float* ps = row_scales.data_ptr<float>();
@@ -36,6 +35,26 @@ static at::Tensor csr_int8_linear(const at::Tensor& x, const at::Tensor& crow, c
                                           kr.q8.axpy_tile_i32, kr.in_range_i32);
 }
 
-}  // namespace pyopt_sparse
+}  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cpu, m) { m.def("sparse_csr_int8_linear", &pyopt_sparse::csr_int8_linear); }
+// The CPU kernel of pyopt::sparse_csr_int8_linear: x [..., K] of any float dtype and layout. float64 x:
+// dequantised values (float32, as the reference) through the float CSR op's float64 path.
+at::Tensor csr_int8_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                           const at::Tensor& values, const at::Tensor& row_scales,
+                           const std::optional<at::Tensor>& bias, int64_t out_features) {
+  pyopt::checks::sparse_csr_int8_linear(x, crow, col, values, row_scales, bias, out_features);
+  check_crow_values(crow, out_features, values.size(0));
+  if (x.scalar_type() == at::kDouble) {
+    const at::Tensor rows = at::repeat_interleave(crow.diff());
+    const at::Tensor w = (values.to(at::kFloat) * row_scales.index_select(0, rows)).to(at::kDouble);
+    return csr_linear(x, crow, col, w, bias ? std::optional<at::Tensor>(bias->to(at::kDouble)) : std::nullopt,
+                      out_features);
+  }
+  return like_x(csr_int8_linear_f32(as_f32_rows(x), crow.contiguous(), col.contiguous(), values.contiguous(),
+                                    row_scales.contiguous(), as_f32(bias), out_features),
+                x, out_features);
+}
+
+}  // namespace pyopt::sparse
+
+TORCH_LIBRARY_IMPL(pyopt, CPU, m) { m.impl("sparse_csr_int8_linear", &pyopt::sparse::csr_int8_linear); }

@@ -1,5 +1,5 @@
 // Per-ISA inner kernels of the sparse family, included three times by sparse.cpp with
-//   SPARSE_NS      namespace of this variant (avx512 / avx2 / baseline)
+//   SPARSE_NS      namespace of this variant (avx512 / avx2 / scalar)
 //   SPARSE_TARGET  the target attribute from cpu_isa.h (empty for the baseline)
 //   SPARSE_VL      floats per vector (16 / 8 / 4)
 //   SPARSE_FMA     fused multiply-add a*b+c on `vf` (an intrinsic where the ISA has one)
@@ -14,7 +14,7 @@
 
 #include "cpu/transpose16.h"
 
-namespace pyopt_sparse {
+namespace pyopt::sparse {
 namespace SPARSE_NS {
 
 constexpr int VL = SPARSE_VL;
@@ -214,12 +214,10 @@ SPARSE_TARGET static void transpose(const float* src, int64_t lds, float* dst, i
 // Whether every index of a CSR row is in [0, K): a min/max reduction the compiler vectorises for this ISA.
 template <typename I>
 SPARSE_TARGET static inline bool in_range(const I* col, int64_t L, int64_t K) {
-  I lo = 0, hi = 0;
-  for (int64_t j = 0; j < L; ++j) {
-    lo = col[j] < lo ? col[j] : lo;
-    hi = col[j] > hi ? col[j] : hi;
-  }
-  return L == 0 || (lo >= 0 && static_cast<int64_t>(hi) < K);  // an empty row is in range even when K == 0
+  // a valid row's columns are strictly increasing and in [0, K): then only its ends need a range test
+  bool up = true;
+  for (int64_t j = 1; j < L; ++j) up &= col[j] > col[j - 1];
+  return L == 0 || (up && col[0] >= 0 && static_cast<int64_t>(col[L - 1]) < K);  // empty: fine even if K == 0
 }
 SPARSE_TARGET static bool in_range_i32(const int32_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
 SPARSE_TARGET static bool in_range_i16(const int16_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
@@ -329,4 +327,4 @@ static const Kernels kernels = {VL,           BSR_NV,       axpy_tile_i32, axpy_
                                 {axpy_tile_i32_q8, axpy_tile_i16_q8, gemv_row_i32_q8, gemv_row_i16_q8}};
 
 }  // namespace SPARSE_NS
-}  // namespace pyopt_sparse
+}  // namespace pyopt::sparse

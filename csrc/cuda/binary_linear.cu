@@ -49,7 +49,7 @@ __global__ void binary_linear_kernel(const float* __restrict__ x, const uint8_t*
 
 }  // namespace
 
-namespace pyopt_cuda {
+namespace pyopt::cuda::binary {
 
 // x: (M, K) float32, w: (N, ceil(K/8)) uint8, alpha/bias: (N) float32 (bias may be null), y: (M, N) float32.
 cudaError_t binary_linear_f32(const float* x, const uint8_t* w, const float* alpha, const float* bias, float* y,
@@ -62,4 +62,4 @@ cudaError_t binary_linear_f32(const float* x, const uint8_t* w, const float* alp
   return cudaGetLastError();
 }
 
-}  // namespace pyopt_cuda
+}  // namespace pyopt::cuda::binary

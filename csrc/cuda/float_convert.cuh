@@ -5,7 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-namespace pyopt::cuda_convert {
+namespace pyopt::cuda {
 
 // to float (double stays double: the float64 SGD path computes in double)
 template <typename T>
@@ -25,4 +25,4 @@ __device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_
 template <>
 __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-}  // namespace pyopt::cuda_convert
+}  // namespace pyopt::cuda

@@ -15,10 +15,11 @@
 
 #include "cuda/float_convert.cuh"
 
+namespace pyopt::cuda::int8 {
 namespace {
 
-using pyopt::cuda_convert::narrow;
-using pyopt::cuda_convert::widen;
+using pyopt::cuda::narrow;
+using pyopt::cuda::widen;
 
 template <typename T>
 __device__ __forceinline__ float load_f(const T* p) {
@@ -183,17 +184,19 @@ struct GemvLaunch {
 }  // namespace
 
 // dtype: 0 float32, 1 float16, 2 bfloat16. All pointers are device pointers of contiguous tensors.
-void pyopt_int8_quant_rows(const void* x, int dtype, int8_t* q, float* scales, int64_t M, int64_t K,
+void quant_rows(const void* x, int dtype, int8_t* q, float* scales, int64_t M, int64_t K,
                            cudaStream_t stream) {
   if (M > 0) dispatch_dtype<QuantLaunch>(dtype, x, q, scales, M, K, stream);
 }
 
-void pyopt_int8_dynamic_gemm(const int8_t* a, const int8_t* w, const float* sx, const float* sw, const float* bias,
+void dynamic_gemm(const int8_t* a, const int8_t* w, const float* sx, const float* sw, const float* bias,
                              void* out, int dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
   if (M > 0 && N > 0) dispatch_dtype<GemmLaunch>(dtype, a, w, sx, sw, bias, out, M, N, K, stream);
 }
 
-void pyopt_int8_weight_only_gemv(const void* x, const int8_t* w, const float* sw, const float* bias, void* out,
+void weight_only_gemv(const void* x, const int8_t* w, const float* sw, const float* bias, void* out,
                                  int dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
   if (M > 0 && N > 0) dispatch_dtype<GemvLaunch>(dtype, x, w, sw, bias, out, M, N, K, stream);
 }
+
+}  // namespace pyopt::cuda::int8

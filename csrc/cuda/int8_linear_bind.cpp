@@ -1,4 +1,5 @@
-// Torch bindings of the int8 layer CUDA kernels (csrc/cuda/int8_linear.cu): checks, allocation, stream.
+// The CUDA kernels of the int8 linear ops (launchers in csrc/cuda/int8_linear.cu): checks (csrc/op_checks.h),
+// x [..., K] of any layout viewed as contiguous rows, allocation, the current stream.
 // Weight-only with more than kGemvMaxTokens tokens dequantises 128 output rows at a time into a small buffer
 // and uses cuBLAS through at::addmm (compute-bound there; the GEMV wins only while reading weights dominates).
 #include <ATen/ATen.h>
@@ -10,13 +11,18 @@
 #include <algorithm>
 #include <cstdint>
 
-void pyopt_int8_quant_rows(const void* x, int dtype, int8_t* q, float* scales, int64_t M, int64_t K,
-                           cudaStream_t stream);
-void pyopt_int8_dynamic_gemm(const int8_t* a, const int8_t* w, const float* sx, const float* sw, const float* bias,
-                             void* out, int dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream);
-void pyopt_int8_weight_only_gemv(const void* x, const int8_t* w, const float* sw, const float* bias, void* out,
-                                 int dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream);
+#include "cuda/registrar.h"
+#include "op_checks.h"
 
+namespace pyopt::cuda::int8 {  // the launchers of csrc/cuda/int8_linear.cu
+void quant_rows(const void* x, int dtype, int8_t* q, float* scales, int64_t M, int64_t K, cudaStream_t stream);
+void dynamic_gemm(const int8_t* a, const int8_t* w, const float* sx, const float* sw, const float* bias,
+                       void* out, int dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream);
+void weight_only_gemv(const void* x, const int8_t* w, const float* sw, const float* bias, void* out, int dtype,
+                           int64_t M, int64_t N, int64_t K, cudaStream_t stream);
+}  // namespace pyopt::cuda::int8
+
+namespace pyopt::cuda {
 namespace {
 
 constexpr int64_t kGemvMaxTokens = 16;
@@ -26,48 +32,62 @@ int dtype_code(const at::Tensor& x) {
     case at::kFloat: return 0;
     case at::kHalf: return 1;
     case at::kBFloat16: return 2;
-    default: TORCH_CHECK(false, "x must be float32, float16 or bfloat16, got ", x.scalar_type());
+    default: TORCH_CHECK_TYPE(false, "x must be float32, float16 or bfloat16, got ", x.scalar_type());
   }
   return 0;
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-d CUDA tensor");
-  TORCH_CHECK(w_q.is_cuda() && w_q.scalar_type() == at::kChar && w_q.dim() == 2 && w_q.is_contiguous(),
-              "w_q must be a contiguous 2-d int8 CUDA tensor");
-  TORCH_CHECK(x.size(1) == w_q.size(1), "x.size(1) must equal in_features (", w_q.size(1), ")");
-  TORCH_CHECK(w_scales.is_cuda() && w_scales.scalar_type() == at::kFloat && w_scales.numel() == w_q.size(0) &&
-                  w_scales.is_contiguous(),
-              "w_scales must be a contiguous float32 CUDA tensor [out_features]");
-  if (bias) {
-    TORCH_CHECK(bias->is_cuda() && bias->scalar_type() == at::kFloat && bias->numel() == w_q.size(0) &&
-                    bias->is_contiguous(),
-                "bias must be a contiguous float32 CUDA tensor [out_features]");
-  }
+// The 2-d operands (x rows, weights, a float32 bias), all on x's device.
+struct Operands {
+  at::Tensor x, w, sw;
+  c10::optional<at::Tensor> bias;
+};
+
+Operands operands(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                  const c10::optional<at::Tensor>& bias) {
+  checks::int8_linear(x, w_q, w_scales, bias);
+  checks::same_device(w_q, "w_q", x, "x");
+  checks::same_device(w_scales, "w_scales", x, "x");
+  if (bias) checks::same_device(*bias, "bias", x, "x");
+  const int64_t K = w_q.size(1);
+  return {x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), K}).contiguous(),
+          w_q.contiguous(), w_scales.contiguous(),
+          bias ? c10::optional<at::Tensor>(bias->to(at::kFloat).contiguous()) : c10::nullopt};
 }
 
-at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                               const c10::optional<at::Tensor>& bias) {
-  check_args(x, w_q, w_scales, bias);
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
+at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                      const c10::optional<at::Tensor>& bias) {
   const int dt = dtype_code(x);
   c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   auto out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
   auto q = at::empty({M, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({M}, x.options().dtype(at::kFloat));
-  pyopt_int8_quant_rows(x.data_ptr(), dt, q.data_ptr<int8_t>(), sx.data_ptr<float>(), M, K, stream);
-  pyopt_int8_dynamic_gemm(q.data_ptr<int8_t>(), w_q.data_ptr<int8_t>(), sx.data_ptr<float>(),
+  int8::quant_rows(x.data_ptr(), dt, q.data_ptr<int8_t>(), sx.data_ptr<float>(), M, K, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // |q| <= 127, |w| <= 128: an int32 sum of K products is exact while K <= 2^31 / (127 * 128); longer rows are
+  // summed exactly in float64 (|acc| < 2^53) with the reference's float32 epilogue.
+  if (K > 2147483647LL / (127 * 128)) {
+    auto acc = at::mm(q.to(at::kDouble), w_q.to(at::kDouble).t()).to(at::kFloat) * sx.unsqueeze(1) * w_scales;
+    return (bias ? acc + *bias : acc).to(x.scalar_type());
+  }
+  int8::dynamic_gemm(q.data_ptr<int8_t>(), w_q.data_ptr<int8_t>(), sx.data_ptr<float>(),
                           w_scales.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr, out.data_ptr(), dt,
                           M, N, K, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
-at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                                   const c10::optional<at::Tensor>& bias) {
-  check_args(x, w_q, w_scales, bias);
+at::Tensor weight_only_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                          const c10::optional<at::Tensor>& bias) {
   const int dt = dtype_code(x);
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
@@ -84,16 +104,31 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, c
     return out;
   }
   auto out = at::empty({M, N}, x.options());
-  pyopt_int8_weight_only_gemv(x.data_ptr(), w_q.data_ptr<int8_t>(), w_scales.data_ptr<float>(),
+  if (M == 0 || N == 0) return out;
+  int8::weight_only_gemv(x.data_ptr(), w_q.data_ptr<int8_t>(), w_scales.data_ptr<float>(),
                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr(), dt, M, N, K,
                               c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
+at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                               const c10::optional<at::Tensor>& bias) {
+  const Operands a = operands(x, w_q, w_scales, bias);
+  return dynamic_2d(a.x, a.w, a.sw, a.bias).view(out_shape(x, w_q.size(0)));
+}
+
+at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
+                                   const c10::optional<at::Tensor>& bias) {
+  const Operands a = operands(x, w_q, w_scales, bias);
+  return weight_only_2d(a.x, a.w, a.sw, a.bias).view(out_shape(x, w_q.size(0)));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pyopt_cuda, m) {
-  m.def("int8_linear_dynamic", &int8_linear_dynamic);
-  m.def("int8_linear_weight_only", &int8_linear_weight_only);
+void add_int8_linear(Registrar& r) {
+  r.op("int8_linear_dynamic", &int8_linear_dynamic);
+  r.op("int8_linear_weight_only", &int8_linear_weight_only);
 }
+
+}  // namespace pyopt::cuda

@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-namespace pyopt_cuda {
+namespace pyopt::cuda::sgd {
 
 constexpr int kMaxTensors = 36;  // keeps the kernel argument under the classic 4 KiB limit
 constexpr int kMaxBlocks = 320;
@@ -76,4 +76,4 @@ cudaError_t multi_tensor_apply(const TensorInfo* infos, const int64_t* numels, i
   return cudaSuccess;
 }
 
-}  // namespace pyopt_cuda
+}  // namespace pyopt::cuda::sgd

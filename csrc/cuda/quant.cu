@@ -12,14 +12,14 @@
 #include "cuda/float_convert.cuh"
 #include "cuda/quant.cuh"
 
-namespace pyopt::cuda_quant {
+namespace pyopt::cuda::quant {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 65535;
 
-using pyopt::cuda_convert::narrow;
-using pyopt::cuda_convert::widen;
+using pyopt::cuda::narrow;
+using pyopt::cuda::widen;
 
 __device__ __forceinline__ float canonical_nan() { return __int_as_float(0x7fc00000); }
 
@@ -261,4 +261,4 @@ cudaError_t quantize_per_group(const void* x, FloatType x_type, uint8_t* q, floa
   });
 }
 
-}  // namespace pyopt::cuda_quant
+}  // namespace pyopt::cuda::quant

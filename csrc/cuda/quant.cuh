@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-namespace pyopt::cuda_quant {
+namespace pyopt::cuda::quant {
 
 enum FloatType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
@@ -32,4 +32,4 @@ cudaError_t quantize_per_group(const void* x, FloatType x_type, uint8_t* q, floa
                                int64_t groups, int64_t group_size, bool q_signed, bool symmetric,
                                cudaStream_t stream);
 
-}  // namespace pyopt::cuda_quant
+}  // namespace pyopt::cuda::quant

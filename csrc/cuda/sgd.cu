@@ -16,11 +16,11 @@
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sgd.h"
 
-namespace pyopt_cuda {
+namespace pyopt::cuda::sgd {
 namespace {
 
-using pyopt::cuda_convert::narrow;
-using pyopt::cuda_convert::widen;
+using pyopt::cuda::narrow;
+using pyopt::cuda::widen;
 
 template <typename T, typename B, bool kMaster>
 struct SgdFunctor {
@@ -94,4 +94,4 @@ cudaError_t launch_fused_sgd(const SgdTensor* tensors, const int64_t* numels, in
   return cudaErrorInvalidValue;
 }
 
-}  // namespace pyopt_cuda
+}  // namespace pyopt::cuda::sgd

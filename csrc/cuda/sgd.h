@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-namespace pyopt_cuda {
+namespace pyopt::cuda::sgd {
 
 // Layout of the float64 hyperparameter array on the device.
 enum SgdHyper : int { kHyperScale = 0, kHyperWeightDecay, kHyperMomentum, kHyperOneMinusDampening, kHyperNegLr };
@@ -30,4 +30,4 @@ struct SgdLaunch {
 
 cudaError_t launch_fused_sgd(const SgdTensor* tensors, const int64_t* numels, int64_t n, const SgdLaunch& l);
 
-}  // namespace pyopt_cuda
+}  // namespace pyopt::cuda::sgd

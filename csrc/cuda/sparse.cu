@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+namespace pyopt::cuda::sparse {
 namespace {
 
 constexpr int kWarp = 32;
@@ -46,7 +47,7 @@ __global__ void csr_linear_kernel(const float* __restrict__ x, const int64_t* __
 
 // x [M, K], crow [N+1], col [nnz] (in [0, K), checked by the caller), values [nnz], bias [N] or null,
 // y [M, N]; all contiguous device pointers. Returns the launch error, if any.
-cudaError_t pyopt_sparse_csr_linear_launch(const float* x, const int64_t* crow, const int32_t* col,
+cudaError_t csr_linear_launch(const float* x, const int64_t* crow, const int32_t* col,
                                            const float* values, const float* bias, float* y, int64_t M, int64_t N,
                                            int64_t K, cudaStream_t stream) {
   if (M == 0 || N == 0) return cudaSuccess;
@@ -56,3 +57,5 @@ cudaError_t pyopt_sparse_csr_linear_launch(const float* x, const int64_t* crow, 
   csr_linear_kernel<<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(x, crow, col, values, bias, y, M, N, K);
   return cudaGetLastError();
 }
+
+}  // namespace pyopt::cuda::sparse

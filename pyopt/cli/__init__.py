@@ -18,9 +18,12 @@ def cmd_info(args) -> int:
     print(
         f"pyopt {__import__('pyopt').__version__}  torch {torch.__version__}  python {sys.version.split()[0]}"
     )
-    print(f"CPU ISA        : {_native.detected_isa()} (kernels use at most this; PYOPT_CPU_ISA caps it)")
+    print(
+        f"CPU ISA        : {_native.detected_isa()} (kernels use {_native.active_isa()} here; "
+        "PYOPT_CPU_ISA / pyopt.use_isa cap it)"
+    )
     if _native.cpu_ext() is not None:
-        print(f"pyopt._C       : loaded ({torch.ops.pyopt_cpu.omp_threads()} OpenMP threads)")
+        print(f"pyopt._C       : loaded ({_native.cpu_ext().omp_threads()} OpenMP threads)")
     else:
         print("pyopt._C       : not loaded (pure-Python install or build failed)")
     cuda_built = _native.cuda_ext_built()
@@ -37,13 +40,8 @@ def cmd_info(args) -> int:
     print()
     devices = ["cpu"] + (["cuda"] if torch.version.cuda is not None else [])
     print(f"{'op':32s} " + " ".join(f"{d + ' runs':>12s}" for d in devices) + "   implementations")
-    for op in sorted(_backend._impls):
-        runs = []
-        for d in devices:
-            try:
-                runs.append(_backend.select(op, d)[0])
-            except NotImplementedError:
-                runs.append("-")
+    for op in sorted(_backend._reference):
+        runs = [_backend.cpu_kernel(op)] + ([_backend.cuda_kernel(op)] if len(devices) > 1 else [])
         impls = ",".join(_backend.implementations(op))
         print(f"{op:32s} " + " ".join(f"{r:>12s}" for r in runs) + f"   {impls}")
     from ..nn.sparse_format import DEFAULT_CACHE

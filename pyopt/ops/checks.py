@@ -1,9 +1,10 @@
 """Argument checks of the `pyopt::` ops (pyopt/ops/schemas.py declares the ops and their fakes and uses these).
 
-`check_*` functions validate metadata only (shapes, dtypes, scalar arguments), so the fake impls call them too
-and torch.compile reports bad input at trace time; they raise ValueError/TypeError naming the argument.
-`check_qparams_values` is the one data-dependent check (a scales tensor with a zero, a zero point out of
-range): the routers run it, the fakes do not.
+`check_<op>` functions validate metadata only (shapes, dtypes, scalar arguments): the fakes run them (so
+torch.compile reports bad input at trace time) and so do the reference and Triton kernels; the C++ kernels run
+the same conditions with the same messages (csrc/op_checks.h). They raise ValueError/TypeError naming the
+argument. `check_qparams_values` is the one data-dependent check (a scales tensor with a zero, a zero point out
+of range): the kernels run it, the fakes cannot.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def check_fused_sgd_lists(params, grads, momentum_buffers, master_params, masks,
 
 
 def check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, masks):
-    """Per-tensor metadata checks (fake impl, reference and Triton; the C++ kernels TORCH_CHECK the same)."""
+    """Per-tensor metadata checks."""
     device = params[0].device if params else None
     for i, p in enumerate(params):
         check_float_input(f"params[{i}]", p, SGD_DTYPES)
@@ -427,3 +428,44 @@ def check_fused_sgd_tensors(params, grads, momentum_buffers, master_params, mask
                 raise ValueError(f"momentum_buffers[{i}] must be {want} with shape {tuple(p.shape)}")
         if masks and masks[i] is not None and (masks[i].dtype != torch.bool or masks[i].shape != p.shape):
             raise ValueError(f"masks[{i}] must be a bool tensor of shape {tuple(p.shape)}")
+
+
+def check_fused_sgd(
+    params, grads, bufs, masters, masks, first_step, lr, wd, mom, damp, nesterov, maximize, lr_t, gs, fi
+):
+    check_fused_sgd_lists(params, grads, bufs, masters, masks, first_step, lr, lr_t)
+    check_fused_sgd_tensors(params, grads, bufs, masters, masks)
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two strided tensors may share memory (same storage, overlapping byte extents)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+        return False
+    pa, pb = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
+    if pa != pb or pa == 0:  # (fake tensors have no memory: data_ptr 0)
+        return False
+
+    def extent(t):
+        lo = t.storage_offset() * t.element_size()
+        span = sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+        return lo, lo + (span + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = extent(a), extent(b)
+    return a0 < b1 and b0 < a1
+
+
+def with_out(check):
+    """The checks of a dequantize `.out` overload: the op's own (out_dtype = out.dtype), then out itself."""
+
+    def check_out(q, *params, out):
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        check(q, *params, out.dtype)
+        if out.shape != q.shape:
+            raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+        if out.device != q.device:
+            raise ValueError(f"out must be on q's device ({q.device}), got {out.device}")
+        if _overlaps(out, q):
+            raise ValueError("out must not overlap q (it is read while out is written)")
+
+    return check_out

@@ -1,7 +1,7 @@
 """Loading the native parts (pyopt._C, pyopt._C_cuda) and Triton, without ever failing `import pyopt`.
 
-Nothing here initialises CUDA: the CUDA extension is imported lazily, the first time a CUDA tensor
-reaches a pyopt op, and Triton is imported only when a Triton backend is asked for.
+Nothing here initialises CUDA: loading the CUDA extension only registers its kernels, and Triton is imported
+only where Triton kernels are registered or forced.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _warn_once(key: str, msg: str) -> None:
 
 @functools.cache
 def cpu_ext():
-    """The pyopt._C module (its import registers torch.ops.pyopt_cpu.*), or None."""
+    """The pyopt._C module (its import registers the CPU kernels of torch.ops.pyopt.*), or None."""
     if os.environ.get("PYOPT_NO_NATIVE") == "1":
         return None
     import torch  # noqa: F401  (libtorch must be loaded before the extension)
@@ -38,7 +38,8 @@ def cpu_ext():
 
 @functools.cache
 def cuda_ext():
-    """The pyopt._C_cuda module (registers torch.ops.pyopt_cuda.*), or None. Imported lazily."""
+    """The pyopt._C_cuda module (its register_kernels() registers the CUDA kernels), or None. Loading it does
+    not initialise CUDA."""
     if os.environ.get("PYOPT_NO_NATIVE") == "1":
         return None
     import torch  # noqa: F401
@@ -70,8 +71,10 @@ def triton_version() -> str | None:
 def detected_isa() -> str:
     """The best CPU ISA the C++ kernels can use here ("scalar" if they are not built)."""
     ext = cpu_ext()
-    if ext is None:
-        return "scalar"
-    import torch
+    return "scalar" if ext is None else ISA_NAMES[ext.detected_isa()]
 
-    return ISA_NAMES[torch.ops.pyopt_cpu.detected_isa()]
+
+def active_isa() -> str:
+    """The ISA the C++ kernels called from this thread use now (PYOPT_CPU_ISA and pyopt.use_isa cap it)."""
+    ext = cpu_ext()
+    return "scalar" if ext is None else ISA_NAMES[ext.active_isa()]
