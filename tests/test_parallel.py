@@ -245,6 +245,21 @@ def _scenarios(rank: int, out: Path, res: dict) -> None:
     res["bf16_masks_intact"] = ex.masks_intact(bf16, bf16_opt)
     res["bf16_shard_dtypes"] = sorted({str(p.dtype) for p in bf16.parameters()})
 
+    # ---- FSDP2 + GradScaler: an overflow in one rank's shard only skips the step on every rank
+    amp = ex.shard(ex.build_model(), mesh)
+    amp_opt = FusedSGD(amp.parameters(), **ex.OPTIM)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for step, (x, y) in enumerate(local[:STEPS]):
+        amp_opt.zero_grad()
+        scaler.scale(nn.functional.mse_loss(amp(x), y)).backward()
+        if step == 1 and rank == 1:
+            amp[0].weight.grad.to_local()[0, 0] = float("inf")
+        scaler.step(amp_opt)
+        scaler.update()
+    res["amp_state"] = {k: _full(v) for k, v in amp.state_dict().items()}
+    res["amp_scale"] = scaler.get_scale()
+    res["amp_grad"] = _full(amp[2].bias.grad)  # left unscaled, as torch.optim.SGD leaves it
+
     # ---- tensor parallel: every layer kind, column-wise and row-wise
     t1 = time.perf_counter()
     for kind in TP_KINDS:
@@ -412,6 +427,29 @@ def test_fsdp_mixed_precision(ranks):
         for key, value in single.state_dict().items():
             # forward/backward in bf16 (8-bit mantissa), grads reduced and stepped in float32
             torch.testing.assert_close(r["bf16_state"][key].float(), value.float(), **tol(torch.bfloat16))
+
+
+def test_fsdp_grad_scaler(ranks):
+    """GradScaler over sharded grads: torch reduces found_inf across the ranks, so an overflow in rank 1's
+    shard skips the step on both; FusedSGD leaves the grads unscaled. Against one process with the same
+    overflow (its step skipped too)."""
+    results, _ = ranks
+    ex = load_example("fsdp_train")
+    model = ex.build_model()
+    opt = FusedSGD(model.parameters(), **ex.OPTIM)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for step, (x, y) in enumerate(ex.make_batches(STEPS + 3, BATCH)[:STEPS]):
+        opt.zero_grad()
+        scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
+        if step == 1:
+            model[0].weight.grad[-1, -1] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+    for r in results:
+        assert r["amp_scale"] == scaler.get_scale() == 2.0**10 * 0.5  # one backoff, no growth yet
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(r["amp_state"][key], value, **tol(torch.float32))
+        torch.testing.assert_close(r["amp_grad"], model[2].bias.grad, **tol(torch.float32))
 
 
 def test_dcp_resharding_round_trip(ranks):
