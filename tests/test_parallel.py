@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import pyopt
-from pyopt.nn import BinaryLinear, Int8Conv2d, Int8Linear, SparseLinear, get_param_mask
+from pyopt.nn import BinaryLinear, Int8Conv2d, Int8Linear, SparseLinear, get_param_mask, set_param_mask
 from pyopt.optim import FusedSGD
 from tests.tolerances import FP32_REORDERED, tol
 
@@ -349,6 +349,15 @@ def _scenarios(rank: int, out: Path, res: dict) -> None:
     res["ok_mesh_dim"] = error(
         nn.Sequential(OrderedDict(fc=tp_layer("csr"))), {"fc": pp.ColwiseParallel()}, mesh2d["tp"]
     )
+    lin = _linear(6, 10, gen)  # a torch nn.Linear with a pruning mask: torch's style, the mask kept
+    set_param_mask(lin.weight, torch.rand(10, 6, generator=gen) > 0.5)
+    split = pp.parallelize_module(nn.Sequential(OrderedDict(fc=lin)), mesh, {"fc": pp.ColwiseParallel()})
+    kept = get_param_mask(split.fc.weight)
+    res["torch_linear_mask"] = [
+        type(kept).__name__,
+        tuple(kept.to_local().shape),
+        tuple(split.fc.weight.to_local().shape),
+    ]
     try:
         pyopt.save(tpm, out / "refused.safetensors")
         res["err_pyopt_save"] = "no error"
@@ -638,6 +647,11 @@ def test_errors_name_the_layer(ranks):
     assert "matches no submodule" in r["err_missing"]
     assert "'fc'" in r["err_twice"] and "already split" in r["err_twice"]
     assert "1-D mesh" in r["err_mesh"] and r["ok_mesh_dim"] == "no error"
+    assert r["torch_linear_mask"] == [
+        "DTensor",
+        (5, 6),
+        (5, 6),
+    ]  # nn.Linear under torch's style keeps its mask
     assert "pyopt.parallel.save" in r["err_pyopt_save"]  # a sharded model is not written shard by shard
     for res in results:
         assert "error" not in res

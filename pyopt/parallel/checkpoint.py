@@ -66,21 +66,18 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, p
 
 
 def _fit_to_checkpoint(state: dict, path) -> None:
-    """Plain (not DTensor) placeholders whose global size differs from the checkpoint's: the index
-    structures of compressed sparse layers, whose nnz is the data's. DCP loads into preallocated tensors,
-    so give them the saved sizes (load_state_dict then re-splits them)."""
+    """The index structures of compressed sparse layers (csr / bsr: crow_indices, col_indices, values)
+    are sized by the data, so a model built afresh may hold another nnz than the checkpoint. DCP loads
+    into preallocated tensors: give those placeholders the saved sizes (load_state_dict then fits the
+    layer to them). Every other size must match, as DCP requires."""
     saved = dcp.FileSystemReader(os.fspath(path)).read_metadata().state_dict_metadata
-    for top, sub in state.items():
-        for key, t in list(sub.items()) if isinstance(sub, dict) else ():
-            meta = saved.get(f"{top}.{key}")
-            size = getattr(meta, "size", None)
-            if (
-                isinstance(t, torch.Tensor)
-                and type(t) is torch.Tensor
-                and size is not None
-                and t.shape != size
-            ):
-                sub[key] = torch.empty(size, dtype=t.dtype, device=t.device)
+    model = state["model"]
+    for key, t in list(model.items()):
+        if key.rpartition(".")[2] not in INDEX_BUFFERS or type(t) is not torch.Tensor:
+            continue
+        size = getattr(saved.get(f"model.{key}"), "size", None)
+        if size is not None and t.shape != size:
+            model[key] = torch.empty(size, dtype=t.dtype, device=t.device)
 
 
 def _resize_compressed(model: nn.Module, state: dict) -> None:

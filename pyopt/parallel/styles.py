@@ -23,7 +23,7 @@ it, as DCP does) and re-split by load_state_dict().
 from __future__ import annotations
 
 import contextlib
-import functools
+import types
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor import parallel as tp
 
+from .._rules import get_param_mask, set_param_mask
 from . import layouts
 from .layouts import COLWISE, ROWWISE, ShardingError
 
@@ -77,8 +78,6 @@ class _TensorParallel:
         if isinstance(module, layouts.SparseLinear):
             module._semi = None
             if module.format == "masked":
-                from .._rules import set_param_mask
-
                 set_param_mask(module.weight, module.mask)  # both DTensors, laid out alike
 
     # ---------------------------------------------------------------------------------------- forward
@@ -210,6 +209,16 @@ def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, 
             state_dict[key] = distribute_tensor(t, st.mesh, [placement], src_data_rank=None)
 
 
+def _tp_forward(module: nn.Module, x, *args, **kwargs):
+    """The forward of a split layer: its class's own forward on the local tensors, between the input
+    and output layouts of its style."""
+    st = tp_state(module)
+    local = st.local_input(x)
+    with st.local_view(module):
+        y = type(module).forward(module, local, *args, **kwargs)
+    return st.output(y, module)
+
+
 class _PyoptStyle(tp.ParallelStyle):
     kind: str
     torch_style: type
@@ -232,7 +241,12 @@ class _PyoptStyle(tp.ParallelStyle):
                 use_local_output=self.use_local_output,
             )
             style.src_data_rank = self.src_data_rank
-            return style._apply(module, device_mesh)
+            masks = {n: get_param_mask(p) for n, p in module.named_parameters(recurse=False)}
+            module = style._apply(module, device_mesh)
+            for n, mask in masks.items():  # torch's style replaces the parameters: keep their masks
+                if mask is not None:
+                    set_param_mask(module._parameters[n], mask)
+            return module
         if tp_state(module) is not None:
             raise ShardingError(
                 f"{layouts.describe(module, self.name)}: already split for tensor parallelism"
@@ -240,16 +254,8 @@ class _PyoptStyle(tp.ParallelStyle):
         st = _TensorParallel(module, self, device_mesh, self.name)
         st.shard(module, self.src_data_rank)
         setattr(module, TP_ATTR, st)
-        inner = module.forward
-
-        @functools.wraps(inner)
-        def forward(x, *args, **kwargs):
-            local = st.local_input(x)
-            with st.local_view(module):
-                y = inner(local, *args, **kwargs)
-            return st.output(y, module)
-
-        module.forward = forward
+        # a bound method (not a closure), so that a deepcopy of the module runs its own tensors
+        module.forward = types.MethodType(_tp_forward, module)
         module.register_state_dict_post_hook(_state_dict_hook)
         module.register_load_state_dict_pre_hook(_load_pre_hook)
         return module
