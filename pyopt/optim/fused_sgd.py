@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .._rules import LOW_PRECISION, MASK_ATTR
+from .._rules import LOW_PRECISION, MASK_ATTR, set_param_mask
 
 # `any(map(_is_none, xs))`: the per-element test runs in C (a generator expression costs ~2x for
 # thousands of parameters, and `None in tensors` would call Tensor.__eq__).
@@ -91,8 +91,6 @@ def _local_shards(params, grads, bufs, masters, masks):
     """DTensors -> their local shards on this rank (views: the kernel writes through them). A grad laid
     out otherwise than its parameter is redistributed first; a mask given as a full tensor is sharded
     like its parameter, once (pyopt._rules.set_param_mask keeps it so)."""
-    from .._rules import set_param_mask
-
     dtensor = _dtensor_type()
     local_grads = []
     for p, g in zip(params, grads, strict=True):
