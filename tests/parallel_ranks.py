@@ -285,6 +285,9 @@ def _scenarios(rank: int, out: Path, res: dict) -> None:
     res["mlp_backward_comms"] = {str(k): v for k, v in comm.get_comm_counts().items()}
     res["mlp_input_grad"] = xb.grad
     block.zero_grad()
+    with torch.no_grad(), CommDebugMode() as comm:  # inference: the all-reduce without DTensor's bookkeeping
+        res["mlp_infer"] = block(xb)
+    res["mlp_infer_comms"] = comm.get_total_counts()
     mlp_opt = train_mlp(block, mlp_batches())
     res["mlp_trained"] = {k: _full(v) for k, v in block.state_dict().items()}
     res["mlp_masks_intact"] = ex.masks_intact(block, mlp_opt)

@@ -269,6 +269,7 @@ def test_tp_mlp_block_one_all_reduce_and_training(ranks):
         assert r["mlp_forward_comms"] == {"c10d_functional.all_reduce": 1}, r["mlp_forward_comms"]
         torch.testing.assert_close(r["mlp_forward"], want.detach(), **FP32_REORDERED)
         assert r["mlp_backward_comms"] == {"c10d_functional.all_reduce": 1}, r["mlp_backward_comms"]
+        assert r["mlp_infer_comms"] == 1 and torch.equal(r["mlp_infer"], r["mlp_forward"])
         torch.testing.assert_close(r["mlp_input_grad"], x.grad, **FP32_REORDERED)
         assert r["mlp_masks_intact"]
         for key, value in single.state_dict().items():
