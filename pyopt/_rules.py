@@ -17,6 +17,8 @@ rne = round half to even; all arithmetic in float32 (fp16/bf16 inputs are widene
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 # ----------------------------------------------------------------------------------------------------------
@@ -272,6 +274,8 @@ def binarize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # The module owning the mask keeps it as a buffer (so it is saved and moved with the module) and calls
 # set_param_mask again whenever the buffer object changes (e.g. after .to(), load_state_dict). FusedSGD
 # keeps masked-out entries of the parameter and of its momentum buffer exactly zero, inside its fused pass.
+# A sharded parameter (a DTensor: FSDP2, tensor parallel) gets its mask sharded the same way, so that each
+# rank's optimizer masks its own shard without communication.
 MASK_ATTR = "_pyopt_mask"
 
 
@@ -281,7 +285,21 @@ def set_param_mask(param: torch.Tensor, mask: torch.Tensor | None) -> None:
             raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
         if mask.shape != param.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != parameter shape {tuple(param.shape)}")
+        mask = _shard_like(param, mask)
     setattr(param, MASK_ATTR, mask)
+
+
+def _shard_like(param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`mask` (the full tensor, on every rank) as a DTensor laid out like the DTensor `param`; cut locally
+    (src_data_rank=None: no communication). Anything else is returned unchanged."""
+    dt = sys.modules.get("torch.distributed.tensor")  # no DTensor exists unless torch imported it
+    if dt is None or not isinstance(param, dt.DTensor):
+        return mask
+    if isinstance(mask, dt.DTensor):
+        if mask.placements != param.placements:
+            mask = mask.redistribute(param.device_mesh, param.placements)
+        return mask
+    return dt.distribute_tensor(mask, param.device_mesh, param.placements, src_data_rank=None)
 
 
 def get_param_mask(param: torch.Tensor) -> torch.Tensor | None:

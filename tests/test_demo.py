@@ -24,7 +24,10 @@ def test_demo_smoke(tmp_path, capsys):
     assert rc == 0, printed.err[-2000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"machine", "torch", "pyopt", "variants"}
+    assert set(results) == {"machine", "torch", "pyopt", "variants", "parallel"}
+    par = results["parallel"]  # the pruned fine-tune on 2 ranks, data- and model-parallel
+    assert par["ddp_matches"] and par["tp_matches"], par
+    assert par["single_ms"] > 0 and par["ddp_ms"] > 0 and par["tp_ms"] > 0
     assert all(isinstance(results[k], str) and results[k] for k in ("machine", "torch", "pyopt"))
     assert [v["name"] for v in results["variants"]] == list(demo.VARIANTS)
     for v in results["variants"]:
@@ -44,6 +47,7 @@ def test_demo_smoke(tmp_path, capsys):
     assert "| float32 |" in md and "Targets:" in md
     assert (out / "tradeoffs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| pruned-90+int8 |" in printed.out  # the terminal table
+    assert "| model parallel (fc1 colwise + fc2 rowwise, 2 ranks) |" in md
 
 
 def test_demo_rejects_unknown_variant(tmp_path, capsys):

@@ -331,3 +331,110 @@ def test_opcheck(device, backend, on_device):
         before = [t.clone() for t in skipped[0] + skipped[2]]
         OP(*skipped)  # found_inf != 0: nothing is written
         assert all(torch.equal(a, b) for a, b in zip(before, skipped[0] + skipped[2], strict=True))
+
+
+# ------------------------------------------------------------------ drop-in behaviour found by torch's tests
+def test_duplicate_parameter_warns_and_steps_like_torch():
+    """A parameter listed twice: torch warns at construction and applies its step once per occurrence
+    (for-loop, in order; on its first step each occurrence starts its own buffer, the last one is kept).
+    FusedSGD must do the same, deterministically (one fused call would race on the shared tensor)."""
+    results = []
+    for _ in range(3):
+        torch.manual_seed(3)
+        a, b = torch.randn(2**20 + 3, requires_grad=True), torch.randn(7, requires_grad=True)  # many chunks
+        ra, rb = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        cfg = dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-2)
+        with pytest.warns(UserWarning, match="duplicate parameters"):
+            opt = FusedSGD([a, b, a], **cfg)
+        with pytest.warns(UserWarning, match="duplicate parameters"):
+            opt_ref = torch.optim.SGD([ra, rb, ra], foreach=False, **cfg)
+        for step in range(4):
+            set_grads([[a, b], [ra, rb]], step, skip=(1,) if step == 2 else ())
+            opt.step()
+            opt_ref.step()
+            assert torch.equal(a, ra) and torch.equal(b, rb), step
+            assert torch.equal(opt.state[a]["momentum_buffer"], opt_ref.state[ra]["momentum_buffer"])
+        results.append(a.detach().clone())
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_grads_left_unscaled_after_scaler_step():
+    """After scaler.step(opt), p.grad holds the unscaled gradient, as torch.optim.SGD leaves it."""
+    lin = nn.Linear(5, 3)
+    opt = FusedSGD(lin.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
+    x = torch.randn(4, 5)
+    lin(x).sum().backward()
+    want = [p.grad.clone() for p in lin.parameters()]
+    opt.zero_grad()
+    scaler.scale(lin(x).sum()).backward()
+    scaler.step(opt)
+    for p, g in zip(lin.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("how", ["clear", "del", "replace"])
+def test_state_changes_are_honoured(how):
+    """opt.state.clear() / del opt.state[p] / opt.state[p] = {}: the next step starts a fresh buffer, as
+    torch does, and state_dict() holds what the optimizer really uses (no momentum cached elsewhere)."""
+    p = torch.tensor([1.0], requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    opt, ref = FusedSGD([p], lr=0.1, momentum=0.9), torch.optim.SGD([q], lr=0.1, momentum=0.9)
+    for step in range(4):
+        for t in (p, q):
+            t.grad = torch.tensor([float(step + 1)])
+        opt.step()
+        ref.step()
+        if step == 1:
+            for o, t in ((opt, p), (ref, q)):
+                if how == "clear":
+                    o.state.clear()
+                elif how == "del":
+                    del o.state[t]
+                else:
+                    o.state[t] = {}
+    assert torch.equal(p, q)
+    assert len(opt.state_dict()["state"]) == len(ref.state_dict()["state"]) == 1
+    assert torch.equal(opt.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
+
+
+def test_master_weights_survive_loading_a_torch_state():
+    ps = [torch.randn(9, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
+    torch_opt = torch.optim.SGD([p.detach().clone().requires_grad_() for p in ps], lr=0.1, momentum=0.9)
+    for p in torch_opt.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    torch_opt.step()
+    opt = FusedSGD(ps, lr=0.1, momentum=0.9, master_weights=True)
+    opt.load_state_dict(torch_opt.state_dict())
+    assert opt.param_groups[0]["master_weights"] is True
+    for p in ps:
+        assert opt.state[p]["momentum_buffer"].dtype == torch.float32
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p in ps:
+        assert opt.state[p]["master_param"].dtype == torch.float32
+        assert torch.equal(p, opt.state[p]["master_param"].to(torch.bfloat16))
+
+
+def test_implementation_keywords():
+    p = [torch.randn(3, requires_grad=True)]
+    for kw in ({"foreach": None}, {"foreach": True}, {"foreach": False}, {"fused": True}, {"fused": False},
+               {"differentiable": False}, {"fused": None, "foreach": None, "differentiable": False}):  # fmt: skip
+        opt = FusedSGD(p, lr=0.1, **kw)
+        assert not {"foreach", "fused", "differentiable"} & set(opt.param_groups[0])
+    with pytest.raises(RuntimeError, match="differentiable=True"):
+        FusedSGD(p, lr=0.1, differentiable=True)
+    with pytest.raises(RuntimeError, match="cannot be `True` together"):
+        FusedSGD(p, lr=0.1, foreach=True, fused=True)
+
+
+def test_no_state_entries_without_momentum():
+    """As torch: plain SGD (no momentum, no master weights) keeps no per-parameter state."""
+    ps = make_params(torch.float32)
+    opt, ref = FusedSGD(ps, lr=0.1), torch.optim.SGD(clone_params(ps), lr=0.1)
+    for step in range(2):
+        set_grads([ps, ref.param_groups[0]["params"]], step)
+        opt.step()
+        ref.step()
+    assert len(opt.state) == len(ref.state) == 0
+    assert opt.state_dict()["state"] == ref.state_dict()["state"] == {}

@@ -62,6 +62,7 @@ class Config:
     latency_min_time: float = 1.0  # seconds of timed calls per (batch size, variant), at least
     variants: tuple[str, ...] = ()  # empty = all
     progress: bool = True
+    parallel: bool = True  # the pruned model's fine-tune also data- and model-parallel on 2 ranks
 
 
 # ----------------------------------------------------------------------------------------- data, model
@@ -304,6 +305,7 @@ def run(cfg: Config) -> dict:
 
     models: dict[str, nn.Module] = {}
     failed: dict[str, str] = {}
+    parallel = _parallel_runs(base, data, cfg, failed) if cfg.parallel else None
     done: dict[str, nn.Module] = {}
     for name in names:
         try:
@@ -344,8 +346,30 @@ def run(cfg: Config) -> dict:
         "pyopt": pyopt.__version__,
         "variants": [{k: rows[n][k] for k in keys} for n in names if n in rows],
     }
+    if parallel is not None:
+        results["parallel"] = parallel
     demo_report.write_all(results, failed, cfg, time.perf_counter() - t_start, len(data.y_test), load, layers)
+    if parallel is not None:
+        from . import demo_parallel
+
+        text = demo_parallel.markdown(parallel)
+        print("\n" + text)
+        with open(os.path.join(cfg.out, "results.md"), "a") as f:
+            f.write("\n" + text + "\n")
     return {"results": results, "failed": failed}
+
+
+def _parallel_runs(base, data, cfg, failed) -> dict | None:
+    """The pruned model's fine-tune, single / data-parallel / model-parallel (pyopt/cli/demo_parallel.py)."""
+    from . import demo_parallel
+
+    print("[demo] fine-tuning the pruned model data- and model-parallel on 2 ranks ...", file=sys.stderr)
+    try:
+        return demo_parallel.run(base, data, cfg, HEAD, os.path.join(cfg.out, "parallel"))
+    except Exception as e:  # reported like a failed variant; the rest of the demo still runs
+        failed["parallel"] = f"{type(e).__name__}: {e}"
+        print(f"[demo] parallel runs: FAILED ({failed['parallel']})", file=sys.stderr)
+        return None
 
 
 def config_from_args(args) -> Config:
@@ -370,6 +394,8 @@ def config_from_args(args) -> Config:
         cfg = dataclasses.replace(cfg, variants=tuple(v.strip() for v in args.variants.split(",")))
     if getattr(args, "no_progress", False):
         cfg = dataclasses.replace(cfg, progress=False)
+    if getattr(args, "no_parallel", False):
+        cfg = dataclasses.replace(cfg, parallel=False)
     unknown = [n for n in cfg.variants if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
@@ -406,3 +432,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny model, 1 epoch: checks the pipeline only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-parallel",
+        action="store_true",
+        help="skip the data-/model-parallel fine-tune runs (2 processes)",
+    )

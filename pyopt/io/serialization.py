@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import torch
 from torch import nn
@@ -64,20 +65,40 @@ def _storable(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write `model` (its state_dict + the configs of its pyopt modules) to one safetensors file."""
-    from safetensors.torch import save_file
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if os.path.isdir(path):
         raise ValueError(f"pyopt.save: path {os.fspath(path)!r} is a directory, not a file name")
     if any(t.is_meta for t in model.state_dict().values()):
         raise ValueError("pyopt.save: the model has tensors on the meta device (no data to save)")
+    if _is_sharded(model):
+        raise ValueError(
+            "pyopt.save: the model is sharded (FSDP2 / tensor parallel): use pyopt.parallel.save(model, path), "
+            "which gathers the shards (every rank calls it, rank 0 writes)"
+        )
     modules = {
         name: {"type": type(m).__name__, "config": m.extra_config()}
         for name, m in model.named_modules()
         if MODULES.get(type(m).__name__) is type(m)
     }
-    tensors, aliases = _storable(model.state_dict())
+    save_state(model.state_dict(), modules, path)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """DTensor parameters / buffers, or a layer split by pyopt.parallel (its own attribute)."""
+    dt = sys.modules.get("torch.distributed.tensor")  # no DTensor exists unless torch imported it
+    tensors = (*model.parameters(), *model.buffers())
+    return (dt is not None and any(isinstance(t, dt.DTensor) for t in tensors)) or any(
+        hasattr(m, "_pyopt_tp") for m in model.modules()
+    )
+
+
+def save_state(state: dict[str, torch.Tensor], modules: dict, path: str | os.PathLike) -> None:
+    """The file pyopt.save writes, from a state_dict and the {name: {"type", "config"}} of its pyopt
+    modules (pyopt.parallel.save: the gathered state of a sharded model)."""
+    from safetensors.torch import save_file
+
+    tensors, aliases = _storable(state)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -125,6 +146,17 @@ def _json(path, metadata: dict[str, str], key: str) -> dict:
     if not isinstance(value, dict):
         raise _bad(path, f"metadata field {key!r} must be a JSON object")
     return value
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(modules, tensors) of a pyopt.save file, validated as pyopt.load does, tied tensors resolved."""
+    metadata, tensors = _read(path)
+    modules, aliases = _json(path, metadata, "modules"), _json(path, metadata, "aliases")
+    for name, target in aliases.items():
+        if target not in tensors:
+            raise _bad(path, f"alias {name!r} -> {target!r} names a tensor the file does not hold")
+        tensors[name] = tensors[target]
+    return modules, tensors
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -216,12 +248,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             "pyopt.load: the model has tensors on the meta device; materialise it first "
             "(model.to_empty(device='cpu')) so that there is memory to load into"
         )
-    metadata, tensors = _read(path)
-    modules, aliases = _json(path, metadata, "modules"), _json(path, metadata, "aliases")
-    for name, target in aliases.items():
-        if target not in tensors:
-            raise _bad(path, f"alias {name!r} -> {target!r} names a tensor the file does not hold")
-        tensors[name] = tensors[target]
+    modules, tensors = read_state(path)
     undo: list = []
     try:
         _swap_modules(model, modules, path, undo, tensors)
