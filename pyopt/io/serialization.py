@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..nn.registry import MODULES
+from ..pruning.resize import apply_structure, structure_of
 
 FORMAT = "pyopt"
 FORMAT_VERSION = "1"
@@ -78,6 +79,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         if MODULES.get(type(m).__name__) is type(m)
     }
     tensors, aliases = _storable(model.state_dict())
+    structure = structure_of(model)  # shapes of channel-pruned modules (pyopt/pruning/resize.py)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -86,6 +88,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         "aliases": json.dumps(aliases, sort_keys=True),
         "sha256": _digest(tensors),
     }
+    if structure:
+        metadata["structure"] = json.dumps(structure, sort_keys=True)
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
@@ -224,6 +228,9 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         tensors[name] = tensors[target]
     undo: list = []
     try:
+        if "structure" in metadata:  # resize the fresh model's channel-pruned modules first
+            structure = _json(path, metadata, "structure")
+            apply_structure(model, structure, tensors, undo, skip=set(modules), bad=lambda m: _bad(path, m))
         _swap_modules(model, modules, path, undo, tensors)
         _check_state(model.state_dict(), tensors, path)
     except ValueError:
