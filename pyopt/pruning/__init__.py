@@ -7,9 +7,12 @@ from .layers import prune_layers
 from .remove import unprune
 from .schedule import GradualPruner, sparsity_schedule
 from .select import select_layers
+from .structured import Group, channel_groups
 
 __all__ = [
     "GradualPruner",
+    "Group",
+    "channel_groups",
     "prune",
     "prune_layers",
     "prune_masks",

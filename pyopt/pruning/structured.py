@@ -152,6 +152,14 @@ def build_groups(dg: DepGraph, model: nn.Module, importance_scores: dict) -> lis
     return groups
 
 
+def channel_groups(model: nn.Module, example_inputs) -> list[Group]:
+    """The coupled channel groups of `model` (traced on example_inputs), as pattern="channel" sees them; the
+    model is not changed. Each Group lists its producers, its members (parameter / buffer, dim, channel map)
+    and why it would not be pruned (protected / unsafe / inexact reasons)."""
+    args, kwargs = example_args(example_inputs)
+    return build_groups(DepGraph(model, trace(model, args, kwargs)), model, {})
+
+
 def _status(g: Group, model, selector: Selector, include, allow_inexact: bool, producer_modules: set) -> str:
     """ "" if the group is pruned, else why not."""
     if g.size < 2:
