@@ -1,4 +1,6 @@
-"""Structured channel pruning: physically remove output channels of Conv2d/Linear layers in nn.Sequential chains.
+"""Structured channel pruning without a trace: physically remove output channels of Conv2d/Linear layers in
+nn.Sequential chains (pyopt.prune(pattern="channel") without example_inputs; with them, any traceable model
+goes through pyopt/pruning/structured.py instead, whose group importance also counts the consumers' columns).
 
 For every selected layer but the last Linear/Conv2d of the chain, the output channels (conv filters, linear
 rows) with the smallest L1 (or L2) norm of their weights are removed (Li et al. 2017, "Pruning Filters for
@@ -171,7 +173,8 @@ def prune_channels(model, amount, method, include, exclude, generator, norm=1, i
     if not _is_plain_sequential(model):
         raise ValueError(
             f"pattern='channel' follows nn.Sequential chains only; got {type(model).__name__}, whose forward() "
-            "wiring (e.g. residual connections) it cannot follow"
+            "wiring (e.g. residual connections) it cannot follow without a trace: pass example_inputs= "
+            "(pyopt compress: --input-shape) to prune any model torch.export can trace"
         )
     leaves = list(_leaves(model))
     kinds = [_check_leaf(name, mod) for name, _, _, mod in leaves]
