@@ -2,7 +2,9 @@
 
 Training mode ("masked"): parameter `weight` [N, K] with pruned entries exactly 0, buffer `mask` (bool);
 forward = torch.ops.pyopt.sparse_masked_linear (backward: grad_input + SDDMM, see pyopt/ops/sparse.py).
-The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0.
+The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0. from_dense and
+set_mask keep the dense layer's Parameter objects (an optimizer built before pruning keeps training them);
+a pruned bias (`bias_mask`) is applied as where(bias_mask, bias, 0). to_dense() gives the nn.Linear back.
 Inference (`compress()` / `pyopt.sparsify`): the weight is stored as "csr", "bsr", "2:4" or "dense",
 whichever the format choice (pyopt/nn/sparse_format.py) measured fastest — never slower than dense.
 "csr_int8" (`quantize_int8()` / `pyopt.quantize`): CSR with an int8 value per kept weight and a float32
