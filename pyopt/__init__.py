@@ -22,7 +22,7 @@ from .functional import (
 )
 from .io import export_onnx, load, save
 from .ops.backends import available_backends, implementations, use_backend, use_isa
-from .pruning import GradualPruner, prune, prune_masks, sparsity_schedule
+from .pruning import GradualPruner, prune, prune_layers, prune_masks, sparsity_schedule, unprune
 
 __version__ = "0.1.0"
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "implementations",
     "load",
     "prune",
+    "prune_layers",
     "prune_masks",
     "quantize",
     "quantize_per_channel",
@@ -45,6 +46,7 @@ __all__ = [
     "save",
     "sparsify",
     "sparsity_schedule",
+    "unprune",
     "use_backend",
     "use_isa",
     "__version__",

@@ -216,15 +216,67 @@ def test_compress_recipes(user, capsys, recipe, new_layer):
         assert out.stat().st_size < (user / "w.safetensors").stat().st_size
 
 
-def test_compress_channel_pruning_names_the_new_shapes(user, capsys):
+def test_compress_channel_pruning_reloads_into_the_factory(user, capsys):
+    import usermodels
+
     out = user / "small.safetensors"
     rc, printed, err = compress(
         capsys, "--model", "usermodels:make", "--weights", user / "w.safetensors", "--prune", "0.5",
         "--pattern", "channel", "-o", out,
     )  # fmt: skip
     assert rc == 0, err
-    assert "no longer matches" in printed and "0 (128, 256)" in printed and "2 (16, 128)" in printed
+    assert "reload with pyopt.load(make()" in printed and "resizes make()'s layers" in printed
     assert out.stat().st_size < (user / "w.safetensors").stat().st_size
+    reloaded = pyopt.load(usermodels.make(), str(out))
+    assert reloaded[0].weight.shape == (128, 256) and reloaded[2].weight.shape == (16, 128)
+
+
+RESIDUAL_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.a, self.b, self.out = nn.Linear(12, 32), nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+        def forward(self, x):
+            h = self.inp(x)
+            h = h + self.b(torch.relu(self.a(h)))
+            return self.out(h)
+
+    def make():
+        torch.manual_seed(2)
+        return Res()
+    """
+)
+
+
+def test_compress_channel_pruning_traces_other_models(user, capsys):
+    (user / "resmodels.py").write_text(RESIDUAL_MODULE)
+    import resmodels
+
+    save_file(resmodels.make().state_dict(), str(user / "res.safetensors"))
+    base = [
+        "--model",
+        "resmodels:make",
+        "--weights",
+        user / "res.safetensors",
+        "--prune",
+        "0.5",
+        "--pattern",
+        "channel",
+    ]
+    expect_error(capsys, "pass example_inputs=", *base, "-o", user / "r.safetensors")
+    expect_error(capsys, "--input-shape '2,x'", *base, "--input-shape", "2,x", "-o", user / "r.safetensors")
+    rc, printed, err = compress(capsys, *base, "--input-shape", "2,12", "-o", user / "r.safetensors")
+    assert rc == 0, err and "width" in printed
+    torch.save(torch.randn(3, 12), user / "calib.pt")
+    rc, _, err = compress(capsys, *base, "--calib", user / "calib.pt", "-o", user / "r2.safetensors")
+    assert rc == 0, err
+    reloaded = pyopt.load(resmodels.make(), str(user / "r.safetensors"))
+    assert (reloaded.inp.out_features, reloaded.a.out_features, reloaded.out.in_features) == (16, 16, 16)
 
 
 def test_compress_calib_is_accepted_and_explained(user, capsys):

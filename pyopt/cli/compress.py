@@ -15,9 +15,13 @@
 4. `pyopt.save(model, OUT)`. Reload it later with `pyopt.load(factory(), OUT)`.
 
 `--eval module:fn` calls `fn(model)` before and after (a number, or a dict of numbers) and prints both.
-`--calib data.pt` is accepted for recipes that need calibration data; none of the current modes does
-(dynamic quantisation computes activation scales per token at run time, weight-only and binary quantise
-weights only), so it is checked to exist and otherwise not used — the command says so.
+`--pattern channel` removes whole channels (a smaller dense model): nn.Sequential chains as they are; any
+other model is traced on an example input, `--input-shape 1,3,224,224` (random values) or the first batch
+of `--calib data.pt` (a tensor, a tuple or a dict of tensors, read with weights_only=True). The saved file
+records the new shapes: `pyopt.load(factory(), OUT)` resizes the fresh model's layers before loading.
+Otherwise `--calib` is accepted but not needed by any current mode (dynamic quantisation computes
+activation scales per token at run time, weight-only and binary quantise weights only): it is checked to
+exist and not used — the command says so.
 
 Errors (bad factory path, weights that do not match the model, a model without supported layers, an
 option a layer cannot take) print one line and exit with status 2.
@@ -134,7 +138,10 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
     exclude = [s for s in (args.exclude or "").split(",") if s] or None
     try:
         if args.prune is not None:
-            model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude)
+            extra = {"example_inputs": example_inputs(args)} if args.pattern == "channel" else {}
+            if extra and extra["example_inputs"] is None:
+                extra = {}
+            model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude, **extra)
             print(report)
             # the pruned layers' inference format (before quantize, which turns CSR layers into csr_int8)
             model, report = pyopt.sparsify(model)
@@ -153,6 +160,33 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
         step = "--quantize" if args.prune is None else "--prune/--quantize"
         raise CompressError(f"{step}: {str(e).splitlines()[0]}") from None
     return model
+
+
+def example_inputs(args):
+    """The example input that traces the model for --pattern channel (None: the nn.Sequential path)."""
+    if getattr(args, "input_shape", None):
+        try:
+            shape = [int(v) for v in args.input_shape.split(",")]
+        except ValueError:
+            raise CompressError(
+                f"--input-shape {args.input_shape!r}: expected integers, e.g. 1,3,224,224"
+            ) from None
+        if not shape or min(shape) < 1:
+            raise CompressError(f"--input-shape {args.input_shape!r}: every size must be >= 1")
+        return torch.randn(shape)
+    if args.calib is not None:
+        try:
+            data = torch.load(args.calib, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CompressError(
+                f"--calib {args.calib!r}: not a weights-only torch file ({type(e).__name__})"
+            ) from None
+        if isinstance(data, list) and data and not isinstance(data[0], torch.Tensor):
+            data = data[0]  # a list of batches: the first one
+        if not isinstance(data, (torch.Tensor, tuple, list, dict)):
+            raise CompressError(f"--calib {args.calib!r}: expected a tensor, a tuple or a dict of tensors")
+        return tuple(data) if isinstance(data, list) else data
+    return None
 
 
 def evaluate(fn: Callable, model: nn.Module, when: str) -> None:
@@ -176,6 +210,7 @@ def run(args) -> None:
     if args.calib is not None:
         if not os.path.isfile(args.calib):
             raise CompressError(f"--calib {args.calib!r}: no such file")
+    if args.calib is not None and args.pattern != "channel":
         print(
             f"note: --calib is not needed for --quantize {args.quantize or '(none)'}: activation scales are "
             "computed per token at run time (dynamic), or only weights are quantised; the file is not used"
@@ -193,18 +228,9 @@ def run(args) -> None:
     before, after = os.path.getsize(args.weights), os.path.getsize(args.output)
     print(f"saved {args.output}: {after / 2**20:.2f} MiB ({before / after:.1f}x smaller than --weights)")
     factory = args.model.split(":")[1]
-    if args.pattern == "channel":  # the layers are physically smaller now
-        shapes = ", ".join(
-            f"{name} {tuple(m.weight.shape)}"
-            for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d))
-        )
-        print(
-            f"note: --pattern channel removed channels, so {factory}() no longer matches: reload with "
-            f"pyopt.load into a float model built with the new shapes ({shapes})"
-        )
-    else:
-        print(f"reload with pyopt.load({factory}(), {args.output!r})")
+    print(f"reload with pyopt.load({factory}(), {args.output!r})")
+    if args.pattern == "channel":  # the layers are physically smaller now; the file records their shapes
+        print(f"note: the file records the pruned shapes: pyopt.load resizes {factory}()'s layers to them")
 
 
 def main(args) -> int:
@@ -229,6 +255,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--quantize", choices=QUANT_MODES, default=None, help="quantisation mode")
     parser.add_argument("--exclude", default=None, help="comma-separated layer names to leave as they are")
-    parser.add_argument("--calib", default=None, help="calibration data (accepted; no current mode needs it)")
+    parser.add_argument(
+        "--calib", default=None, help="data file: --pattern channel traces the model on its first batch"
+    )
+    parser.add_argument(
+        "--input-shape",
+        default=None,
+        help="--pattern channel: trace on a random input of this shape (1,3,32,32)",
+    )
     parser.add_argument("--eval", default=None, metavar="MODULE:FN", help="fn(model) -> metric, before/after")
     parser.add_argument("-o", "--output", required=True, help="output .safetensors (written by pyopt.save)")

@@ -10,6 +10,8 @@ the tutorial — and measured the same way:
     pruned-2:4       pyopt.prune(pattern="2:4")  -> masked fine-tune -> pyopt.sparsify (the dispatcher
                      picks the fastest format, never one slower than dense)
     channel-50       pyopt.prune(0.5, pattern="channel"): a physically smaller dense model -> fine-tune
+    layer-pruned     pyopt.prune_layers(1, blocks=[conv3, fc2]): the shape-preserving layer whose output turns
+                     its input least (angular distance on 4 training batches) becomes an identity -> fine-tune
     int8             pyopt.quantize(mode="dynamic"): int8 weights, int8 activations quantised on the fly
     pruned-90+int8   the fine-tuned pruned-90 model, sparsified to CSR, then pyopt.quantize: the pruned head
                      becomes csr_int8 (weight-only int8 CSR), the layers still dense Int8Linear / Int8Conv2d
@@ -17,7 +19,8 @@ the tutorial — and measured the same way:
 
 For each: test accuracy, size of its pyopt.save file, latency at batch 1 and 256 (median of interleaved
 repeated runs after warm-up, one process, torch.inference_mode), speedup vs float32, and a reload check:
-pyopt.load into a fresh float model of the same architecture must give bit-identical outputs.
+pyopt.load into a fresh float model of the original architecture (it resizes channel-pruned layers and puts
+identities where layers were removed) must give bit-identical outputs.
 Outputs: a terminal table and --out/{results.json, results.md, tradeoffs.png} (pyopt/demo_report.py).
 """
 
@@ -93,8 +96,7 @@ def load_digits(size: int) -> Data:
 
 def build_model(channels=(16, 32, 32), hidden=(2048, 2048), size: int = 16) -> nn.Sequential:
     """conv-BN-ReLU x3 (the second with stride 2), then a 3-layer Linear head. Named layers, so that
-    include/exclude lists and reports read well. `channels`/`hidden` are explicit so that a channel-pruned
-    model's architecture can be rebuilt (for the reload check)."""
+    include/exclude lists and reports read well."""
     c1, c2, c3 = channels
     h1, h2 = hidden
     flat = c3 * ((size + 1) // 2) ** 2  # conv2 has stride 2
@@ -117,14 +119,6 @@ def build_model(channels=(16, 32, 32), hidden=(2048, 2048), size: int = 16) -> n
             out=nn.Linear(h2, NUM_CLASSES),
         )
     )
-
-
-def architecture_of(model: nn.Sequential) -> dict:
-    """The build_model arguments that recreate `model`'s float architecture (e.g. after channel pruning)."""
-    return {
-        "channels": tuple(getattr(model, f"conv{i}").out_channels for i in (1, 2, 3)),
-        "hidden": (model.fc1.out_features, model.fc2.out_features),
-    }
 
 
 # ------------------------------------------------------------------------------------ train, evaluate
@@ -216,6 +210,16 @@ def make_channel_50(base, data, cfg, done):
     return model
 
 
+def make_layer_pruned(base, data, cfg, done):
+    """Layer pruning: conv3 (2w -> 2w channels, stride 1) and fc2 (hidden -> hidden) keep their input's shape,
+    so either can become an identity; pyopt.prune_layers removes the one with the smaller angular distance
+    between its input and output on calibration batches, then a short fine-tune recovers."""
+    calib = [data.x_train[i : i + cfg.batch_size] for i in range(0, 4 * cfg.batch_size, cfg.batch_size)]
+    model, _ = pyopt.prune_layers(copy.deepcopy(base), 1, calib, blocks=["conv3", "fc2"])
+    train(model, data, cfg, cfg.finetune_epochs, cfg.lr / 10, "fine-tune layer")
+    return model
+
+
 def make_int8(base, data, cfg, done):
     model, _ = pyopt.quantize(copy.deepcopy(base), mode="dynamic")
     return model
@@ -245,6 +249,7 @@ VARIANTS: dict[str, Callable] = {
     "pruned-90": make_pruned_90,
     "pruned-2:4": make_pruned_2_4,
     "channel-50": make_channel_50,
+    "layer-pruned": make_layer_pruned,
     "int8": make_int8,
     "pruned-90+int8": make_pruned_90_int8,
     "binary": make_binary,
@@ -273,12 +278,13 @@ def describe(model: nn.Module) -> str:
     return "; ".join(f"{', '.join(names)}: {kind}" for kind, names in groups.items()) or "torch layers only"
 
 
-def save_and_reload(name: str, model: nn.Module, data: Data, out_dir: str, size: int) -> tuple[int, bool]:
-    """pyopt.save the variant; pyopt.load it into a fresh float model of the same architecture; compare."""
+def save_and_reload(name: str, model: nn.Module, data: Data, out_dir: str, cfg: Config) -> tuple[int, bool]:
+    """pyopt.save the variant; pyopt.load it into a fresh float model of the original architecture; compare."""
     path = os.path.join(out_dir, "models", name.replace(":", "_").replace("+", "_") + ".safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pyopt.save(model, path)
-    fresh = pyopt.load(build_model(**architecture_of(model), size=size), path)
+    w = cfg.width
+    fresh = pyopt.load(build_model((w, 2 * w, 2 * w), (cfg.hidden, cfg.hidden), cfg.size), path)
     identical = torch.equal(predict(model, data.x_test), predict(fresh, data.x_test))
     return os.path.getsize(path), identical
 
@@ -319,7 +325,7 @@ def run(cfg: Config) -> dict:
     rows, layers = {}, {}
     for name, model in list(models.items()):
         try:
-            size_bytes, identical = save_and_reload(name, model, data, cfg.out, cfg.size)
+            size_bytes, identical = save_and_reload(name, model, data, cfg.out, cfg)
         except Exception as e:
             failed[name] = f"save/load: {type(e).__name__}: {e}"
             print(f"[demo] {name}: FAILED ({failed[name]})", file=sys.stderr)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..nn.registry import MODULES
+from ..pruning.resize import apply_structure, structure_of
 
 FORMAT = "pyopt"
 FORMAT_VERSION = "1"
@@ -81,7 +82,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         for name, m in model.named_modules()
         if MODULES.get(type(m).__name__) is type(m)
     }
-    save_state(model.state_dict(), modules, path)
+    save_state(model.state_dict(), modules, path, structure_of(model))
 
 
 def _is_sharded(model: nn.Module) -> bool:
@@ -93,9 +94,12 @@ def _is_sharded(model: nn.Module) -> bool:
     )
 
 
-def save_state(state: dict[str, torch.Tensor], modules: dict, path: str | os.PathLike) -> None:
-    """The file pyopt.save writes, from a state_dict and the {name: {"type", "config"}} of its pyopt
-    modules (pyopt.parallel.save: the gathered state of a sharded model)."""
+def save_state(
+    state: dict[str, torch.Tensor], modules: dict, path: str | os.PathLike, structure: dict | None = None
+) -> None:
+    """The file pyopt.save writes, from a state_dict, the {name: {"type", "config"}} of its pyopt modules
+    (pyopt.parallel.save: the gathered state of a sharded model) and the shapes of channel-pruned modules
+    (pyopt/pruning/resize.py)."""
     from safetensors.torch import save_file
 
     tensors, aliases = _storable(state)
@@ -107,6 +111,8 @@ def save_state(state: dict[str, torch.Tensor], modules: dict, path: str | os.Pat
         "aliases": json.dumps(aliases, sort_keys=True),
         "sha256": _digest(tensors),
     }
+    if structure:
+        metadata["structure"] = json.dumps(structure, sort_keys=True)
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
@@ -251,6 +257,9 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     modules, tensors = read_state(path)
     undo: list = []
     try:
+        if "structure" in metadata:  # resize the fresh model's channel-pruned modules first
+            structure = _json(path, metadata, "structure")
+            apply_structure(model, structure, tensors, undo, skip=set(modules), bad=lambda m: _bad(path, m))
         _swap_modules(model, modules, path, undo, tensors)
         _check_state(model.state_dict(), tensors, path)
     except ValueError:

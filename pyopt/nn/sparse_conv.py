@@ -1,10 +1,12 @@
-"""SparseConv2d: a Conv2d whose weight is multiplied by a fixed bool mask (what pyopt.prune makes of nn.Conv2d).
+"""SparseConv1d / 2d / 3d: a ConvNd whose weight (and optionally bias) is multiplied by a fixed bool mask —
+what pyopt.prune makes of nn.Conv1d / nn.Conv2d / nn.Conv3d.
 
-Training: forward is F.conv2d with `where(mask, weight, 0)`, so grad_W is exactly zero where the mask is False
+Training: forward is F.convNd with `where(mask, weight, 0)`, so grad_W is exactly zero where the mask is False
 and the pruned weights stay exactly zero under any optimizer whose update of a zero-gradient zero weight is zero
 (SGD with/without momentum and weight decay, Adam, pyopt.optim.FusedSGD which also reads the mask).
 No `weight_orig` copy: `weight` holds the pruned weights themselves (zeros where pruned), the mask is a bool
 buffer, registered with `set_param_mask` so FusedSGD keeps the masked entries zero inside its fused pass.
+A pruned bias (pyopt.prune(..., name="bias")) works the same way with the buffer `bias_mask`.
 
 Inference (`compress()`): pyopt has no sparse convolution kernel, so "compressed" is the dense fallback: the
 weight (already zero where pruned) is used directly, without the per-call masking. This is what a dispatcher
@@ -22,12 +24,48 @@ from .._rules import get_param_mask, set_param_mask
 from .registry import register_module
 
 
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+def check_mask(mask, shape, what: str = "weight") -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != {what} shape {tuple(shape)}")
 
 
-@register_module
-class SparseConv2d(nn.Module):
+class MaskedBias:
+    """The optional bias mask every masked layer shares (buffer `bias_mask`, None while the bias is dense)."""
+
+    def set_bias_mask(self, mask: torch.Tensor) -> None:
+        """Prune the bias: zero it where `mask` is False (in place) and keep it zero in training."""
+        if self.bias is None:
+            raise ValueError(f"{type(self).__name__} has no bias to prune")
+        check_mask(mask, self.bias.shape, "bias")
+        if self.bias_mask is None:
+            self.bias_mask = mask.clone()
+        else:
+            self.bias_mask.copy_(mask)
+        with torch.no_grad():
+            self.bias.masked_fill_(~self.bias_mask, 0)
+        set_param_mask(self.bias, self.bias_mask)
+
+    def _masked_bias(self):
+        if self.bias is None or self.bias_mask is None:
+            return self.bias
+        if get_param_mask(self.bias) is not self.bias_mask:
+            set_param_mask(self.bias, self.bias_mask)
+        return torch.where(self.bias_mask, self.bias, 0)
+
+
+def _sync_masks(module: nn.Module, *_) -> None:
+    """Re-attach the mask buffers to their parameters (after .to(), load_state_dict, unpickling)."""
+    set_param_mask(module.weight, module.mask)
+    if module.bias is not None and module.bias_mask is not None:
+        set_param_mask(module.bias, module.bias_mask)
+
+
+class _SparseConvNd(MaskedBias, nn.Module):
+    _dense: type[nn.Module]  # the torch layer this one replaces (nn.Conv1d / 2d / 3d)
+    _conv = None  # F.conv1d / 2d / 3d
+
     def __init__(
         self,
         in_channels: int,
@@ -41,11 +79,12 @@ class SparseConv2d(nn.Module):
         padding_mode: str = "zeros",
         device=None,
         dtype=None,
+        bias_mask: bool = False,
     ):
         super().__init__()
-        # nn.Conv2d on the meta device validates the arguments and works out the padding of non-"zeros"
-        # padding modes exactly as nn.Conv2d does (incl. padding="same"), without allocating anything.
-        spec = nn.Conv2d(
+        # the torch layer on the meta device validates the arguments and works out the padding of non-"zeros"
+        # padding modes exactly as it does (incl. padding="same"), without allocating anything.
+        spec = self._dense(
             in_channels,
             out_channels,
             kernel_size,
@@ -65,18 +104,23 @@ class SparseConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(spec.weight.shape, **kw))
         self.register_parameter("bias", nn.Parameter(torch.empty(out_channels, **kw)) if bias else None)
         self.register_buffer("mask", torch.ones(spec.weight.shape, dtype=torch.bool, device=device))
+        has_bias_mask = bias and bias_mask
+        self.register_buffer(
+            "bias_mask", torch.ones(out_channels, dtype=torch.bool, device=device) if has_bias_mask else None
+        )
         self.compressed = False
-        set_param_mask(self.weight, self.mask)
+        _sync_masks(self)
+        self.register_load_state_dict_post_hook(_sync_masks)  # a module-level function: picklable
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, mask: torch.Tensor) -> SparseConv2d:
+    def from_dense(cls, conv: nn.Module, mask: torch.Tensor):
         """Wrap `conv` with a bool `mask` (same shape as conv.weight; True = keep).
 
         The new layer reuses conv's weight and bias Parameter objects (an optimizer built on the dense model
         keeps working) and zeroes their pruned entries in place.
         """
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if type(conv) is not cls._dense:
+            raise TypeError(f"conv must be an nn.{cls._dense.__name__}, got {type(conv).__name__}")
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -92,41 +136,56 @@ class SparseConv2d(nn.Module):
         layer.weight, layer.bias = conv.weight, conv.bias
         layer.mask = torch.ones(conv.weight.shape, dtype=torch.bool, device=conv.weight.device)
         layer.set_mask(mask)
+        layer.train(conv.training)
         return layer
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the mask (in place, so FusedSGD's reference stays valid) and zero the pruned weights."""
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
+        check_mask(mask, self.weight.shape)
         self.mask.copy_(mask)
         with torch.no_grad():
             self.weight.masked_fill_(~self.mask, 0)
         set_param_mask(self.weight, self.mask)
 
-    def compress(self) -> SparseConv2d:
+    def to_dense(self) -> nn.Module:
+        """The plain torch layer holding the same Parameter objects (pruned entries exactly zero), no mask."""
+        self.compress()
+        dense = self._dense(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device="meta",
+        )  # fmt: skip
+        dense.weight, dense.bias = self.weight, self.bias
+        set_param_mask(self.weight, None)
+        if self.bias is not None:
+            set_param_mask(self.bias, None)
+        return dense.train(self.training)
+
+    def compress(self):
         """Switch to inference: dense fallback on the (zero where pruned) weight; see the module docstring."""
         with torch.no_grad():
             self.weight.masked_fill_(~self.mask, 0)
+            if self.bias is not None and self.bias_mask is not None:
+                self.bias.masked_fill_(~self.bias_mask, 0)
         self.compressed = True
         return self
 
     def _apply(self, fn, recurse=True):
-        # .to()/.cuda() replace the mask buffer by a new tensor: re-attach it to the weight.
+        # .to()/.cuda() replace the mask buffers by new tensors: re-attach them to the parameters.
         out = super()._apply(fn, recurse)
-        set_param_mask(self.weight, self.mask)
+        _sync_masks(self)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if get_param_mask(self.weight) is not self.mask:  # e.g. after load_state_dict or deepcopy
+        if get_param_mask(self.weight) is not self.mask:  # e.g. after deepcopy
             set_param_mask(self.weight, self.mask)
         # torch.where's backward masks grad_W: d/dW where(M, W, 0) = M.
         weight = self.weight if self.compressed else torch.where(self.mask, self.weight, 0)
+        bias = self.bias if self.compressed else self._masked_bias()
+        conv = type(self)._conv
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @property
     def sparsity(self) -> float:
@@ -145,17 +204,18 @@ class SparseConv2d(nn.Module):
             "padding_mode": self.padding_mode,
             "dtype": str(self.weight.dtype).removeprefix("torch."),
             "compressed": self.compressed,
+            "bias_mask": self.bias_mask is not None,
         }
 
     @classmethod
-    def from_config(cls, cfg: dict) -> SparseConv2d:
+    def from_config(cls, cfg: dict):
         cfg = dict(cfg)
         dtype = getattr(torch, cfg.pop("dtype", "float32"))
         compressed = cfg.pop("compressed", False)
         for key in ("kernel_size", "stride", "dilation"):
-            cfg[key] = _pair(cfg[key])
+            cfg[key] = tuple(cfg[key])
         if not isinstance(cfg["padding"], str):
-            cfg["padding"] = _pair(cfg["padding"])
+            cfg["padding"] = tuple(cfg["padding"])
         layer = cls(**cfg, dtype=dtype)
         layer.compressed = compressed
         return layer
@@ -166,3 +226,18 @@ class SparseConv2d(nn.Module):
             f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}, "
             f"sparsity={self.sparsity:.3f}, compressed={self.compressed}"
         )
+
+
+@register_module
+class SparseConv1d(_SparseConvNd):
+    _dense, _conv = nn.Conv1d, staticmethod(F.conv1d)
+
+
+@register_module
+class SparseConv2d(_SparseConvNd):
+    _dense, _conv = nn.Conv2d, staticmethod(F.conv2d)
+
+
+@register_module
+class SparseConv3d(_SparseConvNd):
+    _dense, _conv = nn.Conv3d, staticmethod(F.conv3d)

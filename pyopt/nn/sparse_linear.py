@@ -2,7 +2,9 @@
 
 Training mode ("masked"): parameter `weight` [N, K] with pruned entries exactly 0, buffer `mask` (bool);
 forward = torch.ops.pyopt.sparse_masked_linear (backward: grad_input + SDDMM, see pyopt/ops/sparse.py).
-The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0.
+The mask is attached to `weight` with set_param_mask, so FusedSGD keeps pruned entries 0. from_dense and
+set_mask keep the dense layer's Parameter objects (an optimizer built before pruning keeps training them);
+a pruned bias (`bias_mask`) is applied as where(bias_mask, bias, 0). to_dense() gives the nn.Linear back.
 Inference (`compress()` / `pyopt.sparsify`): the weight is stored as "csr", "bsr", "2:4" or "dense",
 whichever the format choice (pyopt/nn/sparse_format.py) measured fastest — never slower than dense.
 "csr_int8" (`quantize_int8()` / `pyopt.quantize`): CSR with an int8 value per kept weight and a float32
@@ -14,17 +16,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._rules import quantize_csr_values, set_param_mask
+from .._rules import csr_rows, quantize_csr_values, set_param_mask
 from ..ops.checks import check_sparse_mask
 from . import sparse_format as dispatch
 from .registry import check_features, check_input, keep_float32, register_module
+from .sparse_conv import MaskedBias, check_mask
 
 _COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
 _CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
 
 
+def _sync_param_mask(module: nn.Module, *_) -> None:
+    """Re-attach the mask buffers to their parameters (a module-level function, so the layer pickles)."""
+    if module.format == "masked":
+        set_param_mask(module.weight, module.mask)
+    if module.bias is not None and module.bias_mask is not None:
+        set_param_mask(module.bias, module.bias_mask)
+
+
 @register_module
-class SparseLinear(nn.Module):
+class SparseLinear(MaskedBias, nn.Module):
     def __init__(
         self,
         in_features: int,
@@ -37,6 +48,7 @@ class SparseLinear(nn.Module):
         block: tuple[int, int] | None = None,
         nnz: int = 0,
         reason: str = "",
+        bias_mask: bool = False,
     ) -> None:
         super().__init__()
         if format not in ("masked", *dispatch.FORMATS):
@@ -63,32 +75,80 @@ class SparseLinear(nn.Module):
             else:
                 self.register_buffer("values", torch.zeros(shape, **fk))
         self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
+        has_bias_mask = bias and bias_mask
+        self.register_buffer(
+            "bias_mask", torch.ones(n, dtype=torch.bool, device=device) if has_bias_mask else None
+        )
         self._semi = None  # the 2:4 weight (torch.sparse semi-structured), rebuilt from `weight` when needed
-        self._sync_param_mask()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_param_mask())
+        _sync_param_mask(self)
+        self.register_load_state_dict_post_hook(_sync_param_mask)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
-        """Training-mode layer with linear's weight * mask (pruned entries exactly 0) and bias."""
+        """Training-mode layer around linear's own weight and bias Parameter objects (an optimizer built on
+        the dense model keeps training them); the pruned weights are zeroed in place."""
         w = linear.weight
         check_sparse_mask(mask, w.shape)
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
-        with torch.no_grad():
-            m.mask.copy_(mask)
-            m.weight.copy_(torch.where(m.mask, w, torch.zeros((), dtype=w.dtype, device=w.device)))
-            if linear.bias is not None:
-                m.bias.copy_(linear.bias)
-        return m
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, "meta", w.dtype)
+        m.weight, m.bias = w, linear.bias
+        m.mask = torch.ones(w.shape, dtype=torch.bool, device=w.device)
+        m.set_mask(mask)
+        return m.train(linear.training)
 
-    def _sync_param_mask(self) -> None:
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask in place (re-pruning keeps the Parameter object) and zero the pruned weights."""
+        if self.format != "masked":
+            raise RuntimeError(
+                f"set_mask: the layer is compressed (format={self.format!r}); prune before compress"
+            )
+        check_mask(mask, self.weight.shape)
+        self.mask.copy_(mask)
+        with torch.no_grad():
+            self.weight.masked_fill_(~self.mask, 0)
+        set_param_mask(self.weight, self.mask)
+
+    def to_dense(self) -> nn.Linear:
+        """The nn.Linear this layer computes: in the "masked" format it holds the same Parameter objects
+        (pruned entries exactly zero); compressed float formats are expanded into a new dense weight.
+        "csr_int8" raises ValueError (its weights are int8 now, not the float ones it was pruned from)."""
+        if self.format == "csr_int8":
+            raise ValueError(
+                "to_dense: a csr_int8 layer holds int8 weights; it cannot become a float nn.Linear"
+            )
+        w = self.weight if self.format == "masked" else self._dense_weight()
         if self.format == "masked":
-            set_param_mask(self.weight, self.mask)
+            with torch.no_grad():
+                w.masked_fill_(~self.mask, 0)
+            set_param_mask(w, None)
+        else:
+            w = nn.Parameter(w)
+        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        dense.weight, dense.bias = w, self.bias
+        if self.bias is not None:
+            with torch.no_grad():
+                if self.bias_mask is not None:
+                    self.bias.masked_fill_(~self.bias_mask, 0)
+            set_param_mask(self.bias, None)
+        return dense.train(self.training)
+
+    def _dense_weight(self) -> torch.Tensor:
+        """The float weight of a compressed layer ("dense", "2:4", "csr", "bsr")."""
+        if self.format in ("dense", "2:4"):
+            return self.weight.detach().clone()
+        bh, bw = self.block if self.format == "bsr" else (1, 1)
+        rows, cols = csr_rows(self.crow_indices), self.col_indices.long()
+        grid = torch.zeros(
+            self.out_features // bh, self.in_features // bw, bh, bw, dtype=self.values.dtype,
+            device=self.values.device,
+        )  # fmt: skip
+        grid[rows, cols] = self.values.reshape(-1, bh, bw)
+        return grid.permute(0, 2, 1, 3).reshape(self.out_features, self.in_features)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
         keep_float32(self, "row_scales")
         self._semi = None
-        self._sync_param_mask()  # .to()/.cuda() replace the buffer object
+        _sync_param_mask(self)  # .to()/.cuda() replace the buffer object
         return out
 
     def _tensors(self) -> dict:
@@ -102,7 +162,7 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_features)
         if self.format == "masked":
-            return torch.ops.pyopt.sparse_masked_linear(x, self.weight, self.mask, self.bias)
+            return torch.ops.pyopt.sparse_masked_linear(x, self.weight, self.mask, self._masked_bias())
         return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
 
     @torch.no_grad()
@@ -193,6 +253,7 @@ class SparseLinear(nn.Module):
             "block": None if self.block is None else list(self.block),
             "nnz": nnz,
             "reason": self.reason,
+            "bias_mask": self.bias_mask is not None,
         }
 
     @classmethod

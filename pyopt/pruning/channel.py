@@ -1,4 +1,6 @@
-"""Structured channel pruning: physically remove output channels of Conv2d/Linear layers in nn.Sequential chains.
+"""Structured channel pruning without a trace: physically remove output channels of Conv2d/Linear layers in
+nn.Sequential chains (pyopt.prune(pattern="channel") without example_inputs; with them, any traceable model
+goes through pyopt/pruning/structured.py instead, whose group importance also counts the consumers' columns).
 
 For every selected layer but the last Linear/Conv2d of the chain, the output channels (conv filters, linear
 rows) with the smallest L1 (or L2) norm of their weights are removed (Li et al. 2017, "Pruning Filters for
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..convert.report import Report
 from . import masks as M
+from .resize import record_shape
 from .select import select_layers
 
 _PASSTHROUGH = (
@@ -160,19 +163,25 @@ def _resized_norm(module: nn.Module, index) -> nn.Module:
     return new
 
 
-def prune_channels(model, amount, method, include, exclude, generator, norm=1):
-    """Remove output channels along an nn.Sequential chain; see the module docstring. Returns (model, Report)."""
+def prune_channels(model, amount, method, include, exclude, generator, norm=1, importance_scores=None):
+    """Remove output channels along an nn.Sequential chain; see the module docstring. Returns (model, Report).
+
+    importance_scores: {layer name: tensor of its weight's shape} ranked (by the same channel norm) instead of
+    the layer's weight."""
     if norm not in (1, 2):
         raise ValueError(f"channel_norm={norm!r}: expected 1 (L1) or 2 (L2)")
     if not _is_plain_sequential(model):
         raise ValueError(
             f"pattern='channel' follows nn.Sequential chains only; got {type(model).__name__}, whose forward() "
-            "wiring (e.g. residual connections) it cannot follow"
+            "wiring (e.g. residual connections) it cannot follow without a trace: pass example_inputs= "
+            "(pyopt compress: --input-shape) to prune any model torch.export can trace"
         )
     leaves = list(_leaves(model))
     kinds = [_check_leaf(name, mod) for name, _, _, mod in leaves]
     layer_positions = [i for i, k in enumerate(kinds) if k == "layer"]
-    selected = {name for name, _ in select_layers(model, include, exclude)}
+    selected_layers = select_layers(model, include, exclude)
+    selected = {name for name, _ in selected_layers}
+    scores = M.check_importance_scores(importance_scores, selected_layers, "weight", method)
     report = Report("prune (channel)")
     before = sum(p.numel() for p in model.parameters())
     pending = None  # (kept channel indices, channel count, producer name, flattened since?)
@@ -193,13 +202,15 @@ def prune_channels(model, amount, method, include, exclude, generator, norm=1):
                         f"'{producer}' makes {channels} channels and no Flatten is in between"
                     )
                 in_index = _feature_index(keep, channels, module.weight.shape[1], name)
-            weight = module.weight if in_index is None else module.weight.index_select(1, in_index)
+            weight = scores.get(name, module.weight)
+            weight = weight if in_index is None else weight.index_select(1, in_index)
             out_index, pending = None, None
             if name in selected and i != layer_positions[-1]:
                 out_index = _keep_channels(name, weight, amount, method, generator, norm)
                 pending = (out_index, weight.shape[0], name, False)
             if in_index is not None or out_index is not None:
                 new = _resized_layer(module, in_index, out_index)
+                record_shape(new)
                 report.add(
                     name,
                     "resized",
@@ -220,6 +231,7 @@ def prune_channels(model, amount, method, include, exclude, generator, norm=1):
             elif kind == "bn" or (kind == "prelu" and module.num_parameters > 1):
                 features = module.num_features if kind == "bn" else module.num_parameters
                 new = _resized_norm(module, _feature_index(keep, channels, features, name))
+                record_shape(new)
         if new is not None:
             setattr(parent, attr, new)
     after = sum(p.numel() for p in model.parameters())

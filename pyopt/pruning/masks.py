@@ -92,6 +92,30 @@ def count_to_prune(amount, total: int, what: str = "weights") -> int:
     return round(amount * total)
 
 
+def check_importance_scores(scores, layers, pname: str, method: str) -> dict[str, torch.Tensor]:
+    """importance_scores: {qualified layer name: tensor of the pruned parameter's shape} (torch's meaning:
+    ranked instead of the parameter itself); every name must be a selected layer."""
+    if scores is None:
+        return {}
+    if not isinstance(scores, dict):
+        raise TypeError(
+            f"importance_scores must be a dict {{layer name: tensor}}, got {type(scores).__name__}"
+        )
+    if method != "magnitude":
+        raise ValueError(f"importance_scores ranks by magnitude; method={method!r} does not use it")
+    by_name = dict(layers)
+    for key, value in scores.items():
+        if key not in by_name:
+            raise ValueError(f"importance_scores names {key!r}, which is not a selected prunable layer")
+        param = getattr(by_name[key], pname)
+        if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"importance_scores[{key!r}] must be a tensor of the {pname}'s shape {tuple(param.shape)}, got {got}"
+            )
+    return scores
+
+
 def check_generator(generator):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -76,8 +76,8 @@ class GradualPruner:
 
     prune_kwargs go to pyopt.prune (method, scope, pattern (unstructured or block), include, exclude, generator).
     Each re-prune intersects with the current masks, so the pruned set only grows. The first prune swaps the
-    layers for SparseLinear / SparseConv2d; these reuse the dense layers' parameters if from_dense does (as
-    SparseConv2d does), so an optimizer built before keeps working. `self.model` is the (possibly new) model.
+    layers for their masked twins (SparseLinear, SparseConvNd), which reuse the dense layers' Parameter objects,
+    so an optimizer built before keeps working. `self.model` is the (possibly new) model.
     optimizer: if given, its state at newly pruned entries is zeroed after each prune (mask_optimizer_state),
     so momentum cannot move pruned weights off zero.
     """
