@@ -4,6 +4,7 @@ they follow (save/load), and pyopt/_rules.py the parameter-mask protocol (prunin
 from .._rules import get_param_mask, set_param_mask
 from .binary_linear import BinaryLinear
 from .int8_conv import Int8Conv2d
+from .int8_embedding import Int8Embedding, Int8EmbeddingBag
 from .int8_linear import Int8Linear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
@@ -11,6 +12,8 @@ from .sparse_linear import SparseLinear
 __all__ = [
     "BinaryLinear",
     "Int8Conv2d",
+    "Int8Embedding",
+    "Int8EmbeddingBag",
     "Int8Linear",
     "SparseConv2d",
     "SparseLinear",

@@ -26,6 +26,12 @@ def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def _rebuild_mask(layer, incompatible_keys) -> None:
+    """load_state_dict post-hook of a compressed layer: its mask is where the loaded weight is nonzero."""
+    with torch.no_grad():
+        layer.mask.copy_(layer.weight != 0)
+
+
 @register_module
 class SparseConv2d(nn.Module):
     def __init__(
@@ -106,11 +112,22 @@ class SparseConv2d(nn.Module):
         set_param_mask(self.weight, self.mask)
 
     def compress(self) -> SparseConv2d:
-        """Switch to inference: dense fallback on the (zero where pruned) weight; see the module docstring."""
+        """Switch to inference: dense fallback on the (zero where pruned) weight; see the module docstring.
+
+        The weight's zeros are now the mask, so the mask is no longer saved (a non-persistent buffer: files
+        of compressed layers are no larger than the dense layer's); loading rebuilds it as weight != 0."""
+        if self.compressed:
+            return self
         with torch.no_grad():
             self.weight.masked_fill_(~self.mask, 0)
-        self.compressed = True
+        self._mask_from_weight_on_load()
         return self
+
+    def _mask_from_weight_on_load(self) -> None:
+        self.compressed = True
+        mask = self._buffers.pop("mask")
+        self.register_buffer("mask", mask, persistent=False)
+        self.register_load_state_dict_post_hook(_rebuild_mask)
 
     def _apply(self, fn, recurse=True):
         # .to()/.cuda() replace the mask buffer by a new tensor: re-attach it to the weight.
@@ -157,7 +174,8 @@ class SparseConv2d(nn.Module):
         if not isinstance(cfg["padding"], str):
             cfg["padding"] = _pair(cfg["padding"])
         layer = cls(**cfg, dtype=dtype)
-        layer.compressed = compressed
+        if compressed:
+            layer._mask_from_weight_on_load()
         return layer
 
     def extra_repr(self) -> str:

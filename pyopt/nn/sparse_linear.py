@@ -106,14 +106,22 @@ class SparseLinear(nn.Module):
         return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
 
     @torch.no_grad()
-    def compress(self, format: str | None = None, block=None, cache: dispatch.DispatchCache | None = None):
-        """Switch to inference storage. format=None/"auto": the dispatcher's choice; or force one of
+    def compress(
+        self,
+        format: str | None = None,
+        block=None,
+        cache: dispatch.DispatchCache | None = None,
+        expected_m=None,
+    ):
+        """Switch to inference storage. format=None/"auto": the dispatcher's choice, calibrated at
+        `expected_m` rows per call (an int or a list; default sparse_format.CALIBRATION_M); or force one of
         "dense", "csr", "bsr" (block=(bh, bw), default the mask's own block shape), "2:4". Returns self."""
         if self.format != "masked":
             raise RuntimeError(f"compress: layer is already compressed (format={self.format!r})")
         weight, mask = self.weight.detach(), self.mask
+        ms = dispatch.calibration_ms(expected_m)
         if format in (None, "auto"):
-            decision = dispatch.choose(weight, mask, self.bias, cache)
+            decision = dispatch.choose(weight, mask, self.bias, cache, ms=ms)
         elif format in dispatch.FORMATS:
             if format == "bsr":
                 block = tuple(block) if block is not None else dispatch.detect_block(mask)

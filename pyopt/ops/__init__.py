@@ -9,4 +9,4 @@ native.cpu_ext()  # loads the C++ kernels if built (never fails)
 from . import schemas  # noqa: E402,F401
 
 # isort: split
-from . import binary_linear, int8_linear, quant, sgd, sparse  # noqa: E402,F401
+from . import binary_linear, embedding, int8_linear, quant, sgd, sparse  # noqa: E402,F401

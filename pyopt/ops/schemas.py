@@ -245,6 +245,58 @@ BINARY_LINEAR = defop(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# int8 embeddings Implementations: pyopt/ops/embedding.py (checks there too)
+# ----------------------------------------------------------------------------------------------------------
+# A table of int8 rows weight_q [num_embeddings, dim] with one float32 scale per row; a lookup dequantises only
+# the rows it reads. Output: indices.shape + (dim,) / (bags, dim), in out_dtype.
+
+
+def _embedding_int8_fake(indices, weight_q, row_scales, out_dtype):
+    from .embedding import check_embedding_int8_meta
+
+    check_embedding_int8_meta(indices, weight_q, row_scales, out_dtype)
+    return torch.empty((*indices.shape, weight_q.shape[1]), dtype=out_dtype, device=indices.device)
+
+
+def _embedding_int8_check(*args):
+    from .embedding import check_embedding_int8
+
+    check_embedding_int8(*args)
+
+
+EMBEDDING_INT8 = defop(
+    "embedding_int8(Tensor indices, Tensor weight_q, Tensor row_scales, ScalarType out_dtype) -> Tensor",
+    _embedding_int8_fake,
+    _embedding_int8_check,
+)
+
+
+def _embedding_bag_int8_fake(indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype):
+    from .embedding import check_embedding_bag_int8_meta
+
+    check_embedding_bag_int8_meta(indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype)
+    bags = max(offsets.shape[0] - (1 if last else 0), 0)
+    return torch.empty((bags, weight_q.shape[1]), dtype=out_dtype, device=indices.device)
+
+
+def _embedding_bag_int8_check(*args):
+    from .embedding import check_embedding_bag_int8
+
+    check_embedding_bag_int8(*args)
+
+
+# mode "sum" | "mean" | "max" (torch.nn.functional.embedding_bag's), per_sample_weights with "sum" only;
+# entries equal to padding_idx are left out of their bag; an empty bag gives zeros.
+EMBEDDING_BAG_INT8 = defop(
+    "embedding_bag_int8(Tensor indices, Tensor offsets, Tensor weight_q, Tensor row_scales, "
+    "Tensor? per_sample_weights, str mode, bool include_last_offset, int? padding_idx, "
+    "ScalarType out_dtype) -> Tensor",
+    _embedding_bag_int8_fake,
+    _embedding_bag_int8_check,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # sparse masked matmul Implementations: pyopt/ops/sparse.py
 # ----------------------------------------------------------------------------------------------------------
 # Weights are [out_features N, in_features K]; x is [..., K]; masks are bool [N, K] (True = kept).
