@@ -20,7 +20,13 @@ from pyopt.nn import Int8Linear, SparseLinear
 
 def model_fn():
     return nn.Sequential(
-        nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 8)
+        nn.Linear(32, 48),
+        nn.ReLU(),
+        nn.Linear(48, 48),
+        nn.ReLU(),
+        nn.Linear(48, 40),
+        nn.ReLU(),
+        nn.Linear(40, 8),
     )
 
 
@@ -72,7 +78,9 @@ def edit_config(layer, **fields):
 
 
 def snapshot(model):
-    return [(n, id(m)) for n, m in model.named_modules()], {k: v.clone() for k, v in model.state_dict().items()}
+    return [(n, id(m)) for n, m in model.named_modules()], {
+        k: v.clone() for k, v in model.state_dict().items()
+    }
 
 
 def assert_unchanged(model, snap):
@@ -117,7 +125,9 @@ def test_sizes_are_checked_before_allocating(saved, tmp_path, monkeypatch):
     """A small file whose config describes a 40000 x 40000 Int8Linear: refused from the header, and the
     module is only ever built on the meta device (nothing allocated from the file's numbers)."""
     _, path = saved
-    bad = rewrite(path, tmp_path / "huge.safetensors", meta_edit=edit_config("6", in_features=40000, out_features=40000))
+    bad = rewrite(
+        path, tmp_path / "huge.safetensors", meta_edit=edit_config("6", in_features=40000, out_features=40000)
+    )
     assert bad.stat().st_size < 100_000
     devices = []
     real = Int8Linear.from_config.__func__
@@ -129,7 +139,9 @@ def test_sizes_are_checked_before_allocating(saved, tmp_path, monkeypatch):
     monkeypatch.setattr(Int8Linear, "from_config", classmethod(spy))
     target = model_fn()
     snap = snapshot(target)
-    with pytest.raises(ValueError, match=r"'6\.(bias|weight)' is torch.\w+\[[\d, ]+\] in the file but torch.\w+\[40000"):
+    with pytest.raises(
+        ValueError, match=r"'6\.(bias|weight)' is torch.\w+\[[\d, ]+\] in the file but torch.\w+\[40000"
+    ):
         pyopt.load(target, bad)
     assert devices == ["meta"]
     assert_unchanged(target, snap)
@@ -162,7 +174,9 @@ def test_metadata_edits_break_the_checksum(saved, tmp_path, what):
 
     edits = {"alias": alias, "mode": edit_config("6", mode="dynamic"), "config": edit_config("0", reason="x")}
     tensor_edit = (lambda t: t.pop("2.bias")) if what == "alias" else None
-    bad = rewrite(path, tmp_path / "e.safetensors", meta_edit=edits[what], tensor_edit=tensor_edit, resign=False)
+    bad = rewrite(
+        path, tmp_path / "e.safetensors", meta_edit=edits[what], tensor_edit=tensor_edit, resign=False
+    )
     with pytest.raises(ValueError, match="checksum mismatch"):
         pyopt.load(model_fn(), bad)
     if what == "mode":  # resigned, the edit loads: it is a valid file (and the outputs change)

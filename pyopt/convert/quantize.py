@@ -250,5 +250,7 @@ def _report_float_layers(model: nn.Module, report: Report, seen: set[str]) -> in
         nbytes = sum(t.numel() * t.element_size() for t in own if t.is_floating_point())
         if nbytes:
             total += nbytes
-            report.add(name, "kept float", type=type(module).__name__, bytes=nbytes, reason=_float_reason(module))
+            report.add(
+                name, "kept float", type=type(module).__name__, bytes=nbytes, reason=_float_reason(module)
+            )
     return total

@@ -93,7 +93,15 @@ def digest(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # 2. configs
 # ---------------------------------------------------------------------------------------------------------
-_SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim", "nnz")
+_SIZES = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "num_embeddings",
+    "embedding_dim",
+    "nnz",
+)
 _FLAGS = ("bias", "binary_activations", "include_last_offset", "compressed")
 _STRINGS = ("mode", "format", "reason", "padding_mode")
 
@@ -112,7 +120,9 @@ def check_config(name: str, type_name: str, cfg: dict) -> None:
     """Field-level checks of a saved config (ValueError naming the layer and the field)."""
 
     def fail(field, want):
-        return ValueError(f"layer {name!r} ({type_name}): config field {field!r} must be {want}, got {cfg[field]!r}")
+        return ValueError(
+            f"layer {name!r} ({type_name}): config field {field!r} must be {want}, got {cfg[field]!r}"
+        )
 
     for field, v in cfg.items():
         if field == "device":
@@ -137,7 +147,9 @@ def check_config(name: str, type_name: str, cfg: dict) -> None:
         if field == "padding_idx" and not (v is None or _is_int(v)):
             raise fail(field, "null or an int")
         if field == "dtype" and not (
-            isinstance(v, str) and isinstance(getattr(torch, v, None), torch.dtype) and getattr(torch, v).is_floating_point
+            isinstance(v, str)
+            and isinstance(getattr(torch, v, None), torch.dtype)
+            and getattr(torch, v).is_floating_point
         ):
             raise fail(field, "the name of a torch float dtype")
 
@@ -168,7 +180,8 @@ def check_state(path, expected: dict[str, tuple], entries: dict[str, tuple]) -> 
     missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
     if missing or unexpected:
         raise bad(
-            path, f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            path,
+            f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}",
         )
     for key in sorted(entries):
         (dt, shape), (want_dt, want_shape) = entries[key], expected[key]
@@ -222,7 +235,9 @@ def check_contents(modules: dict[str, nn.Module], tensors: dict[str, torch.Tenso
         prefix = f"{name}." if name else ""
         bh, bw = mod.block if fmt == "bsr" else (1, 1)
         if mod.out_features % bh or mod.in_features % bw:
-            raise ValueError(f"layer {name!r} (SparseLinear): block {mod.block} does not divide the weight shape")
+            raise ValueError(
+                f"layer {name!r} (SparseLinear): block {mod.block} does not divide the weight shape"
+            )
         _check_compressed(name, tensors, prefix, mod.out_features // bh, mod.in_features // bw)
 
 

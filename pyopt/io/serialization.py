@@ -128,14 +128,18 @@ def _plan(model: nn.Module, modules: dict, path, entries: dict) -> list[tuple]:
         try:
             old = model.get_submodule(name)
         except AttributeError as e:
-            raise fc.bad(path, f"the model has no submodule {name!r}: saved from another architecture?") from e
+            raise fc.bad(
+                path, f"the model has no submodule {name!r}: saved from another architecture?"
+            ) from e
         try:
             fc.check_config(name, entry["type"], entry["config"])
             meta = fc.build_on_meta(name, cls, entry["config"])
         except ValueError as e:
             raise fc.bad(path, str(e)) from e
         if not name and not (type(old) is cls and old.extra_config() == meta.extra_config()):
-            raise fc.bad(path, f"the model itself must be a {entry['type']} (the root module cannot be swapped)")
+            raise fc.bad(
+                path, f"the model itself must be a {entry['type']} (the root module cannot be swapped)"
+            )
         dtype = _target_dtype(old, name, entries)
         plan.append((name, cls, entry["config"], meta.to(dtype=dtype), dtype, old))
     return plan
@@ -147,7 +151,9 @@ def _expected_state(model: nn.Module, plan: list[tuple]) -> dict[str, tuple]:
     for name, _cls, _cfg, meta, _dtype, _old in plan:
         prefix = f"{name}." if name else ""
         expected = {k: v for k, v in expected.items() if not k.startswith(prefix)}
-        expected |= {prefix + k: (t.dtype, tuple(t.shape)) for k, t in meta.state_dict(keep_vars=True).items()}
+        expected |= {
+            prefix + k: (t.dtype, tuple(t.shape)) for k, t in meta.state_dict(keep_vars=True).items()
+        }
     return expected
 
 
@@ -188,7 +194,9 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     modules, aliases = fc.parse_json(path, metadata, "modules"), fc.parse_json(path, metadata, "aliases")
     for name, target in aliases.items():
         if not isinstance(target, str) or target not in entries or name in entries:
-            raise fc.bad(path, f"alias {name!r} -> {target!r} must name a tensor the file holds, under a new key")
+            raise fc.bad(
+                path, f"alias {name!r} -> {target!r} must name a tensor the file holds, under a new key"
+            )
     plan = _plan(model, modules, path, entries)
     fc.check_state(path, _expected_state(model, plan), entries | {n: entries[t] for n, t in aliases.items()})
     tensors = fc.read_tensors(path)

@@ -171,4 +171,6 @@ class Int8EmbeddingBag(_Int8Table):
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
-        return f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}{pad}, int8 rows (weight-only)"
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}{pad}, int8 rows (weight-only)"
+        )

@@ -221,7 +221,9 @@ def choose(
     best = max(worst, key=worst.get) if worst else None
     at = ", ".join
     if best is None and oversized:
-        decision = Decision("dense", f"dense: {', '.join(oversized)} would store more bytes than dense", None, times)
+        decision = Decision(
+            "dense", f"dense: {', '.join(oversized)} would store more bytes than dense", None, times
+        )
         cache.put(key, decision)
         return decision
     if best is not None and worst[best] > SPARSE_MARGIN:

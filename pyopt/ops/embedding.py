@@ -69,9 +69,16 @@ def check_embedding_int8(indices, weight_q, row_scales, out_dtype) -> None:
     _check_index_values("indices", indices, weight_q.shape[0])
 
 
-
 def check_embedding_bag_int8_meta(
-    indices, offsets, weight_q, row_scales, per_sample_weights, mode, include_last_offset, padding_idx, out_dtype
+    indices,
+    offsets,
+    weight_q,
+    row_scales,
+    per_sample_weights,
+    mode,
+    include_last_offset,
+    padding_idx,
+    out_dtype,
 ) -> None:
     _check_table(indices, weight_q, row_scales, out_dtype)
     _tensor("indices", indices, ndim=1)
@@ -83,7 +90,9 @@ def check_embedding_bag_int8_meta(
     if include_last_offset and offsets.shape[0] == 0:
         raise ValueError("offsets must hold at least one entry when include_last_offset=True")
     if padding_idx is not None and not -weight_q.shape[0] <= padding_idx < max(weight_q.shape[0], 1):
-        raise ValueError(f"padding_idx must be in [{-weight_q.shape[0]}, {weight_q.shape[0]}), got {padding_idx}")
+        raise ValueError(
+            f"padding_idx must be in [{-weight_q.shape[0]}, {weight_q.shape[0]}), got {padding_idx}"
+        )
     if per_sample_weights is not None:
         _tensor("per_sample_weights", per_sample_weights, FLOAT_DTYPES)
         if mode != "sum":
@@ -94,11 +103,21 @@ def check_embedding_bag_int8_meta(
                 f"got {tuple(per_sample_weights.shape)}"
             )
         if per_sample_weights.device != indices.device:
-            raise ValueError(f"per_sample_weights is on {per_sample_weights.device}, indices on {indices.device}")
+            raise ValueError(
+                f"per_sample_weights is on {per_sample_weights.device}, indices on {indices.device}"
+            )
 
 
 def check_embedding_bag_int8(
-    indices, offsets, weight_q, row_scales, per_sample_weights, mode, include_last_offset, padding_idx, out_dtype
+    indices,
+    offsets,
+    weight_q,
+    row_scales,
+    per_sample_weights,
+    mode,
+    include_last_offset,
+    padding_idx,
+    out_dtype,
 ) -> None:
     check_embedding_bag_int8_meta(
         indices, offsets, weight_q, row_scales, per_sample_weights, mode, include_last_offset, padding_idx,
@@ -111,7 +130,9 @@ def check_embedding_bag_int8(
         if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
             raise ValueError("offsets must be non-decreasing")
         if offsets[-1].item() > indices.shape[0]:
-            raise ValueError(f"offsets must be <= len(indices) = {indices.shape[0]}, got {offsets[-1].item()}")
+            raise ValueError(
+                f"offsets must be <= len(indices) = {indices.shape[0]}, got {offsets[-1].item()}"
+            )
         if include_last_offset and offsets[-1].item() != indices.shape[0]:
             raise ValueError(
                 f"with include_last_offset=True the last offset must be len(indices) = {indices.shape[0]}, "
@@ -119,7 +140,9 @@ def check_embedding_bag_int8(
             )
 
 
-def _dequantized_rows(indices: torch.Tensor, weight_q: torch.Tensor, row_scales: torch.Tensor) -> torch.Tensor:
+def _dequantized_rows(
+    indices: torch.Tensor, weight_q: torch.Tensor, row_scales: torch.Tensor
+) -> torch.Tensor:
     """float32 rows of the table at `indices` (flattened): only those rows are read and converted."""
     flat = indices.reshape(-1)
     return weight_q.index_select(0, flat).to(torch.float32) * row_scales.index_select(0, flat).unsqueeze(1)
@@ -133,7 +156,15 @@ def embedding_int8_ref(indices, weight_q, row_scales, out_dtype):
 
 @register("embedding_bag_int8", "reference")
 def embedding_bag_int8_ref(
-    indices, offsets, weight_q, row_scales, per_sample_weights, mode, include_last_offset, padding_idx, out_dtype
+    indices,
+    offsets,
+    weight_q,
+    row_scales,
+    per_sample_weights,
+    mode,
+    include_last_offset,
+    padding_idx,
+    out_dtype,
 ):
     n = indices.shape[0]
     rows = _dequantized_rows(indices, weight_q, row_scales)

@@ -274,7 +274,9 @@ EMBEDDING_INT8 = defop(
 def _embedding_bag_int8_fake(indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype):
     from .embedding import check_embedding_bag_int8_meta
 
-    check_embedding_bag_int8_meta(indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype)
+    check_embedding_bag_int8_meta(
+        indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype
+    )
     bags = max(offsets.shape[0] - (1 if last else 0), 0)
     return torch.empty((bags, weight_q.shape[1]), dtype=out_dtype, device=indices.device)
 
