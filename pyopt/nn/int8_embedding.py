@@ -66,6 +66,18 @@ class _Int8Table(nn.Module):
             self.out_dtype = probe.dtype
         return out
 
+    def onnx_qdq(self) -> dict:
+        """Export spec (pyopt/io/onnx_embedding.py): Gather of the int8 rows and their scales, dequantised."""
+        spec = {"weight_q": self.weight, "weight_scale": self.weight_scales, "padding_idx": self.padding_idx}
+        if isinstance(self, Int8EmbeddingBag):
+            return {
+                "kind": "embedding_bag",
+                "mode": self.mode,
+                "include_last_offset": self.include_last_offset,
+                **spec,
+            }
+        return {"kind": "embedding", **spec}
+
     def dequantized_weight(self) -> torch.Tensor:
         """The float table weight * scale (for inspection and export; the forward never builds it)."""
         return (self.weight.float() * self.weight_scales[:, None]).to(self.out_dtype)

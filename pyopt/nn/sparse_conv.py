@@ -145,6 +145,19 @@ class SparseConv2d(nn.Module):
             return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def onnx_qdq(self) -> nn.Conv2d:
+        """Export spec (pyopt/io/onnx_export.py): the plain nn.Conv2d this layer computes (zeros where pruned)."""
+        w = torch.where(self.mask, self.weight, 0).detach()
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, w.device, w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
     @property
     def sparsity(self) -> float:
         return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
