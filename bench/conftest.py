@@ -34,7 +34,7 @@ def pytest_addoption(parser):
     group.addoption("--bench-family", action="append", default=None, help="one family; repeatable")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cases(families: tuple[str, ...], quick: bool) -> list[harness.Case]:
     import importlib
 
