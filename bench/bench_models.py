@@ -57,7 +57,8 @@ def _nograd(fn):
 
 
 def _rep(quick: bool) -> dict:
-    return {"repeat": 3 if quick else 5, "min_time": 0.1 if quick else 0.5}
+    # a whole model on a slow path (e.g. int8 GEMMs without VNNI) takes seconds a call: fewer rounds then
+    return {"repeat": 3 if quick else 5, "min_time": 0.1 if quick else 0.5, "budget_s": 20 if quick else 60}
 
 
 def _ao_both(model, inputs, quant, fns, quality, metric_fn, ref):

@@ -158,17 +158,27 @@ def compare_many(
     device: str = "cpu",
     repeat: int = 10,
     min_time: float = 0.2,
+    budget_s: float | None = None,
 ) -> list[Row]:
     """Time every variant of one group in the same interleaved rounds; a Row per (pyopt variant, baseline).
 
     quality: {variant: value of `metric`} (e.g. cosine or top-1 agreement with the float model), shown beside
-    the speed as "pyopt's / the baseline's". targets: {(pyopt variant, baseline): speedup aimed for}."""
+    the speed as "pyopt's / the baseline's". targets: {(pyopt variant, baseline): speedup aimed for}.
+    budget_s: where one round of all variants takes long (a whole model on a slow path), fewer rounds — at
+    least one, after one warm-up call each — so that the group's timing stays near this many seconds."""
     quality, targets = quality or {}, targets or {}
     collected = _collected.get()
     if collected is not None:
         collected.append(Case(family, case, fns, list(pyopt), list(baselines), quality, metric, device))
         return []
-    t = time_many(fns, device, repeat, min_time)
+    warmup = 2
+    if budget_s is not None:
+        one_round = sum(
+            time_many({k: fn}, device, repeat=1, min_time=0.0, warmup=1)[k] for k, fn in fns.items()
+        )
+        if one_round * (repeat + 2) > budget_s:
+            repeat, min_time, warmup = max(1, min(repeat, int(budget_s / one_round))), 0.0, 0
+    t = time_many(fns, device, repeat, min_time, warmup)
     rows = []
     for p in pyopt:
         for b in baselines:

@@ -303,6 +303,13 @@ def _twin(module: nn.Module, int8_kernel: str) -> nn.Module:
     return _ExportLayer(spec, int8_kernel)
 
 
+def _uses_ort_ops(twin: nn.Module, int8_kernel: str) -> bool:
+    """Whether the graph will hold com.microsoft ops (MatMulIntegerToFloat of W8A8 linear layers)."""
+    return int8_kernel in ("ort", "ort-u8u8") and any(
+        isinstance(m, _ExportLayer) and m.kind == "linear" and m.activation == "dynamic" for m in twin.modules()
+    )
+
+
 def _flat(outputs) -> list:
     from torch.utils._pytree import tree_leaves
 
@@ -383,5 +390,5 @@ def export_onnx(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
-            custom_opsets={"com.microsoft": 1},
+            custom_opsets={"com.microsoft": 1} if _uses_ort_ops(twin, int8_kernel) else None,
         )
