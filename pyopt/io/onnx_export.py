@@ -306,7 +306,8 @@ def _twin(module: nn.Module, int8_kernel: str) -> nn.Module:
 def _uses_ort_ops(twin: nn.Module, int8_kernel: str) -> bool:
     """Whether the graph will hold com.microsoft ops (MatMulIntegerToFloat of W8A8 linear layers)."""
     return int8_kernel in ("ort", "ort-u8u8") and any(
-        isinstance(m, _ExportLayer) and m.kind == "linear" and m.activation == "dynamic" for m in twin.modules()
+        isinstance(m, _ExportLayer) and m.kind == "linear" and m.activation == "dynamic"
+        for m in twin.modules()
     )
 
 
