@@ -14,7 +14,7 @@ CU_SRCS   := $(wildcard csrc/cuda/*.cu)
 CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))
 NATIVE_SRCS := setup.py $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
 
-.PHONY: all venv build demo test pytest bench bench-quick check-cuda check-cuda-bind lint format info clean
+.PHONY: all venv build demo test pytest bench bench-quick bench-pytest check-cuda check-cuda-bind lint format info clean
 
 all: test
 
@@ -50,6 +50,10 @@ bench: build
 
 bench-quick: build
 	$(VPY) -m pyopt bench --quick
+
+# The same cases under pytest-benchmark (groups of pyopt + baselines; add --benchmark-json / --benchmark-compare)
+bench-pytest: build
+	$(VPY) -m pytest bench --benchmark-only $(BENCH_ARGS)
 
 # Every .cu includes only CUDA headers, so it compiles to an object here even though torch has no CUDA. The
 # binding files (.cpp, which include torch) are compiled for syntax and types against this torch's headers

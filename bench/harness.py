@@ -1,7 +1,12 @@
 """The one benchmark harness: time pyopt and its torch baseline in the same run, report the ratio.
 
-Each bench/bench_<family>.py defines `run(quick: bool) -> list[Row]` built with `compare(...)`.
+Each bench/bench_<family>.py defines `run(quick: bool) -> list[Row]` built with `compare(...)` (one pyopt
+call against one baseline) or `compare_many(...)` (a group: several pyopt variants and several baselines
+timed together, each pyopt variant reported against each baseline, with a quality metric beside the speed).
 `python -m pyopt bench` (make bench) runs them all and writes bench/results/<machine>.{json,md}.
+
+The same cases run under pytest-benchmark (`pytest bench/ --benchmark-only`, bench/conftest.py): inside
+`collecting()`, compare / compare_many time nothing and record each group's callables as a `Case` instead.
 
 Timing: pyopt.timing.time_many (baseline and pyopt interleaved in rounds, medians).
 
@@ -12,8 +17,11 @@ the same process.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
+import math
 import os
 import textwrap
 from collections.abc import Callable
@@ -103,6 +111,7 @@ class Row:
     memcpy_pct: float | None = None  # gbps as % of a memcpy of the same bytes
     memcpy_target_pct: float | None = None
     device: str = "cpu"
+    quality: str | None = None  # e.g. "cos 0.9972 / 0.948": pyopt's / the baseline's, vs the float model
 
     @property
     def met(self) -> bool | None:
@@ -112,6 +121,94 @@ class Row:
         if self.memcpy_target_pct is not None and self.memcpy_pct is not None:
             ok.append(self.memcpy_pct >= self.memcpy_target_pct)
         return all(ok) if ok else None
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark group for pytest-benchmark: pyopt's variants and their baselines, by name."""
+
+    family: str
+    case: str
+    fns: dict[str, Callable[[], object]]
+    pyopt: list[str]
+    baselines: list[str]
+    quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    metric: str = ""
+    device: str = "cpu"
+
+
+_collected: contextvars.ContextVar[list | None] = contextvars.ContextVar("bench_collected", default=None)
+
+
+@contextlib.contextmanager
+def collecting():
+    """Within: compare / compare_many record Cases (yielded list) instead of timing."""
+    cases: list[Case] = []
+    token = _collected.set(cases)
+    try:
+        yield cases
+    finally:
+        _collected.reset(token)
+
+
+def _fmt_quality(metric: str, q: dict, a: str, b: str) -> str | None:
+    if not metric or a not in q:
+        return None
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"{metric} {fmt(q[a])}" + (f" / {fmt(q[b])}" if b in q else "")
+
+
+def compare_many(
+    family: str,
+    case: str,
+    fns: dict[str, Callable[[], object]],
+    pyopt: list[str],
+    baselines: list[str],
+    *,
+    quality: dict[str, float] | None = None,
+    metric: str = "",
+    targets: dict[tuple[str, str], float] | None = None,
+    device: str = "cpu",
+    repeat: int = 10,
+    min_time: float = 0.2,
+    budget_s: float | None = None,
+) -> list[Row]:
+    """Time every variant of one group in the same interleaved rounds; a Row per (pyopt variant, baseline).
+
+    quality: {variant: value of `metric`} (e.g. cosine or top-1 agreement with the float model), shown beside
+    the speed as "pyopt's / the baseline's". targets: {(pyopt variant, baseline): speedup aimed for}.
+    budget_s: where one round of all variants takes long (a whole model on a slow path), fewer rounds — at
+    least one, after one warm-up call each — so that the group's timing stays near this many seconds."""
+    quality, targets = quality or {}, targets or {}
+    collected = _collected.get()
+    if collected is not None:
+        collected.append(Case(family, case, fns, list(pyopt), list(baselines), quality, metric, device))
+        return []
+    warmup = 2
+    if budget_s is not None:
+        one_round = sum(
+            time_many({k: fn}, device, repeat=1, min_time=0.0, warmup=1)[k] for k, fn in fns.items()
+        )
+        if one_round * (repeat + 2) > budget_s:
+            repeat, min_time, warmup = max(1, min(repeat, int(budget_s / one_round))), 0.0, 0
+    t = time_many(fns, device, repeat, min_time, warmup)
+    rows = []
+    for p in pyopt:
+        for b in baselines:
+            rows.append(
+                Row(
+                    family,
+                    f"{case}: {p}",
+                    t[p] * 1e3,
+                    b,
+                    t[b] * 1e3,
+                    t[b] / t[p],
+                    targets.get((p, b)),
+                    device=device,
+                    quality=_fmt_quality(metric, quality, p, b),
+                )  # fmt: skip
+            )
+    return rows
 
 
 def compare(
@@ -129,6 +226,12 @@ def compare(
     min_time: float = 0.2,
 ) -> Row:
     """Time pyopt_fn against baseline_fn in one interleaved run; optional bytes model for GB/s."""
+    collected = _collected.get()
+    if collected is not None:
+        collected.append(
+            Case(family, case, {"pyopt": pyopt_fn, baseline: baseline_fn}, ["pyopt"], [baseline])
+        )
+        return Row(family, case, math.nan, baseline, math.nan, math.nan, target, device=device)
     t = time_many({"pyopt": pyopt_fn, "base": baseline_fn}, device, repeat, min_time)
     row = Row(
         family,
@@ -149,8 +252,10 @@ def compare(
 
 
 def format_table(rows: list[Row]) -> str:
+    quality = any(r.quality for r in rows)  # a column only where a family reports one
     head = "| family | case | pyopt ms | baseline | baseline ms | speedup | target | GB/s | % memcpy | met |"
-    lines = [head, "|" + "---|" * 10]
+    head += " quality (pyopt / baseline) |" if quality else ""
+    lines = [head, "|" + "---|" * (11 if quality else 10)]
     for r in rows:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
         met = {True: "yes", False: "NO", None: ""}[r.met]
@@ -160,6 +265,7 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.family} | {r.case} | {r.pyopt_ms:.3f} | {r.baseline} | {r.baseline_ms:.3f} | "
             f"{r.speedup:.2f}x | {tgt} | {fmt(r.gbps, '.1f')} | {fmt(r.memcpy_pct, '.0f')} | {met} |"
+            + (f" {r.quality or ''} |" if quality else "")
         )
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Every bench/bench_<family>.py, in the order of the stack (kernels first, training last).
-_ORDER = ["quant", "int8_linear", "binary_linear", "sparse", "prune", "sgd"]
+_ORDER = ["quant", "int8_linear", "binary_linear", "sparse", "prune", "sgd", "models"]
 FAMILIES = sorted(
     (os.path.basename(p)[len("bench_") : -len(".py")] for p in glob.glob(os.path.join(HERE, "bench_*.py"))),
     key=lambda f: (_ORDER.index(f) if f in _ORDER else len(_ORDER), f),

@@ -44,3 +44,26 @@ def _seed():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def import_transformers():
+    """transformers, imported so that it finds Hugging Face's `kernels` package (one of its dependencies): the
+    checkout's Triton folder kernels/ shadows it while the repository root is on sys.path (python -m pytest).
+    The installed `kernels` is imported first, with the root off sys.path (pyopt's own Triton kernels are
+    pyopt.kernels and unaffected)."""
+    import importlib
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    loaded = sys.modules.get("kernels")
+    if loaded is None or os.path.dirname(os.path.dirname(getattr(loaded, "__file__", "") or "")) == root:
+        saved = sys.path[:]
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]
+        sys.modules.pop("kernels", None)
+        try:
+            importlib.import_module("kernels")
+        except ImportError:
+            pass
+        finally:
+            sys.path[:] = saved
+    return importlib.import_module("transformers")

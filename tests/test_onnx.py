@@ -97,7 +97,7 @@ def test_dynamic_activation_qdq(tmp_path, cls):
     layer = cls(torch.round(w / scale[:, None]).to(torch.int8), scale, torch.randn(24))
     model = nn.Sequential(layer, nn.ReLU())
     path = tmp_path / "d.onnx"
-    pyopt.export_onnx(model, torch.randn(2, 3, 40), path)
+    pyopt.export_onnx(model, torch.randn(2, 3, 40), path, int8_kernel="qdq")  # the portable Q/DQ graph
     ops, _ = op_types(path)
     assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2
     x = torch.randn(4, 3, 40)  # 3-D input: per-token scales over the last dim
@@ -127,7 +127,11 @@ def test_int8_cnn(tmp_path, mode):
     path = tmp_path / "c.onnx"
     pyopt.export_onnx(model, torch.randn(2, 3, 8, 8), path)
     ops, _ = op_types(path)
-    assert "Conv" in ops and "MatMul" in ops and ops.count("DequantizeLinear") >= 4
+    if mode == "dynamic":  # the linears run onnxruntime's integer matmul, the convs Q/DQ
+        assert "Conv" in ops and ops.count("com.microsoft.MatMulIntegerToFloat".split(".")[-1]) == 2
+        assert ops.count("DequantizeLinear") >= 3
+    else:
+        assert "Conv" in ops and "MatMul" in ops and ops.count("DequantizeLinear") >= 4
     x = torch.randn(5, 3, 8, 8)
     expected = model(x)
     assert sqnr_db(expected, run_ort(path, x)) >= 30
@@ -138,6 +142,12 @@ def test_bad_arguments(tmp_path):
         pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), [1, 2], tmp_path / "x.onnx")
     with pytest.raises(TypeError, match="model"):
         pyopt.export_onnx("x", torch.randn(1, 2), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="opset must be >= 13"):
+        pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), tmp_path / "x.onnx", opset=18)
+    with pytest.raises(ValueError, match="int8_kernel must be one of"):
+        pyopt.export_onnx(
+            nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), tmp_path / "x.onnx", int8_kernel="x"
+        )
     with pytest.raises(ValueError, match="opset must be >= 13"):
         pyopt.export_onnx(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), tmp_path / "x.onnx", opset=9)
     with pytest.raises(TypeError, match="opset must be an int"):

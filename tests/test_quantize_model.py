@@ -198,11 +198,14 @@ def test_pruned_csr_layers_become_csr_int8(mode):
     assert r["0"]["action"] == "quantized" and r["0"]["to"] == "SparseLinear(csr_int8)"
     assert "weight-only int8" in r["0"]["reason"]
     assert r["0"]["bytes_after"] < r["0"]["bytes_before"]
+    # a pruned layer stored dense is quantised dense: Int8Linear, its pruned weights exact int8 zeros
     assert (
-        r["2"]["action"] == "skipped"
-        and "'dense' (the dispatcher's choice) is not converted" in r["2"]["reason"]
+        r["2"]["action"] == "quantized"
+        and r["2"]["to"] == "Int8Linear"
+        and "stored dense" in r["2"]["reason"]
     )
-    assert model[2].format == "dense"
+    assert type(model[2]).__name__ == "Int8Linear" and model[2].mode == mode
+    assert bool((model[2].weight[dense_layer.weight == 0] == 0).all())  # pruned stays exactly zero
     if HAS_INT8:
         assert type(model[4]).__name__ == "Int8Linear" and r["4"]["action"] == "quantized"
     with torch.no_grad():

@@ -137,15 +137,15 @@ def test_tampered_tensor_bytes(saved, tmp_path):
 
 
 def rewrite(path, out, meta_edit=None, tensor_edit=None):
-    """A consistent file (valid checksum) with edited metadata / tensors."""
-    from pyopt.io.serialization import _digest
+    """A consistent file (valid checksum, recomputed over the edited metadata and tensors)."""
+    from pyopt.io.file_checks import digest
 
     meta, tensors = read(path)
     if tensor_edit:
         tensor_edit(tensors)
-    meta["sha256"] = _digest(tensors)
     if meta_edit:
         meta_edit(meta)
+    meta["sha256"] = digest(meta, tensors)
     save_file(tensors, str(out), metadata=meta)
     return out
 

@@ -7,14 +7,17 @@
 1. `--model pkg.module:factory`: the module is imported and `factory()` called with no arguments; it must
    return the float `nn.Module` (the same one you trained).
 2. `--weights`: a safetensors file, or a `torch.save`d state_dict (read with `torch.load(weights_only=True)`:
-   no pickled code runs); loaded strictly, so missing, unexpected or mis-shaped tensors are an error.
+   no pickled code runs); loaded strictly, so missing, unexpected or mis-shaped tensors are an error —
+   except tensors for buffers the model recomputes itself (non-persistent, e.g. `embeddings.position_ids`
+   in older Hugging Face checkpoints), which are ignored with a note; `--non-strict` loads what matches.
 3. The recipe: `pyopt.prune(model, AMOUNT, pattern=...)` then `pyopt.sparsify(model)` (pruned layers get
    the inference format the dispatcher measured fastest, compressed or dense); then
    `pyopt.quantize(model, mode=...)`, which converts the layers still dense (and CSR layers to csr_int8). Each step's per-layer
    report is printed.
 4. `pyopt.save(model, OUT)`. Reload it later with `pyopt.load(factory(), OUT)`.
 
-`--eval module:fn` calls `fn(model)` before and after (a number, or a dict of numbers) and prints both.
+`--eval module:fn` calls `fn(model)` before and after (a number, or a dict of numbers) and prints both; a
+metric that moves by more than `--eval-tolerance` (10 %) gets a loud warning on stderr.
 `--pattern channel` removes whole channels (a smaller dense model): nn.Sequential chains as they are; any
 other model is traced on an example input, `--input-shape 1,3,224,224` (random values) or the first batch
 of `--calib data.pt` (a tensor, a tuple or a dict of tensors, read with weights_only=True). The saved file
@@ -23,8 +26,8 @@ Otherwise `--calib` is accepted but not needed by any current mode (dynamic quan
 activation scales per token at run time, weight-only and binary quantise weights only): it is checked to
 exist and not used — the command says so.
 
-Errors (bad factory path, weights that do not match the model, a model without supported layers, an
-option a layer cannot take) print one line and exit with status 2.
+Errors (bad factory path, weights that do not match the model, a model without supported layers, a
+`--quantize` that converts no layer, an option a layer cannot take) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -46,11 +50,20 @@ class CompressError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _cwd_importable() -> None:
+    """Your project folder is importable, as with `python -m`: `pyopt compress --model mypkg.models:make_net`
+    works from the folder holding mypkg/ (the `pyopt` console script's sys.path[0] is its own bin folder)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def resolve(spec: str, flag: str) -> Callable:
     """'pkg.module:attr' -> the object (attr may be dotted: 'module:Class.create')."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CompressError(f"{flag} {spec!r}: expected 'package.module:function'")
+    _cwd_importable()
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
@@ -103,12 +116,32 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Strict load, with one readable line naming what does not match."""
+def _non_persistent_buffers(model: nn.Module) -> set[str]:
+    """Buffers the model recomputes itself (registered persistent=False, e.g. transformers'
+    `embeddings.position_ids`), which older checkpoints still carry: harmless in a weights file."""
+    own = model.state_dict().keys()
+    return {name for name, _ in model.named_buffers() if name not in own}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, strict: bool = True) -> None:
+    """Strict load (one readable line naming what does not match), except that tensors for the model's
+    non-persistent buffers are ignored. strict=False (--non-strict): missing and unexpected keys are listed
+    and skipped; a shape mismatch is still an error."""
     own = model.state_dict()
     problems = []
+    harmless = sorted(k for k in _non_persistent_buffers(model) if k in state)
+    if harmless:
+        print(f"note: --weights {path!r}: ignored {_few(harmless)} (buffers the model recomputes itself)")
+        state = {k: v for k, v in state.items() if k not in harmless}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    if not strict and (missing or unexpected):
+        print(
+            f"warning: --non-strict: --weights {path!r}: missing {_few(missing) or 'none'}; "
+            f"unexpected {_few(unexpected) or 'none'} (left as the factory made them / ignored)"
+        )
+        state = {k: v for k, v in state.items() if k in own}
+        missing = unexpected = []
     shapes = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
@@ -121,8 +154,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) ->
     if shapes:
         problems.append(f"shape mismatch {_few(shapes)}")
     if problems:
-        raise CompressError(f"--weights {path!r} do not match the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+        hint = "" if shapes else " (--non-strict loads the tensors that match and lists the others)"
+        raise CompressError(f"--weights {path!r} do not match the model: " + "; ".join(problems) + hint)
+    model.load_state_dict(state, strict=strict)
 
 
 def supported_layers(model: nn.Module) -> list[str]:
@@ -144,18 +178,21 @@ def apply_recipe(model: nn.Module, args) -> nn.Module:
             model, report = pyopt.prune(model, args.prune, pattern=args.pattern, exclude=exclude, **extra)
             print(report)
             # the pruned layers' inference format (before quantize, which turns CSR layers into csr_int8)
-            model, report = pyopt.sparsify(model)
+            model, report = pyopt.sparsify(model, expected_m=args.expected_m)
             print(report)
         if args.quantize is not None:
-            model, report = pyopt.quantize(model, mode=args.quantize, exclude=exclude)
+            with warnings.catch_warnings():  # said below as the error it is here
+                warnings.filterwarnings("ignore", message=r"pyopt\.quantize.*converted no layer")
+                model, report = pyopt.quantize(model, mode=args.quantize, exclude=exclude)
             print(report)
             if not any(row["action"] == "quantized" for row in report):  # every layer unsupported
                 why = (
-                    "; ".join(f"{r['layer']}: {r.get('reason', '')}" for r in report) or "no dense layer left"
+                    "; ".join(
+                        f"{r['layer']}: {r.get('reason', '')}" for r in report if r["action"] == "skipped"
+                    )
+                    or "no layer left to quantise"
                 )
-                if args.prune is None:  # the output would be the input: an error
-                    raise CompressError(f"--quantize {args.quantize}: no layer could be quantised ({why})")
-                print(f"note: --quantize {args.quantize} converted no layer after pruning ({why})")
+                raise CompressError(f"--quantize {args.quantize}: no layer could be quantised ({why})")
     except (ValueError, TypeError, NotImplementedError) as e:
         step = "--quantize" if args.prune is None else "--prune/--quantize"
         raise CompressError(f"{step}: {str(e).splitlines()[0]}") from None
@@ -189,7 +226,7 @@ def example_inputs(args):
     return None
 
 
-def evaluate(fn: Callable, model: nn.Module, when: str) -> None:
+def evaluate(fn: Callable, model: nn.Module, when: str):
     with torch.inference_mode():
         result = fn(model.eval())
     if isinstance(result, dict):
@@ -197,6 +234,23 @@ def evaluate(fn: Callable, model: nn.Module, when: str) -> None:
     else:
         text = f"{result:.4g}" if isinstance(result, float) else str(result)
     print(f"eval {when}: {text}")
+    return result
+
+
+def check_eval(before, after, tolerance: float) -> list[str]:
+    """Metrics that moved by more than `tolerance` (relative) between the float and the compressed model.
+    The direction that is "better" is unknown (accuracy vs loss), so any large move is reported."""
+    pairs = before.items() if isinstance(before, dict) else [("metric", before)]
+    after = after if isinstance(after, dict) else {"metric": after}
+    moved = []
+    for key, b in pairs:
+        a = after.get(key)
+        if not isinstance(b, (int, float)) or not isinstance(a, (int, float)):
+            continue
+        change = abs(a - b) / max(abs(b), 1e-12)
+        if not change <= tolerance:  # NaN counts as moved
+            moved.append(f"{key} {b:.4g} -> {a:.4g} ({(a - b) / max(abs(b), 1e-12):+.0%})")
+    return moved
 
 
 def run(args) -> None:
@@ -216,13 +270,20 @@ def run(args) -> None:
             "computed per token at run time (dynamic), or only weights are quantised; the file is not used"
         )
     model = build_model(args.model)
-    load_weights(model, read_state_dict(args.weights), args.weights)
+    load_weights(model, read_state_dict(args.weights), args.weights, strict=not args.non_strict)
     model.eval()
-    if eval_fn:
-        evaluate(eval_fn, model, "before")
+    before = evaluate(eval_fn, model, "before") if eval_fn else None
     model = apply_recipe(model, args)
     if eval_fn:
-        evaluate(eval_fn, model, "after")
+        moved = check_eval(before, evaluate(eval_fn, model, "after"), args.eval_tolerance)
+        if moved:
+            bar = "!" * 78
+            print(
+                f"{bar}\nWARNING: this recipe changed --eval by more than {args.eval_tolerance:.0%}: "
+                f"{'; '.join(moved)}.\nThe compressed model may be unusable: prune less, fine-tune after "
+                f"pruning (FusedSGD keeps the mask), or exclude the sensitive layers (--exclude).\n{bar}",
+                file=sys.stderr,
+            )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     pyopt.save(model, args.output)
     before, after = os.path.getsize(args.weights), os.path.getsize(args.output)
@@ -264,4 +325,16 @@ def add_arguments(parser) -> None:
         help="--pattern channel: trace on a random input of this shape (1,3,32,32)",
     )
     parser.add_argument("--eval", default=None, metavar="MODULE:FN", help="fn(model) -> metric, before/after")
+    parser.add_argument(
+        "--eval-tolerance", type=float, default=0.1, metavar="FRACTION",
+        help="warn loudly when an --eval metric moves by more than this (relative; default 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--non-strict", action="store_true",
+        help="load --weights even with missing / unexpected keys (listed); shapes must still match",
+    )  # fmt: skip
+    parser.add_argument(
+        "--expected-m", type=int, nargs="+", default=None, metavar="M",
+        help="rows per call each layer sees in your runs (batch x tokens), for the sparse format choice",
+    )  # fmt: skip
     parser.add_argument("-o", "--output", required=True, help="output .safetensors (written by pyopt.save)")

@@ -7,19 +7,23 @@ the safetensors metadata (a str -> str dict) holding:
     modules         JSON {qualified name: {"type": class name, "config": module.extra_config()}} for every
                     submodule whose class is registered in pyopt.nn.registry.MODULES
     aliases         JSON {state_dict key: key it shares its tensor with} (tied weights are stored once)
-    sha256          hex digest over (name, dtype, shape, bytes) of every stored tensor, in key order, so
-                    edited tensor data is detected (safetensors itself checks only the header's offsets)
+    structure       (optional) JSON of the modules pruning resized or removed (pyopt/pruning/resize.py), so
+                    that a fresh model of the original architecture is resized before loading
+    sha256          hex digest over every other metadata field and (name, dtype, shape, bytes) of every stored
+                    tensor, in key order, so an edited config, alias or tensor is detected (safetensors itself
+                    checks only the header's offsets)
 
-load(model, path) validates all of this first, swaps each listed submodule of `model` for
+load(model, path) validates all of this first (pyopt/io/file_checks.py: header, configs, sizes against the
+model before anything is allocated, checksum, sparse structure), swaps each listed submodule of `model` for
 MODULES[type].from_config(config) (so a float model of the same architecture becomes the quantised one),
-then load_state_dict(strict=True): the reloaded model's outputs are bit-identical.
+then load_state_dict(strict=True): the reloaded model's outputs are bit-identical. It is atomic: on any
+error the model is left exactly as it was and the error is a ValueError naming the layer and the field.
 Tensors that share storage without being the same view, and non-contiguous tensors, are written as
 contiguous copies (safetensors requires contiguous, non-overlapping storage); values are unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -29,18 +33,11 @@ from torch import nn
 
 from ..nn.registry import MODULES
 from ..pruning.resize import apply_structure, structure_of
+from . import file_checks as fc
 
 FORMAT = "pyopt"
-FORMAT_VERSION = "1"
-
-
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+# 2: the checksum covers the metadata too (1: tensors only; such files are refused: re-save them)
+FORMAT_VERSION = "2"
 
 
 def _storable(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -98,8 +95,7 @@ def save_state(
     state: dict[str, torch.Tensor], modules: dict, path: str | os.PathLike, structure: dict | None = None
 ) -> None:
     """The file pyopt.save writes, from a state_dict, the {name: {"type", "config"}} of its pyopt modules
-    (pyopt.parallel.save: the gathered state of a sharded model) and the shapes of channel-pruned modules
-    (pyopt/pruning/resize.py)."""
+    (pyopt.parallel.save: the gathered state of a sharded model) and the resized modules' structure."""
     from safetensors.torch import save_file
 
     tensors, aliases = _storable(state)
@@ -109,60 +105,47 @@ def save_state(
         "pyopt_version": __import__("pyopt").__version__,
         "modules": json.dumps(modules, sort_keys=True),
         "aliases": json.dumps(aliases, sort_keys=True),
-        "sha256": _digest(tensors),
     }
     if structure:
         metadata["structure"] = json.dumps(structure, sort_keys=True)
+    metadata["sha256"] = fc.digest(metadata, tensors)
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
-def _bad(path, what: str) -> ValueError:
-    return ValueError(f"pyopt.load: {os.fspath(path)}: {what}")
-
-
-def _read(path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for truncated / malformed files
-        raise _bad(path, f"not a readable safetensors file (truncated or corrupted?): {e}") from e
-    if not metadata or metadata.get("format") != FORMAT:
-        raise _bad(path, "not written by pyopt.save (no pyopt metadata header)")
+def _header(path) -> tuple[dict, dict, dict, dict]:
+    """(metadata, {name: (dtype, shape)}, modules, aliases) of a pyopt file, header checks done."""
+    metadata, entries = fc.read_header(path)
+    if metadata.get("format") != FORMAT:
+        raise fc.bad(path, "not written by pyopt.save (no pyopt metadata header)")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise _bad(
+        raise fc.bad(
             path,
-            f"format_version {metadata.get('format_version')!r} is not supported (this pyopt "
-            f"reads {FORMAT_VERSION!r})",
+            f"format_version {metadata.get('format_version')!r} is not supported (this pyopt reads "
+            f"{FORMAT_VERSION!r}; files of format 1 carry no checksum of their metadata: re-save them)",
         )
-    if _digest(tensors) != metadata.get("sha256"):
-        raise _bad(path, "checksum mismatch: tensor data or names were modified or corrupted")
-    return metadata, tensors
+    modules, aliases = fc.parse_json(path, metadata, "modules"), fc.parse_json(path, metadata, "aliases")
+    for name, target in aliases.items():
+        if not isinstance(target, str) or target not in entries or name in entries:
+            raise fc.bad(
+                path, f"alias {name!r} -> {target!r} must name a tensor the file holds, under a new key"
+            )
+    return metadata, entries, modules, aliases
 
 
-def _json(path, metadata: dict[str, str], key: str) -> dict:
-    try:
-        value = json.loads(metadata[key])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise _bad(path, f"metadata field {key!r} is missing or not valid JSON") from e
-    if not isinstance(value, dict):
-        raise _bad(path, f"metadata field {key!r} must be a JSON object")
-    return value
+def _tensors(path, metadata: dict, aliases: dict) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, the checksum verified, tied tensors resolved."""
+    tensors = fc.read_tensors(path)
+    if fc.digest(metadata, tensors) != metadata.get("sha256"):
+        raise fc.bad(path, "checksum mismatch: the metadata or tensor data were modified or corrupted")
+    for name, target in aliases.items():
+        tensors[name] = tensors[target]
+    return tensors
 
 
 def read_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(modules, tensors) of a pyopt.save file, validated as pyopt.load does, tied tensors resolved."""
-    metadata, tensors = _read(path)
-    modules, aliases = _json(path, metadata, "modules"), _json(path, metadata, "aliases")
-    for name, target in aliases.items():
-        if target not in tensors:
-            raise _bad(path, f"alias {name!r} -> {target!r} names a tensor the file does not hold")
-        tensors[name] = tensors[target]
-    return modules, tensors
+    """(modules, tensors) of a pyopt.save file, validated as pyopt.load does (pyopt.parallel.load)."""
+    metadata, _, modules, aliases = _header(path)
+    return modules, _tensors(path, metadata, aliases)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -175,29 +158,33 @@ def _float_dtype(module: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
-def _saved_float_dtype(name: str, tensors: dict[str, torch.Tensor]) -> torch.dtype | None:
-    """The low-precision float dtype of the tensors saved under `name`, or None (float32 or none at all)."""
+def _target_dtype(old: nn.Module, name: str, entries: dict) -> torch.dtype | None:
+    """The float dtype a swapped-in layer takes: that of the layer it replaces (a bf16 model stays bf16; int8
+    scales stay float32, see nn.registry.keep_float32), or, replacing a layer without float parameters, that of
+    its saved tensors. A file in another precision than the model then fails the state check."""
+    dtype = _float_dtype(old)
+    if dtype is not None:
+        return dtype
     prefix = f"{name}."
-    dtypes = {
-        t.dtype
-        for key, t in tensors.items()
-        if key.startswith(prefix) and t.is_floating_point() and t.dtype != torch.float32
-    }
-    return dtypes.pop() if len(dtypes) == 1 else None  # mixed: left to _check_state's error
+    found = {dt for key, (dt, _) in entries.items() if key.startswith(prefix) and dt.is_floating_point}
+    found.discard(torch.float32)
+    return found.pop() if len(found) == 1 else None
 
 
-def _swap_modules(model: nn.Module, modules: dict, path, undo: list, tensors: dict) -> None:
-    """Swap in the saved module types; appends (parent, child name, old module) to `undo` per swap."""
+def _plan(model: nn.Module, modules: dict, path, entries: dict) -> list[tuple]:
+    """[(name, cls, config, meta module, dtype)] of the swaps the file asks for, every config checked and
+    built on the meta device (nothing allocated). ValueError naming the layer otherwise."""
+    plan = []
     for name, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".")):  # parents first
         if not (
             isinstance(entry, dict)
             and isinstance(entry.get("type"), str)
             and isinstance(entry.get("config"), dict)
         ):
-            raise _bad(path, f"module entry for {name!r} must be {{'type': str, 'config': dict}}")
+            raise fc.bad(path, f"module entry for {name!r} must be {{'type': str, 'config': dict}}")
         cls = MODULES.get(entry["type"])
         if cls is None:
-            raise _bad(
+            raise fc.bad(
                 path,
                 f"unknown module type {entry['type']!r} for {name!r} (registered: {sorted(MODULES)}); "
                 "import the package that defines it first",
@@ -205,48 +192,53 @@ def _swap_modules(model: nn.Module, modules: dict, path, undo: list, tensors: di
         try:
             old = model.get_submodule(name)
         except AttributeError as e:
-            raise _bad(path, f"the model has no submodule {name!r}: saved from another architecture?") from e
-        if type(old) is cls and old.extra_config() == entry["config"]:
-            continue
-        if not name:
-            raise _bad(
+            raise fc.bad(
+                path, f"the model has no submodule {name!r}: saved from another architecture?"
+            ) from e
+        try:
+            fc.check_config(name, entry["type"], entry["config"])
+            meta = fc.build_on_meta(name, cls, entry["config"])
+        except ValueError as e:
+            raise fc.bad(path, str(e)) from e
+        if not name and not (type(old) is cls and old.extra_config() == meta.extra_config()):
+            raise fc.bad(
                 path, f"the model itself must be a {entry['type']} (the root module cannot be swapped)"
             )
-        try:
-            new = cls.from_config(entry["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise _bad(path, f"invalid config for {name!r} ({entry['type']}): {e}") from e
+        dtype = _target_dtype(old, name, entries)
+        plan.append((name, cls, entry["config"], meta.to(dtype=dtype), dtype, old))
+    return plan
+
+
+def _expected_state(model: nn.Module, plan: list[tuple]) -> dict[str, tuple]:
+    """{key: (dtype, shape)} of the model's state_dict as it will be after the planned swaps."""
+    expected = {k: (t.dtype, tuple(t.shape)) for k, t in model.state_dict(keep_vars=True).items()}
+    for name, _cls, _cfg, meta, _dtype, _old in plan:
+        prefix = f"{name}." if name else ""
+        expected = {k: v for k, v in expected.items() if not k.startswith(prefix)}
+        expected |= {
+            prefix + k: (t.dtype, tuple(t.shape)) for k, t in meta.state_dict(keep_vars=True).items()
+        }
+    return expected
+
+
+def _swap(model: nn.Module, plan: list[tuple], undo: list) -> None:
+    """Build the real modules (sizes verified against the file by now) and swap them in."""
+    for name, cls, cfg, meta, dtype, old in plan:
+        if type(old) is cls and old.extra_config() == meta.extra_config():
+            continue
+        new = cls.from_config(dict(cfg)).to(device=_device(old), dtype=dtype)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        # from_config builds float32 layers; the swapped-in layer takes the precision of the one it replaces
-        # (a bf16 model stays bf16; int8 scales stay float32, see nn.registry.keep_float32), or, replacing a
-        # layer without float parameters, that of its saved tensors. A file in another precision than the
-        # model then fails _check_state, as it does for the model's plain layers.
-        dtype = _float_dtype(old) or _saved_float_dtype(name, tensors)
-        setattr(parent, child, new.to(device=_device(old), dtype=dtype))
-        undo.append((parent, child, old))
-
-
-def _check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path) -> None:
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise _bad(
-            path,
-            f"state does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}",
-        )
-    for key in sorted(tensors):
-        t, want = tensors[key], expected[key]
-        if t.shape != want.shape or t.dtype != want.dtype:
-            raise _bad(
-                path,
-                f"{key!r} is {t.dtype}{list(t.shape)} in the file but {want.dtype}{list(want.shape)} "
-                "in the model",
-            )
+        undo.append((parent, child, getattr(parent, child)))
+        setattr(parent, child, new)
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Restore a file written by pyopt.save into `model` (a float or already-converted model of the same
-    architecture); swaps submodules to the saved pyopt types, then loads every tensor. Returns `model`."""
+    architecture); swaps submodules to the saved pyopt types, then loads every tensor. Returns `model`.
+
+    Atomic: every check (pyopt/io/file_checks.py) runs before the model is touched; on any error the model is
+    unchanged and the error is a ValueError naming the problem (the layer and field for a bad config)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
@@ -254,17 +246,27 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             "pyopt.load: the model has tensors on the meta device; materialise it first "
             "(model.to_empty(device='cpu')) so that there is memory to load into"
         )
-    modules, tensors = read_state(path)
+    metadata, entries, modules, aliases = _header(path)
+    structure = fc.parse_json(path, metadata, "structure") if "structure" in metadata else None
     undo: list = []
     try:
-        if "structure" in metadata:  # resize the fresh model's channel-pruned modules first
-            structure = _json(path, metadata, "structure")
-            apply_structure(model, structure, tensors, undo, skip=set(modules), bad=lambda m: _bad(path, m))
-        _swap_modules(model, modules, path, undo, tensors)
-        _check_state(model.state_dict(), tensors, path)
-    except ValueError:
+        if structure:  # resize the fresh model's pruned modules first (shapes from the header: no data read)
+            shapes = {k: torch.empty(shape, dtype=dt, device="meta") for k, (dt, shape) in entries.items()}
+            apply_structure(model, structure, shapes, undo, skip=set(modules), bad=lambda m: fc.bad(path, m))
+        plan = _plan(model, modules, path, entries)
+        expected = _expected_state(model, plan)
+        fc.check_state(path, expected, entries | {n: entries[t] for n, t in aliases.items()})
+        tensors = _tensors(path, metadata, aliases)
+        try:
+            fc.check_contents({p[0]: p[3] for p in plan}, tensors)
+        except ValueError as e:
+            raise fc.bad(path, str(e)) from e
+        _swap(model, plan, undo)
+        model.load_state_dict(tensors, strict=True)
+    except Exception as e:
         for parent, child, old in reversed(undo):  # leave the caller's model as it was
             setattr(parent, child, old)
-        raise
-    model.load_state_dict(tensors, strict=True)
+        if isinstance(e, ValueError) and str(e).startswith("pyopt.load"):
+            raise
+        raise fc.bad(path, f"loading failed, the model is unchanged: {type(e).__name__}: {e}") from e
     return model

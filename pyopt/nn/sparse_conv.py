@@ -55,6 +55,13 @@ class MaskedBias:
         return torch.where(self.bias_mask, self.bias, 0)
 
 
+def _rebuild_mask(layer, incompatible_keys) -> None:
+    """load_state_dict post-hook of a compressed layer: its mask is where the loaded weight is nonzero."""
+    with torch.no_grad():
+        layer.mask.copy_(layer.weight != 0)
+    set_param_mask(layer.weight, layer.mask)
+
+
 def _sync_masks(module: nn.Module, *_) -> None:
     """Re-attach the mask buffers to their parameters (after .to(), load_state_dict, unpickling)."""
     set_param_mask(module.weight, module.mask)
@@ -161,13 +168,24 @@ class _SparseConvNd(MaskedBias, nn.Module):
         return dense.train(self.training)
 
     def compress(self):
-        """Switch to inference: dense fallback on the (zero where pruned) weight; see the module docstring."""
+        """Switch to inference: dense fallback on the (zero where pruned) weight; see the module docstring.
+
+        The weight's zeros are now the mask, so the mask is no longer saved (a non-persistent buffer: files of
+        compressed layers are no larger than the dense layer's); loading rebuilds it as weight != 0."""
+        if self.compressed:
+            return self
         with torch.no_grad():
             self.weight.masked_fill_(~self.mask, 0)
             if self.bias is not None and self.bias_mask is not None:
                 self.bias.masked_fill_(~self.bias_mask, 0)
-        self.compressed = True
+        self._mask_from_weight_on_load()
         return self
+
+    def _mask_from_weight_on_load(self) -> None:
+        self.compressed = True
+        mask = self._buffers.pop("mask")
+        self.register_buffer("mask", mask, persistent=False)
+        self.register_load_state_dict_post_hook(_rebuild_mask)
 
     def _apply(self, fn, recurse=True):
         # .to()/.cuda() replace the mask buffers by new tensors: re-attach them to the parameters.
@@ -217,7 +235,8 @@ class _SparseConvNd(MaskedBias, nn.Module):
         if not isinstance(cfg["padding"], str):
             cfg["padding"] = tuple(cfg["padding"])
         layer = cls(**cfg, dtype=dtype)
-        layer.compressed = compressed
+        if compressed:
+            layer._mask_from_weight_on_load()
         return layer
 
     def extra_repr(self) -> str:

@@ -150,6 +150,23 @@ def linear(
     return op(x, tensors["crow_indices"], tensors["col_indices"], tensors["values"], bias, out_features)
 
 
+def storage_bytes(tensors: dict) -> int:
+    """Bytes a format stores (its build() tensors; the 2:4 runtime copy is not stored)."""
+    return sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "semi")
+
+
+def calibration_ms(expected_m) -> tuple[int, ...]:
+    """The batch sizes (rows M of x) to calibrate at: CALIBRATION_M, or the caller's hint — an int or a list
+    of ints, the number of rows the layer sees per call in the user's runs (batch x tokens for a
+    transformer, e.g. 1 for decoding, 64 * 128 for a batch of sentences)."""
+    if expected_m is None:
+        return CALIBRATION_M
+    items = [expected_m] if isinstance(expected_m, int) else list(expected_m)
+    if not items or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in items):
+        raise ValueError(f"expected_m must be a positive int or a non-empty list of them, got {expected_m!r}")
+    return tuple(sorted(set(items)))
+
+
 def cache_key(weight: torch.Tensor, mask: torch.Tensor, block, ms) -> tuple:
     sparsity = 1.0 - mask.float().mean().item()
     bucket = round(sparsity * 20) / 20  # 5% buckets
@@ -186,6 +203,12 @@ def choose(
     if _semi_structured_ok(weight, mask):
         t = build("2:4", weight, mask)
         candidates["2:4"] = {**t, "semi": semi_structured(t["weight"])}
+    # a sparse layer is never larger than the dense one (in memory and in its file): a format that stores
+    # more bytes than the dense weight (CSR below ~1/3 sparsity: value + index per kept weight) is not a candidate
+    dense_bytes = storage_bytes(candidates["dense"])
+    oversized = [f for f in candidates if f != "dense" and storage_bytes(candidates[f]) > dense_bytes]
+    for f in oversized:
+        del candidates[f]
     n, k = weight.shape
     times: dict[str, dict[int, float]] = {f: {} for f in candidates}
     for m in ms:
@@ -197,6 +220,12 @@ def choose(
     worst = {f: min(times["dense"][m] / times[f][m] for m in ms) for f in candidates if f != "dense"}
     best = max(worst, key=worst.get) if worst else None
     at = ", ".join
+    if best is None and oversized:
+        decision = Decision(
+            "dense", f"dense: {', '.join(oversized)} would store more bytes than dense", None, times
+        )
+        cache.put(key, decision)
+        return decision
     if best is not None and worst[best] > SPARSE_MARGIN:
         ratios = at(f"{times['dense'][m] / times[best][m]:.2f}x at M={m}" for m in ms)
         decision = Decision(

@@ -166,14 +166,22 @@ class SparseLinear(MaskedBias, nn.Module):
         return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
 
     @torch.no_grad()
-    def compress(self, format: str | None = None, block=None, cache: dispatch.DispatchCache | None = None):
-        """Switch to inference storage. format=None/"auto": the dispatcher's choice; or force one of
+    def compress(
+        self,
+        format: str | None = None,
+        block=None,
+        cache: dispatch.DispatchCache | None = None,
+        expected_m=None,
+    ):
+        """Switch to inference storage. format=None/"auto": the dispatcher's choice, calibrated at
+        `expected_m` rows per call (an int or a list; default sparse_format.CALIBRATION_M); or force one of
         "dense", "csr", "bsr" (block=(bh, bw), default the mask's own block shape), "2:4". Returns self."""
         if self.format != "masked":
             raise RuntimeError(f"compress: layer is already compressed (format={self.format!r})")
         weight, mask = self.weight.detach(), self.mask
+        ms = dispatch.calibration_ms(expected_m)
         if format in (None, "auto"):
-            decision = dispatch.choose(weight, mask, self.bias, cache)
+            decision = dispatch.choose(weight, mask, self.bias, cache, ms=ms)
         elif format in dispatch.FORMATS:
             if format == "bsr":
                 block = tuple(block) if block is not None else dispatch.detect_block(mask)
@@ -242,6 +250,40 @@ class SparseLinear(MaskedBias, nn.Module):
         dense = self.in_features * self.out_features * itemsize
         own = [self.weight, self.mask] if self.format == "masked" else self._tensors().values()
         return dense, sum(t.numel() * t.element_size() for t in own if t.layout == torch.strided)
+
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The [out, in] weight this layer computes with, as a dense float tensor (zeros where pruned); for
+        csr_int8 the int8 values (see onnx_qdq for their scales). For export and inspection."""
+        if self.format in ("masked", "dense", "2:4"):
+            return self.weight.detach() * (self.mask if self.format == "masked" else 1)
+        import warnings
+
+        shape = (self.out_features, self.in_features)
+        with warnings.catch_warnings():  # torch's "sparse CSR/BSR support is in beta" notes
+            warnings.simplefilter("ignore")
+            col = self.col_indices.long()
+            if self.format == "bsr":
+                t = torch.sparse_bsr_tensor(self.crow_indices, col, self.values, shape, check_invariants=True)
+            else:
+                t = torch.sparse_csr_tensor(self.crow_indices, col, self.values, shape, check_invariants=True)
+            return t.to_dense()
+
+    def onnx_qdq(self):
+        """Export spec (pyopt/io/onnx_export.py): csr_int8 as int8 weights with per-row scales (weight-only);
+        every other format as the plain nn.Linear it computes (ONNX has no sparse matmul)."""
+        if self.format == "csr_int8":
+            return {
+                "kind": "linear", "weight_q": self.dense_weight(), "weight_scale": self.row_scales,
+                "bias": self.bias, "activation": "float",
+            }  # fmt: skip
+        w = self.dense_weight()
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, w.device, w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
 
     def extra_config(self) -> dict:
         nnz = self.values.shape[0] if self.format in _CSR_LIKE else 0

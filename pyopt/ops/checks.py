@@ -469,3 +469,124 @@ def with_out(check):
             raise ValueError("out must not overlap q (it is read while out is written)")
 
     return check_out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int8 embeddings
+# ----------------------------------------------------------------------------------------------------------
+INDEX_DTYPES = (torch.int32, torch.int64)
+BAG_MODES = ("sum", "mean", "max")
+
+
+def _embedding_tensor(name: str, t, dtypes=None, ndim=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {tuple(str(d) for d in dtypes)}, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _check_table(indices, weight_q, row_scales, out_dtype) -> None:
+    _embedding_tensor("indices", indices, INDEX_DTYPES)
+    _embedding_tensor("weight_q", weight_q, (torch.int8,), ndim=2)
+    _embedding_tensor("row_scales", row_scales, (torch.float32,), ndim=1)
+    if row_scales.shape[0] != weight_q.shape[0]:
+        raise ValueError(
+            f"row_scales must have one entry per row of weight_q ({weight_q.shape[0]}), got {row_scales.shape[0]}"
+        )
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be one of {tuple(str(d) for d in FLOAT_DTYPES)}, got {out_dtype}")
+    for name, t in (("weight_q", weight_q), ("row_scales", row_scales)):
+        if t.device != indices.device:
+            raise ValueError(f"{name} is on {t.device} but indices is on {indices.device}")
+
+
+def _check_index_values(name: str, indices: torch.Tensor, num: int) -> None:
+    """Data-dependent: every index in [0, num) (torch raises IndexError; a kernel must never read outside)."""
+    if indices.numel() == 0:
+        return
+    lo, hi = torch.aminmax(indices)
+    if lo.item() < 0 or hi.item() >= num:
+        bad = lo.item() if lo.item() < 0 else hi.item()
+        raise ValueError(f"{name} must be in [0, {num}) (the table's rows), got {bad}")
+
+
+def check_embedding_int8_meta(indices, weight_q, row_scales, out_dtype) -> None:
+    _check_table(indices, weight_q, row_scales, out_dtype)
+
+
+def check_embedding_int8(indices, weight_q, row_scales, out_dtype) -> None:
+    _check_table(indices, weight_q, row_scales, out_dtype)
+    _check_index_values("indices", indices, weight_q.shape[0])
+
+
+def check_embedding_bag_int8_meta(
+    indices,
+    offsets,
+    weight_q,
+    row_scales,
+    per_sample_weights,
+    mode,
+    include_last_offset,
+    padding_idx,
+    out_dtype,
+) -> None:
+    _check_table(indices, weight_q, row_scales, out_dtype)
+    _embedding_tensor("indices", indices, ndim=1)
+    _embedding_tensor("offsets", offsets, INDEX_DTYPES, ndim=1)
+    if offsets.device != indices.device:
+        raise ValueError(f"offsets is on {offsets.device} but indices is on {indices.device}")
+    if mode not in BAG_MODES:
+        raise ValueError(f"mode must be one of {BAG_MODES}, got {mode!r}")
+    if include_last_offset and offsets.shape[0] == 0:
+        raise ValueError("offsets must hold at least one entry when include_last_offset=True")
+    if padding_idx is not None and not -weight_q.shape[0] <= padding_idx < max(weight_q.shape[0], 1):
+        raise ValueError(
+            f"padding_idx must be in [{-weight_q.shape[0]}, {weight_q.shape[0]}), got {padding_idx}"
+        )
+    if per_sample_weights is not None:
+        _embedding_tensor("per_sample_weights", per_sample_weights, FLOAT_DTYPES)
+        if mode != "sum":
+            raise ValueError(f"per_sample_weights is only supported for mode='sum', got mode={mode!r}")
+        if per_sample_weights.shape != indices.shape:
+            raise ValueError(
+                f"per_sample_weights must have the shape of indices {tuple(indices.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
+            )
+        if per_sample_weights.device != indices.device:
+            raise ValueError(
+                f"per_sample_weights is on {per_sample_weights.device}, indices on {indices.device}"
+            )
+
+
+def check_embedding_bag_int8(
+    indices,
+    offsets,
+    weight_q,
+    row_scales,
+    per_sample_weights,
+    mode,
+    include_last_offset,
+    padding_idx,
+    out_dtype,
+) -> None:
+    check_embedding_bag_int8_meta(
+        indices, offsets, weight_q, row_scales, per_sample_weights, mode, include_last_offset, padding_idx,
+        out_dtype,
+    )  # fmt: skip
+    _check_index_values("indices", indices, weight_q.shape[0])
+    if offsets.numel():
+        if offsets[0].item() != 0:
+            raise ValueError(f"offsets[0] must be 0, got {offsets[0].item()}")
+        if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+            raise ValueError("offsets must be non-decreasing")
+        if offsets[-1].item() > indices.shape[0]:
+            raise ValueError(
+                f"offsets must be <= len(indices) = {indices.shape[0]}, got {offsets[-1].item()}"
+            )
+        if include_last_offset and offsets[-1].item() != indices.shape[0]:
+            raise ValueError(
+                f"with include_last_offset=True the last offset must be len(indices) = {indices.shape[0]}, "
+                f"got {offsets[-1].item()}"
+            )

@@ -147,6 +147,33 @@ defop(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# int8 embeddings
+# ----------------------------------------------------------------------------------------------------------
+# A table of int8 rows weight_q [num_embeddings, dim] with one float32 scale per row; a lookup dequantises only
+# the rows it reads. Output: indices.shape + (dim,) / (bags, dim), in out_dtype.
+defop(
+    "embedding_int8(Tensor indices, Tensor weight_q, Tensor row_scales, ScalarType out_dtype) -> Tensor",
+    C.check_embedding_int8_meta,
+    lambda indices, weight_q, row_scales, out_dtype: torch.empty(
+        (*indices.shape, weight_q.shape[1]), dtype=out_dtype, device=indices.device
+    ),
+)
+# mode "sum" | "mean" | "max" (torch.nn.functional.embedding_bag's), per_sample_weights with "sum" only;
+# entries equal to padding_idx are left out of their bag; an empty bag gives zeros.
+defop(
+    "embedding_bag_int8(Tensor indices, Tensor offsets, Tensor weight_q, Tensor row_scales, "
+    "Tensor? per_sample_weights, str mode, bool include_last_offset, int? padding_idx, "
+    "ScalarType out_dtype) -> Tensor",
+    C.check_embedding_bag_int8_meta,
+    lambda indices, offsets, weight_q, row_scales, psw, mode, last, padding_idx, out_dtype: torch.empty(
+        (max(offsets.shape[0] - (1 if last else 0), 0), weight_q.shape[1]),
+        dtype=out_dtype,
+        device=indices.device,
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # sparse masked matmul and compressed sparse linears
 # ----------------------------------------------------------------------------------------------------------
 # Weights are [out_features N, in_features K]; x is [..., K]; masks are bool [N, K] (True = kept). Training:

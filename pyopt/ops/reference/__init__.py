@@ -1,4 +1,4 @@
 """The pure-torch kernels of every pyopt:: op (CompositeExplicitAutograd: every device without a native kernel),
 one module per op family; also the tests' oracle."""
 
-from . import binary_linear, int8_linear, quant, sgd, sparse  # noqa: F401
+from . import binary_linear, embedding, int8_linear, quant, sgd, sparse  # noqa: F401
