@@ -141,7 +141,7 @@ def run(base: nn.Module, data, cfg, head: list[str], workdir: str) -> dict:
     single = _prepare(copy.deepcopy(pruned))
     single_s = _steps(single, _optimizer(single, lr), batches, _loss)
     threads = max(1, torch.get_num_threads() // WORLD)  # the ranks share this machine's cores
-    arch = demo.architecture_of(base)
+    arch = {"channels": (cfg.width, 2 * cfg.width, 2 * cfg.width), "hidden": (cfg.hidden, cfg.hidden)}
     mp.start_processes(
         _rank, args=(_free_port(), workdir, arch, cfg.size, lr, threads), nprocs=WORLD, start_method="spawn"
     )

@@ -110,10 +110,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _pair_ok(v, low: int) -> bool:
+def _pair_ok(v, low: int, sizes=(2,)) -> bool:
+    """An int >= low, or a list of `sizes` such ints (a conv's 1, 2 or 3 spatial dims)."""
     if _is_int(v):
         return v >= low
-    return isinstance(v, list) and len(v) == 2 and all(_is_int(e) and e >= low for e in v)
+    return isinstance(v, list) and len(v) in sizes and all(_is_int(e) and e >= low for e in v)
 
 
 def check_config(name: str, type_name: str, cfg: dict) -> None:
@@ -134,10 +135,10 @@ def check_config(name: str, type_name: str, cfg: dict) -> None:
             raise fail(field, "an int >= 0")
         if field == "groups" and not (_is_int(v) and v >= 1):
             raise fail(field, "an int >= 1")
-        if field in ("kernel_size", "stride", "dilation") and not _pair_ok(v, 1):
-            raise fail(field, "an int >= 1 or a pair of them")
-        if field == "padding" and not (_pair_ok(v, 0) or v in ("same", "valid")):
-            raise fail(field, "an int >= 0, a pair of them, 'same' or 'valid'")
+        if field in ("kernel_size", "stride", "dilation") and not _pair_ok(v, 1, (1, 2, 3)):
+            raise fail(field, "an int >= 1 or a list of 1-3 of them")
+        if field == "padding" and not (_pair_ok(v, 0, (1, 2, 3)) or v in ("same", "valid")):
+            raise fail(field, "an int >= 0, a list of 1-3 of them, 'same' or 'valid'")
         if field == "block" and not (v is None or _pair_ok(v, 1) and isinstance(v, list)):
             raise fail(field, "null or a pair of ints >= 1")
         if field in _FLAGS and not isinstance(v, bool):

@@ -181,6 +181,18 @@ class _SparseConvNd(MaskedBias, nn.Module):
         self._mask_from_weight_on_load()
         return self
 
+    def onnx_qdq(self) -> nn.Module:
+        """Export spec (pyopt/io/onnx_export.py): the plain torch conv this layer computes (zeros where pruned)."""
+        dense = self._dense(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, self.weight.device, self.weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            dense.weight.copy_(torch.where(self.mask, self.weight, 0))
+            if self.bias is not None:
+                dense.bias.copy_(self._masked_bias())
+        return dense
+
     def _mask_from_weight_on_load(self) -> None:
         self.compressed = True
         mask = self._buffers.pop("mask")
