@@ -170,8 +170,9 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     }
   };
-  if (pyopt::int8gemm::available(isa)) {
-    // Native VNNI GEMM with the im2col fused into its row packing: no cols matrix, no int32 accumulators.
+  if (pyopt::int8gemm::wanted(isa, B * HO * WO, KC)) {
+    // Native GEMM (VNNI or AVX2 tier) with the im2col fused into its row packing: no cols matrix, no int32
+    // accumulators.
     const float* psx = sx.data_ptr<float>();
     auto fill = [&](int64_t m0, int64_t rows, int8_t* dst, int64_t ld, float* rs) {
       for (int64_t r = 0; r < rows; ++r) {
@@ -180,7 +181,7 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     };
     PYOPT_FLOAT_DISPATCH(out.scalar_type(), [&] {
-      pyopt::int8gemm::gemm_dequant<scalar_t>(B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
+      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
                                               w_scales.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
                                               out.data_ptr<scalar_t>(), O);
     });

@@ -152,10 +152,9 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
   const Isa isa = pyopt::select_isa(isa_req);
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
-  if (pyopt::int8gemm::available(isa) && K > 0 && M > 1) {
-    // Native VNNI GEMM: each block of rows is quantised into a per-thread buffer right before its GEMM, and
-    // the epilogue runs on the accumulators. Not for M == 1: its 16-row tiles would waste 15/16 of the work,
-    // and oneDNN's GEMV behind _int_mm measured 2-4x faster there (K = N = 4096: 0.25-0.46 vs 0.85-1.0 ms).
+  if (pyopt::int8gemm::wanted(isa, M, K)) {
+    // Native GEMM (int8_gemm.h: VNNI or AVX2 tier): each block of rows is quantised into a per-thread buffer
+    // right before its GEMM, and the epilogue runs on the accumulators.
     auto out = at::empty({M, N}, x.options());
     PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
       const scalar_t* px = x.data_ptr<scalar_t>();
@@ -163,7 +162,7 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& w_q, const
         for (int64_t r = 0; r < rows; ++r)
           sx[r] = pyopt::quant::quantize_row_per_token(isa, px + (m0 + r) * K, q + r * ld, K);
       };
-      pyopt::int8gemm::gemm_dequant<scalar_t>(M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
+      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
                                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(), N);
     });
     return out;
