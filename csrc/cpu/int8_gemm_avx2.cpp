@@ -1,5 +1,5 @@
 // Native AVX2 int8 GEMM + fused dequant epilogue (interface and contract: int8_gemm.h), for CPUs without
-// AVX512-VNNI (Intel Haswell .. Comet Lake, AMD Zen 1-3; also used by the K-split path on every x86 tier).
+// AVX512-VNNI (Intel Haswell .. Comet Lake, Skylake-SP, AMD Zen 1-3); also the K-split path's block GEMM.
 //
 // Exactness. AVX2 has no int8 dot product into int32. vpmaddubsw (u8 x s8 -> int16 pair sums) saturates with
 // the usual +128 shift of one operand (255 * 128 * 2 > 32767), so the main kernel sign-extends both operands
@@ -8,24 +8,26 @@
 // The small-M kernel does use vpmaddubsw, as |w| (u8, <= 128) times sign(w) * q (s8: q in [-127, 127] never
 // overflows when negated): pair sums <= 2 * 128 * 127 = 32512 < 32767, no saturation; then vpmaddwd with ones.
 //
-// Throughput (Zen 3, 2 ymm vpmaddwd or vpmaddubsw per cycle, 4 vector ALU pipes, measured in isolation): a tight
-// vpmaddwd + vpaddd loop sustains ~25.7 int8 MAC/cycle (the "exact-int8 peak" bench/int8_peak_avx2.cpp
-// prints; vpsignb + vpmaddubsw + vpmaddwd + vpaddd: the same), the 6 x 16 kernel below ~24 (94 %): per
-// k-pair 6 broadcasts, 12 vpmaddwd, 12 vpaddd, 2 vpmovsxbw = 32 vector ops on 4 pipes. Candidates measured and
-// dropped (MAC/cycle, operands in L1): int16 4 x 24: 23.3; vpmaddubsw sign trick 5 x 16: 23.6, 4 x 16: 22.5;
-// activations as vectors with weights broadcast from the plain rows (no packing): 22.4; dot products over k
-// (both operands plain rows): 21.7; activations pre-broadcast in memory: 21-23.
+// Throughput on Zen 3 (2 ymm vpmaddwd / vpmaddubsw per cycle, 4 vector pipes shared with vpaddd, vpsignb and
+// the broadcasts; one core, operands in L1/L2): the fastest exact loop, vpmaddwd + vpaddd, runs at 27.2 int8
+// MAC/cycle (bench/int8_peak.cpp: the "exact-int8 peak" of the bench; the vpsignb form 23-26), the 6 x 16 kernel
+// below at 24.5-25 (per k-pair 6 broadcasts, 12 vpmaddwd, 12 vpaddd, 2 vpmovsxbw: 32 ops on 4 pipes), on its
+// blocks in a GEMM-like loop too. Candidates measured and dropped (MAC/cycle): int16 4 x 24: 23.3; the vpsignb
+// form with 5 x 16 / 4 x 16 tiles: 23.6 / 22.5; activations as vectors and weights broadcast from the plain rows
+// (no packing): 22.4; dot products over k on plain rows: 21.7; activations pre-broadcast in memory: 21-23.
+// In the whole op (one thread, process CPU time) M = 1024, K = N = 4096 ran at 60-65 GMAC/s, ~20-21 MAC/cycle:
+// panel misses, packing, quantisation and the epilogue.
 //
-// Layouts (per call, nothing cached):
-//   B: the weight packed into panels of 16 columns, per k-pair p 32 bytes (column c's w[c, 2p], w[c, 2p + 1]
-//      at 2c), int8: sign-extended in the kernel (vpmovsxbw), which measured as fast as an int16 copy while
-//      halving its size. Packed once per call into one buffer shared by the threads (N * K bytes, the size of
-//      the weight), so each panel is packed once whatever M; at M = 1024, K = N = 4096 that is ~1 % of the time.
+// Layouts (per call, nothing cached across calls):
+//   B: the weight in panels of 16 columns, per k-pair p 32 bytes (column c's w[c, 2p], w[c, 2p + 1] at 2c), int8:
+//      sign-extended in the kernel (vpmovsxbw), as fast as an int16 copy at half its size. One buffer per call
+//      (the size of the weight); each panel is packed once, by the first thread that needs it (PackedWeight).
 //   A: 6-row micro-panels, per k-pair p six int32 (row i's q[i, 2p], q[i, 2p + 1] as int16), packed per block
-//      of rows right after `fill` wrote them, in a per-thread buffer that stays in L2 while every weight panel
-//      streams past (the VNNI tier's scheme).
-// Small M (<= kDotMaxM rows): no packing at all; each output is a dot product of a quantised row with a plain
-// weight row (the weight read once per call, as memory-bound GEMV wants).
+//      of rows right after `fill` wrote them, in a per-thread buffer that stays in L2 while the weight panels
+//      stream past (the VNNI tier's scheme).
+// Small M (<= 32 rows, K >= 32 M): no packing at all; each output is a dot product of a quantised row with a
+// plain weight row, the weight read once per call (memory-bound GEMV). Measured crossover with the packed path
+// (one thread, K = N = 4096): between M = 32 and 40; at K = 64 the packed path wins from M = 4.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -62,10 +64,6 @@ inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 // k-pairs of 32 bytes at dst (32-byte aligned). Per 64 k, each row's 64 bytes are first copied to a small buffer,
 // then per 16 k rows r and r + 8 share a ymm and an 8 x 8 transpose of 16-bit elements (the k-pairs) in each
 // 128-bit lane leaves pair p of columns 0..7 | 8..15 in one register. Nothing past a row's K bytes is read.
-// Non-temporal stores: the pack then moves memcpy's traffic (4096 x 4096 on one Zen 3 core: 2.6 ms, memcpy
-// 2.5 ms) instead of also reading every destination line first (5.1 ms); the panels are read back from memory
-// ahead of use by run_item's prefetch (large M: no measurable difference either way). Software prefetch of the
-// next rows made the pack slower (8.9 ms).
 PYOPT_TARGET_AVX2 void pack_b_panel(const int8_t* w, int64_t ldw, int64_t ncols, int64_t K, int64_t Kpad,
                                     int8_t* dst) {
   alignas(32) int8_t buf[16][64];
@@ -101,7 +99,7 @@ PYOPT_TARGET_AVX2 void pack_b_panel(const int8_t* w, int64_t ldw, int64_t ncols,
                              _mm256_unpacklo_epi64(b2, b6), _mm256_unpackhi_epi64(b2, b6),
                              _mm256_unpacklo_epi64(b3, b7), _mm256_unpackhi_epi64(b3, b7)};
       __m256i* o = reinterpret_cast<__m256i*>(dst + (k0 + q) * 16);  // 8 pairs x 32 bytes
-      for (int i = 0; i < 8; ++i) _mm256_stream_si256(o + i, o8[i]);
+      for (int i = 0; i < 8; ++i) _mm256_store_si256(o + i, o8[i]);
     }
   }
 }
@@ -350,28 +348,56 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
   const int64_t ldx = round_up(std::max<int64_t>(K, 1), 32);
   std::unique_ptr<int8_t[]> x(new int8_t[M * ldx]);
   std::unique_ptr<float[]> sx(new float[M]);
-  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
-    fill(m0, m1 - m0, x.get() + m0 * ldx, ldx, sx.get() + m0);
-    for (int64_t m = m0; m < m1; ++m) std::memset(x.get() + m * ldx + K, 0, static_cast<size_t>(ldx - K));
-  });
-  // column pairs (4 rows x 2 columns: 8 accumulators + 2 |w| + 3 temporaries of the 16 ymm); grain: 32 pairs,
-  // 256 KiB of weight at K = 4096, so 2 threads split N >= 128 evenly
-  at::parallel_for(0, (N + 1) / 2, 32, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      if (2 * b + 2 <= N) dot_columns<2>(x.get(), ldx, sx.get(), M, w, ldw, K, 2 * b, out);
-      else dot_columns<1>(x.get(), ldx, sx.get(), M, w, ldw, K, 2 * b, out);
-    }
+  // <= 32 rows: quantised by the calling thread (a parallel region costs more than that on a busy machine)
+  fill(0, M, x.get(), ldx, sx.get());
+  for (int64_t m = 0; m < M; ++m) std::memset(x.get() + m * ldx + K, 0, static_cast<size_t>(ldx - K));
+  // Column pairs (4 rows x 2 columns: 8 accumulators + 2 |w| + 3 temporaries of the 16 ymm), claimed by the
+  // threads in chunks of 32 pairs (256 KiB of weight at K = 4096) through one counter, so a thread that was
+  // descheduled for a while on a busy machine does not leave the other waiting for its fixed share.
+  constexpr int64_t kPairs = 32;
+  const int64_t pairs = (N + 1) / 2, chunks = (pairs + kPairs - 1) / kPairs;
+  const int64_t workers = std::min<int64_t>(std::max<int64_t>(1, at::get_num_threads()), chunks);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
+      for (int64_t b = c * kPairs; b < std::min(pairs, (c + 1) * kPairs); ++b) {
+        if (2 * b + 2 <= N) dot_columns<2>(x.get(), ldx, sx.get(), M, w, ldw, K, 2 * b, out);
+        else dot_columns<1>(x.get(), ldx, sx.get(), M, w, ldw, K, 2 * b, out);
+      }
   });
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Packed path
 // ---------------------------------------------------------------------------------------------------------
+// The weight, packed per call into 16-column panels, each on first use by whichever thread needs it first, so
+// it is in that thread's L2 for its first tiles and no thread waits at a barrier for a separate packing pass (on
+// a busy 2-vCPU VM, one descheduled thread held the other there for a scheduler tick).
+struct PackedWeight {
+  const int8_t* w;
+  int64_t ldw, N, K, Kpad, np;  // np = Kpad / 2 k-pairs, np * 32 bytes per panel
+  int8_t* panels;
+  std::atomic<int>* state;  // per panel: 0 not packed, 1 being packed, 2 ready
+
+  bool ready(int64_t j) const { return state[j].load(std::memory_order_acquire) == 2; }
+  const int8_t* panel(int64_t j) const { return panels + j * np * 32; }
+  // Panel j, packed by this thread if nobody has started it (waits while another thread packs it: ~10 us).
+  PYOPT_TARGET_AVX2 const int8_t* get(int64_t j) const {
+    int st = state[j].load(std::memory_order_acquire);
+    if (st != 2 && st == 0 && state[j].compare_exchange_strong(st, 1, std::memory_order_acq_rel)) {
+      pack_b_panel(w + j * kNR * ldw, ldw, std::min(kNR, N - j * kNR), K, Kpad, panels + j * np * 32);
+      state[j].store(2, std::memory_order_release);
+    }
+    while (!ready(j)) _mm_pause();
+    return panel(j);
+  }
+};
+
 struct Problem {
-  int64_t M, N, K, Kpad, np;  // np = Kpad / 2 k-pairs
+  int64_t M, N, K, Kpad, np;
   RowFill fill;
-  const int8_t* bp;           // packed weight panels, np * 32 bytes each
-  int64_t apanel;             // int32 per packed 6-row panel: np * 6 + 8 (slack for pack_a_panel's stores)
+  const PackedWeight* b;
+  int64_t apanel;  // int32 per packed 6-row panel: np * 6 + 8 (slack for pack_a_panel's stores)
 };
 
 // Rows per work item: a multiple of 6 whose packed block (rows * Kpad * 2 bytes) fills about half the L2 (Zen 3:
@@ -412,8 +438,10 @@ PYOPT_TARGET_AVX2 void run_item(const Problem& p, const Out& out, int64_t m_lo, 
   const int64_t tiles = (mrows + kMR - 1) / kMR;
   const int64_t every = std::max<int64_t>(1, 2 * tiles);
   for (int64_t n0 = n_lo; n0 < n_hi; n0 += kNR) {
-    const int8_t* bpanel = p.bp + (n0 / kNR) * p.np * 32;
-    const int8_t* next = n0 + kNR < p.N ? bpanel + p.np * 32 : nullptr;
+    const int64_t j = n0 / kNR;
+    const int8_t* bpanel = p.b->get(j);
+    // the next panel, if packed already (in memory or another core's cache): prefetched into L2 over these tiles
+    const int8_t* next = n0 + kNR < p.N && p.b->ready(j + 1) ? p.b->panel(j + 1) : nullptr;
     const int64_t cols = std::min(kNR, p.N - n0);
     for (int64_t r = 0; r < mrows; r += kMR) {
       const int8_t* pf = next ? next + (r / kMR) * p.np * 32 / tiles : nullptr;  // this tile's slice of it
@@ -430,16 +458,14 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w,
   const int64_t npanels = (N + kNR - 1) / kNR;
   // 32-byte aligned panels (np * 32 bytes each, a multiple of 32)
   std::unique_ptr<int8_t[]> bp_mem(new int8_t[npanels * np * 32 + 32]);
-  int8_t* bp = bp_mem.get() + (32 - reinterpret_cast<uintptr_t>(bp_mem.get()) % 32) % 32;
+  std::unique_ptr<std::atomic<int>[]> state(new std::atomic<int>[npanels]);
+  for (int64_t j = 0; j < npanels; ++j) state[j].store(0, std::memory_order_relaxed);
+  const PackedWeight b{w, ldw, N, K, Kpad, np,
+                       bp_mem.get() + (32 - reinterpret_cast<uintptr_t>(bp_mem.get()) % 32) % 32, state.get()};
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t mc = rows_per_item(Kpad);
   const int64_t nm = (M + mc - 1) / mc;
-  at::parallel_for(0, npanels, 4, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      pack_b_panel(w + b * kNR * ldw, ldw, std::min(kNR, N - b * kNR), K, Kpad, bp + b * np * 32);
-    _mm_sfence();
-  });
-  const Problem p{M, N, K, Kpad, np, fill, bp, np * kMR + 8};
+  const Problem p{M, N, K, Kpad, np, fill, &b, np * kMR + 8};
   if (nm >= 4 * threads) {
     // Many row blocks: dealt out statically (each packed once by its owner), their columns claimed in chunks
     // through one counter per block, so a thread that finishes early takes the unclaimed chunks of the others'
