@@ -207,26 +207,31 @@ def test_linear_dynamic_vnni_strided_weight_and_input():
 
 
 # Every tier of the dynamic path is exact: the native GEMMs (AVX2: int16 vpmaddwd on a per-call packed weight,
-# and for M <= 8 vpmaddubsw dot products of |w| and sign(w) * q on the plain weight; VNNI above) sum in wrapping
-# int32, which is exact for K <= 132104, and apply the reference's float32 epilogue in its order (no fma); the
-# scalar tier sums with at::_int_mm. So every ISA must match the reference bit for bit. Shapes: M on both sides
-# of the small-M kernels (<= 8 rows) and the 6-row tiles' tails, N tails of the 16-column panels and the
-# 2-column dot tiles, K not a multiple of 2, 4, 16 or 32 and K < any tile (1, 3, 7); both work splits of the
-# packed path (M = 1003 with K = 1003 or 4099: >= 4 blocks of rows per thread with 1 and 2 threads; one shared
-# packing otherwise), 1, 2 and 3 threads (3 on 2 cores: stalled threads, chunks claimed by the others), weights
-# holding -128 (no saturation in the int16 or u8 x s8 pair sums).
+# and for M <= 32 with K >= 32 M vpmaddubsw dot products of |w| and sign(w) * q on the plain weight; VNNI above)
+# sum in wrapping int32, which is exact for K <= 132104, and apply the reference's float32 epilogue in its order
+# (no fma); the scalar tier sums with at::_int_mm. So every ISA must match the reference bit for bit. Shapes: M
+# on both sides of the small-M kernels (M = 32 / 33, K against 32 M) and the 6-row tiles' tails, N tails of the
+# 16-column panels and the 2-column dot tiles, K not a multiple of 2, 4, 16 or 32 and K < any tile (1, 3, 7);
+# both work splits of the packed path (packed rows over 4 MiB: blocks of rows per thread, M = 1003 / 1100 with
+# K = 4099 / 2900, the latter with 128-column chunks claimed across blocks and a tail; every row per item
+# otherwise), 1, 2 and 3 threads (3 on 2 cores: stalled threads, work claimed by the others), weights holding
+# -128 (no saturation in the int16 or u8 x s8 pair sums).
 NATIVE_SHAPES = [
     (1, 1, 1),
     (1, 7, 3),
     (3, 17, 7),
     (7, 3, 17),
+    (8, 100, 5),
     (8, 1003, 5),
     (9, 1, 3),
     (17, 7, 1003),
+    (32, 1024, 9),
+    (33, 1024, 9),
     (1003, 3, 17),
     (1003, 1003, 7),
     (40, 4099, 33),
     (1003, 4099, 17),
+    (1100, 2900, 300),
     (2100, 20, 300),
 ]
 
