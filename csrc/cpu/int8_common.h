@@ -1,6 +1,6 @@
 // Shared by the int8 layers' CPU kernels (int8_linear.cpp: linear ops, int8_conv.cpp: conv): element
 // loads of float32 / bfloat16 / float16 activations, the per-token row quantiser, weight checks, the dtype
-// dispatch, and the _int_mm GEMM + dequant epilogue used where the native VNNI GEMM (int8_gemm.h) is not.
+// dispatch, and the _int_mm GEMM + dequant epilogue used where the native GEMMs (int8_gemm.h) are not.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,6 +1,6 @@
 // Int8 conv2d kernel for the CPU (pyopt::int8_conv2d_dynamic): per-sample quantisation read straight from
-// NCHW into NHWC int8, then an int8 im2col GEMM with the dequant epilogue: with AVX512-VNNI the native GEMM
-// of int8_gemm.cpp, the im2col fused into its row packing; otherwise an int8 im2col matrix, at::_int_mm and
+// NCHW into NHWC int8, then an int8 im2col GEMM with the dequant epilogue: with AVX2 and up the native GEMMs
+// of int8_gemm.h, the im2col fused into their row packing; otherwise an int8 im2col matrix, at::_int_mm and
 // the epilogue pass of int8_linear.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -119,7 +119,7 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
 // im2col row of an image shares it and the scale factors out of the integer dot product), int8 im2col in
 // channels-last order (kh, kw, c), the same int8 GEMM + epilogue as the linear layer. The output is a
 // channels-last NCHW tensor (the GEMM's natural layout; torch's conv keeps channels-last too).
-// With VNNI the im2col rows are written straight into the GEMM's per-thread packing buffer (its RowFill), so
+// With a native GEMM the im2col rows are written straight into its per-thread packing buffer (its RowFill), so
 // neither the [B*HO*WO, KH*KW*C] int8 matrix nor an int32 accumulator is ever stored: at batch 8, 64->64,
 // 56x56, 3x3 that measured 8.2 vs 12.3 ms single-thread (F.conv2d fp32: 18.0 ms).
 // ---------------------------------------------------------------------------------------------------------

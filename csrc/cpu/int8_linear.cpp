@@ -3,9 +3,9 @@
 //
 // dynamic (W8A8):  per-token symmetric quantisation of the activations (quant_simd.h's row quantiser), the
 //                  int8 x int8 -> int32 GEMM and the epilogue out = float(acc) * sx[m] * sw[n] + bias[n], in x's
-//                  dtype. With AVX512-VNNI (M > 1): the native GEMM of int8_gemm.cpp, quantisation and epilogue
-//                  fused into it. Otherwise at::_int_mm (oneDNN; small K goes through our loop because _int_mm
-//                  is wrong for K == 1 in torch 2.13), then one epilogue pass.
+//                  dtype. Where int8gemm::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
+//                  quantisation and epilogue fused into them. Otherwise at::_int_mm (oneDNN; small K goes through
+//                  our loop because _int_mm is wrong for K == 1 in torch 2.13), then one epilogue pass.
 // weight-only:     int8 weights converted to float inside the dot products (GEMV-style kernel, 4 output rows
 //                  x up to 4 tokens per register tile) for small M; for large M the weights are dequantised
 //                  one block of output rows at a time into a small float buffer that feeds a BLAS GEMM, so a
