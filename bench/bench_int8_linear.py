@@ -1,9 +1,12 @@
 """Int8Linear / Int8Conv2d vs what a user would otherwise run (with pyopt's goals), all in one process.
 
-Rows: dynamic W8A8 at M=1024, K=N=4096 vs float32 F.linear (>= 3.5x) and vs torch.ao quantize_dynamic with
-the x86 engine (>= 1.2x); weight-only at M=1 vs F.linear (>= 3x); an M sweep (1, 4, 16, 64) of both modes
-vs F.linear to show the crossover; Int8Conv2d dynamic on a ResNet 3x3 conv (batch 8, 64->64, 56x56) vs
-F.conv2d (>= 1.5x).
+Rows: dynamic W8A8 at M=1024, K=N=4096 vs float32 F.linear (>= 3.5x), vs torch.ao quantize_dynamic with the
+x86 engine (>= 1.2x), vs the fastest torch path on this machine (>= 1.1x: the faster of quantize_dynamic with
+the x86 and the onednn engine, fp32 F.linear, and bf16 F.linear where the CPU has native bf16), all timed in one
+interleaved run, and as a fraction of this machine's exact-int8 peak (>= 0.9: bench/int8_peak.cpp, the fastest
+exact int8 multiply-accumulate loop of the CPU tier, on the same number of threads); weight-only at M=1 vs
+F.linear (>= 3x); an M sweep (1, 4, 16, 64) of both modes vs F.linear to show the crossover (dynamic M=1 >= 1x);
+Int8Conv2d dynamic on a ResNet 3x3 conv (batch 8, 64->64, 56x56) vs F.conv2d (>= 1.5x).
 """
 
 from __future__ import annotations
@@ -13,19 +16,60 @@ import warnings
 import harness
 import torch
 import torch.nn.functional as F
+from int8_peak import exact_int8_peak
 from torch import nn
 
-import pyopt  # noqa: F401
+import pyopt
 from pyopt.nn import Int8Conv2d, Int8Linear
+from pyopt.timing import cpu_flags, time_many
 
 FAMILY = "int8_linear"
 
 
-def _quantize_dynamic_ao(lin: nn.Linear) -> nn.Module:
-    torch.backends.quantized.engine = "x86"
+def _quantize_dynamic_ao(lin: nn.Linear, engine: str = "x86"):
+    """quantize_dynamic with `engine`, and a call that runs it with that engine selected."""
+    torch.backends.quantized.engine = engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
+        mod = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
+
+    def call(x):
+        torch.backends.quantized.engine = engine
+        return mod(x)
+
+    return call
+
+
+def _row(case: str, pyopt_s: float, baseline: str, base_s: float, target: float | None) -> harness.Row:
+    return harness.Row(FAMILY, case, pyopt_s * 1e3, baseline, base_s * 1e3, base_s / pyopt_s, target)
+
+
+def _w8a8_rows(dyn, lin, x, rep) -> list[harness.Row]:
+    """W8A8 against fp32 F.linear, ao x86, the fastest torch path and the exact-int8 peak, from one timing run."""
+    m, k, n = x.shape[0], lin.in_features, lin.out_features
+    ao_x86, ao_onednn = _quantize_dynamic_ao(lin, "x86"), _quantize_dynamic_ao(lin, "onednn")
+    torch_paths = {
+        "F.linear fp32": lambda: F.linear(x, lin.weight, lin.bias),
+        "ao quantize_dynamic (x86)": lambda: ao_x86(x),
+        "ao quantize_dynamic (onednn)": lambda: ao_onednn(x),
+    }
+    if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):  # elsewhere bf16 GEMMs are emulated and much slower
+        xb, lb = x.bfloat16(), nn.Linear(k, n).to(torch.bfloat16).eval()
+        torch_paths["F.linear bf16"] = lambda: F.linear(xb, lb.weight, lb.bias)
+    t = time_many({"pyopt": lambda: dyn(x), **torch_paths}, "cpu", rep["repeat"], rep["min_time"])
+    torch.backends.quantized.engine = "x86"
+    case = f"dynamic W8A8 M={m} K=N={k}"
+    best = min(torch_paths, key=t.__getitem__)
+    rows = [
+        _row(case, t["pyopt"], "F.linear fp32", t["F.linear fp32"], 3.5),
+        _row(case, t["pyopt"], "ao quantize_dynamic (x86)", t["ao quantize_dynamic (x86)"], 1.2),
+        _row(case, t["pyopt"], f"best torch path: {best}", t[best], 1.1),
+    ]
+    peak = exact_int8_peak(pyopt.ops.native.detected_isa(), torch.get_num_threads())
+    if peak is not None:
+        name = f"exact-int8 peak ({peak.loop} loop, {peak.macs_per_s / 1e9:.0f} GMAC/s)"
+        rows.append(_row(case, t["pyopt"], name, m * k * n / peak.macs_per_s, 0.9))
+    return rows
 
 
 def run(quick: bool = False) -> list[harness.Row]:
@@ -38,20 +82,7 @@ def run(quick: bool = False) -> list[harness.Row]:
     rep = dict(repeat=3 if quick else 5, min_time=0.1 if quick else 0.5)
     with torch.inference_mode():
         big_m = 256 if quick else 1024
-        x = torch.randn(big_m, k)
-        rows.append(
-            harness.compare(
-                FAMILY, f"dynamic W8A8 M={big_m} K=N={k}", lambda: dyn(x), "F.linear fp32",
-                lambda: F.linear(x, lin.weight, lin.bias), target=3.5, **rep,
-            )
-        )  # fmt: skip
-        ao = _quantize_dynamic_ao(lin)
-        rows.append(
-            harness.compare(
-                FAMILY, f"dynamic W8A8 M={big_m} K=N={k}", lambda: dyn(x), "ao quantize_dynamic (x86)",
-                lambda: ao(x), target=1.2, **rep,
-            )
-        )  # fmt: skip
+        rows += _w8a8_rows(dyn, lin, torch.randn(big_m, k), rep)
         x1 = torch.randn(1, k)
         rows.append(
             harness.compare(
@@ -62,10 +93,11 @@ def run(quick: bool = False) -> list[harness.Row]:
         for m in (1, 4, 16, 64):  # crossover sweep: which mode to pick at which batch
             xm = torch.randn(m, k)
             for mode, mod in (("weight-only", wo), ("dynamic", dyn)):
+                target = 1.0 if (mode, m) == ("dynamic", 1) else None
                 rows.append(
                     harness.compare(
                         FAMILY, f"sweep {mode} M={m} K=N={k}", lambda mod=mod, xm=xm: mod(xm), "F.linear fp32",
-                        lambda xm=xm: F.linear(xm, lin.weight, lin.bias), **rep,
+                        lambda xm=xm: F.linear(xm, lin.weight, lin.bias), target=target, **rep,
                     )
                 )  # fmt: skip
         conv = nn.Conv2d(64, 64, 3, padding=1).eval()

@@ -206,6 +206,151 @@ def test_linear_dynamic_vnni_strided_weight_and_input():
     )
 
 
+# Every tier of the dynamic path is exact: the native GEMMs (AVX2: int16 vpmaddwd on a per-call packed weight,
+# and for M <= 32 with K >= 32 M vpmaddubsw dot products of |w| and sign(w) * q on the plain weight; VNNI above)
+# sum in wrapping int32, which is exact for K <= 132104, and apply the reference's float32 epilogue in its order
+# (no fma); the scalar tier sums with at::_int_mm. So every ISA must match the reference bit for bit. Shapes: M
+# on both sides of the small-M kernels (M = 32 / 33, K against 32 M) and the 6-row tiles' tails, N tails of the
+# 16-column panels and the 2-column dot tiles, K not a multiple of 2, 4, 16 or 32 and K < any tile (1, 3, 7);
+# both work splits of the packed path (packed rows over 4 MiB: blocks of rows per thread, M = 1003 / 1100 with
+# K = 4099 / 2900, the latter with 128-column chunks claimed across blocks and a tail; every row per item
+# otherwise), 1, 2 and 3 threads (3 on 2 cores: stalled threads, work claimed by the others), weights holding
+# -128 (no saturation in the int16 or u8 x s8 pair sums).
+NATIVE_SHAPES = [
+    (1, 1, 1),
+    (1, 7, 3),
+    (3, 17, 7),
+    (7, 3, 17),
+    (8, 100, 5),
+    (8, 1003, 5),
+    (9, 1, 3),
+    (17, 7, 1003),
+    (32, 1024, 9),
+    (33, 1024, 9),
+    (1003, 3, 17),
+    (1003, 1003, 7),
+    (40, 4099, 33),
+    (1003, 4099, 17),
+    (1100, 2900, 300),
+    (2100, 20, 300),
+]
+
+
+def _with_threads(threads, fn):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("m", "k", "n"), NATIVE_SHAPES)
+def test_linear_dynamic_bit_exact(isa, threads, dtype, m, k, n):
+    x = (torch.randn(m, k) * 3).to(dtype)
+    w, s, b = _weights(n, k, bias=(m + n) % 2 == 1)
+    w[0, 0] = -128
+    w[n // 2, k - 1] = -128
+    with pyopt.use_isa(isa):
+        out = _with_threads(threads, lambda: _run("int8_linear_dynamic", "cpu", x, w, s, b))
+    assert torch.equal(out, _run("int8_linear_dynamic", "reference", x, w, s, b))
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [2, 9])
+@pytest.mark.parametrize("wval", [127, -128])
+def test_linear_dynamic_int32_overflow_exact(isa, m, wval):
+    # K = 140,000 with every q = 127 (x = +-1) and w = 127 or -128: |sum| = 127 * |w| * K > 2^31, so int32 sums
+    # would wrap. The kernels split K into blocks of 2^17 whose int32 partial sums are exact and add them in
+    # int64 (int8_gemm.cpp), so the result stays bit-identical to the float64 reference on every tier.
+    k, n = 140_000, 3
+    x = torch.ones(m, k)
+    x[1] = -1.0
+    x[0, ::7] = 0.5  # q = 64 there: sums that are not a multiple of 127
+    w = torch.full((n, k), wval, dtype=torch.int8)
+    w[1, ::3] = 5
+    s = torch.rand(n) + 0.5
+    b = torch.randn(n)
+    with pyopt.use_isa(isa):
+        out = _run("int8_linear_dynamic", "cpu", x, w, s, b)
+    ref = _run("int8_linear_dynamic", "reference", x, w, s, b)
+    assert torch.equal(out, ref)
+    # row 1: q = -127 with scale 1/127, column 0: w = wval everywhere, so acc = -127 * wval * K, beyond int32
+    assert abs(-127 * wval * k) > 2**31
+    torch.testing.assert_close(out[1, 0], -wval * k * s[0] + b[0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_conv_dynamic_int32_overflow_exact(isa):
+    # in_channels * kh * kw = 14,700 * 9 = 132,300 > 132,104: the conv's GEMM takes the K-split path too
+    c = 14_700
+    x = torch.ones(2, c, 3, 3)
+    x[1] = -1.0
+    wq = torch.full((2, c, 3, 3), -128, dtype=torch.int8)
+    wq[1] = 127
+    ws, b = torch.rand(2) + 0.5, torch.randn(2)
+    args = (x, wq, ws, b, [1, 1], [0, 0], [1, 1])
+    with pyopt.use_isa(isa):
+        out = _run("int8_conv2d_dynamic", "cpu", *args)
+    assert torch.equal(out, _run("int8_conv2d_dynamic", "reference", *args))
+
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import torch, pyopt
+from pyopt._rules import quantize_rows_symmetric
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None)
+keep = []
+
+
+def guarded(t):
+    # a copy of t whose last byte is the last byte before a PROT_NONE page: any read past it faults
+    nbytes = t.numel() * t.element_size()
+    pages = (nbytes + PAGE - 1) // PAGE + 1
+    buf = mmap.mmap(-1, pages * PAGE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(ctypes.c_void_p(addr + (pages - 1) * PAGE), PAGE, 0) == 0
+    keep.append(buf)
+    raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=(pages - 1) * PAGE - nbytes)
+    g = raw.view(t.dtype).view(t.shape)
+    g.copy_(t)
+    return g
+
+
+torch.manual_seed(0)
+for isa in sys.argv[1:]:
+    for m, k, n in [(1, 1, 1), (2, 1, 3), (3, 33, 5), (8, 47, 2), (9, 1, 17), (13, 31, 19), (40, 100, 33),
+                    (1003, 7, 21), (7, 4099, 3), (20, 4101, 40)]:
+        x = torch.randn(m, k)
+        w, s = quantize_rows_symmetric(torch.randn(n, k))
+        b = torch.randn(n)
+        with pyopt.use_backend("cpu"), pyopt.use_isa(isa):
+            out = torch.ops.pyopt.int8_linear_dynamic(guarded(x), guarded(w), guarded(s), guarded(b))
+        with pyopt.use_backend("reference"):
+            ref = torch.ops.pyopt.int8_linear_dynamic(x, w, s, b)
+        assert torch.equal(out, ref), (isa, m, k, n)
+print("ok")
+"""
+
+
+def test_linear_dynamic_reads_nothing_past_its_inputs():
+    # x, the weight, its scales and the bias each end right before an inaccessible page (a fault kills the
+    # subprocess): K and N tails of every kernel, K == 1, the small-M and the packed paths, every ISA here.
+    import subprocess
+    import sys
+
+    isas = [p.values[0] for p in isa_params()]
+    res = subprocess.run(
+        [sys.executable, "-c", _GUARD_SCRIPT, *isas], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("op", LINEAR_OPS)
 def test_linear_noncontiguous_and_empty(op):
     x = torch.randn(40, 6)[:, 1:].t()  # [5, 40], non-contiguous

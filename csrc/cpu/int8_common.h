@@ -1,6 +1,6 @@
 // Shared by the int8 layers' CPU kernels (int8_linear.cpp: linear ops, int8_conv.cpp: conv): element
 // loads of float32 / bfloat16 / float16 activations, the per-token row quantiser, weight checks, the dtype
-// dispatch, and the _int_mm GEMM + dequant epilogue used where the native VNNI GEMM (int8_gemm.h) is not.
+// dispatch, and the _int_mm GEMM + dequant epilogue used where the native GEMMs (int8_gemm.h) are not.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -103,10 +103,6 @@ inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t N) {
   shape.back() = N;
   return shape;
 }
-
-// Exact int32 accumulation: |q| <= 127 and |w| <= 128, so K products sum to at most 16256 * K, which fits
-// int32 while K <= kMaxExactK. Longer rows are computed exactly in float64 instead (|acc| < 2^53).
-constexpr int64_t kMaxExactK = 2147483647LL / (127 * 128);
 
 #define PYOPT_FLOAT_DISPATCH(dtype, ...)                                 \
   [&] {                                                                  \

@@ -1,6 +1,6 @@
 // Int8 conv2d kernel for the CPU (pyopt::int8_conv2d_dynamic): per-sample quantisation read straight from
-// NCHW into NHWC int8, then an int8 im2col GEMM with the dequant epilogue: with AVX512-VNNI the native GEMM
-// of int8_gemm.cpp, the im2col fused into its row packing; otherwise an int8 im2col matrix, at::_int_mm and
+// NCHW into NHWC int8, then an int8 im2col GEMM with the dequant epilogue: with AVX2 and up the native GEMMs
+// of int8_gemm.h, the im2col fused into their row packing; otherwise an int8 im2col matrix, at::_int_mm and
 // the epilogue pass of int8_linear.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -118,24 +118,6 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
   });
 }
 
-// The exact float64 path for rows too long for an int32 sum (K = KH*KW*C > kMaxExactK): the reference's
-// arithmetic (quantised sample, float64 conv, float32 epilogue), so results stay bit-identical.
-at::Tensor conv_wide_k(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
-                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation, Isa isa) {
-  const int64_t B = x.size(0), K = x.numel() / std::max<int64_t>(B, 1);
-  const at::Tensor xc = x.contiguous();
-  auto q = at::empty({B, K}, x.options().dtype(at::kChar));
-  auto sx = at::empty({B}, x.options().dtype(at::kFloat));
-  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
-    quant_rows(xc.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), B, K, isa);
-  });
-  auto acc = at::conv2d(q.to(at::kDouble).view(x.sizes()), w_q.to(at::kDouble), {}, stride, padding, dilation);
-  auto out = acc.to(at::kFloat) * sx.view({-1, 1, 1, 1}) * w_scales.view({1, -1, 1, 1});
-  if (bias) out = out + bias->to(at::kFloat).view({1, -1, 1, 1});
-  return out.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -143,7 +125,7 @@ at::Tensor conv_wide_k(const at::Tensor& x, const at::Tensor& w_q, const at::Ten
 // im2col row of an image shares it and the scale factors out of the integer dot product), int8 im2col in
 // channels-last order (kh, kw, c), the same int8 GEMM + epilogue as the linear layer. The output is a
 // channels-last NCHW tensor (the GEMM's natural layout; torch's conv keeps channels-last too).
-// With VNNI the im2col rows are written straight into the GEMM's per-thread packing buffer (its RowFill), so
+// With a native GEMM the im2col rows are written straight into its per-thread packing buffer (its RowFill), so
 // neither the [B*HO*WO, KH*KW*C] int8 matrix nor an int32 accumulator is ever stored: at batch 8, 64->64,
 // 56x56, 3x3 that measured 8.2 vs 12.3 ms single-thread (F.conv2d fp32: 18.0 ms). The CPU kernel of
 // pyopt::int8_conv2d_dynamic.
@@ -158,7 +140,6 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
   const at::Tensor w_scales = w_scales_in.contiguous();
   const c10::optional<at::Tensor> bias =
       bias_in ? c10::optional<at::Tensor>(bias_in->to(at::kFloat).contiguous()) : c10::nullopt;
-  if (KH * KW * C > kMaxExactK) return conv_wide_k(x_in, w_q, w_scales, bias, stride, padding, dilation, isa);
   auto wmat = w_q.permute({0, 2, 3, 1}).contiguous().view({O, KH * KW * C});
   auto out = at::empty({B, O, HO, WO}, x_in.options(), at::MemoryFormat::ChannelsLast);
   if (B == 0 || O == 0) return out;
@@ -191,8 +172,9 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     }
   };
-  if (pyopt::int8gemm::available(isa)) {
-    // Native VNNI GEMM with the im2col fused into its row packing: no cols matrix, no int32 accumulators.
+  if (pyopt::int8gemm::wanted(isa, B * HO * WO, KC)) {
+    // Native GEMM (VNNI or AVX2 tier) with the im2col fused into its row packing: no cols matrix, no int32
+    // accumulators.
     const float* psx = sx.data_ptr<float>();
     auto fill = [&](int64_t m0, int64_t rows, int8_t* dst, int64_t ld, float* rs) {
       for (int64_t r = 0; r < rows; ++r) {
@@ -201,7 +183,7 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     };
     PYOPT_FLOAT_DISPATCH(out.scalar_type(), [&] {
-      pyopt::int8gemm::gemm_dequant<scalar_t>(B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
+      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
                                               w_scales.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
                                               out.data_ptr<scalar_t>(), O);
     });

@@ -1,4 +1,5 @@
-// Native AVX512-VNNI int8 GEMM + fused dequant epilogue (interface and contract: int8_gemm.h).
+// Native AVX512-VNNI int8 GEMM + fused dequant epilogue (interface and contract: int8_gemm.h), and
+// gemm_dequant: the tier dispatch and the K-split path for K > kMaxExactK (end of file).
 //
 // vpdpbusd multiplies unsigned by signed bytes, so the activations go in shifted: a = q + 128 (u8, = q ^ 0x80)
 // and each column's sum is corrected once at the end:
@@ -382,8 +383,8 @@ PYOPT_TARGET_AVX512VNNI void run_item(const Problem& p, T* out, int64_t m_lo, in
 }  // namespace
 
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
-                  const float* bias, T* out, int64_t ldo) {
+void detail::gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                               const float* sw, const float* bias, T* out, int64_t ldo) {
 #if PYOPT_X86
   if (M <= 0 || N <= 0) return;
   // The column corrections, once per call: per item they re-read the weight block from memory in a latency-bound
@@ -458,11 +459,88 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
 #endif
 }
 
-template void gemm_dequant<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+template void detail::gemm_dequant_vnni<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                               const float*, const float*, float*, int64_t);
+template void detail::gemm_dequant_vnni<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                                       const float*, const float*, c10::BFloat16*, int64_t);
+template void detail::gemm_dequant_vnni<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                                   const float*, const float*, c10::Half*, int64_t);
+
+// ---------------------------------------------------------------------------------------------------------
+// K > kMaxExactK: int32 sums could wrap (127 * 128 * K > 2^31 - 1), so K is split into blocks of kKBlock whose
+// int32 partial sums are exact, added up in int64; the epilogue converts the exact int64 sum to float32 through
+// double (exact below 2^53, then one rounding to nearest even: the reference's float64 acc .float()). This
+// file is compiled for baseline x86-64 (no fma), so the scalar epilogue keeps the reference's two roundings.
+// Extra memory: the int8 activations (M x K) and M x N int64 + int32 sums; a shape this rare needs no speed.
+// ---------------------------------------------------------------------------------------------------------
+namespace {
+
+constexpr int64_t kKBlock = 1 << 17;
+static_assert(kKBlock <= kMaxExactK, "a K block's int32 sums must be exact");
+
+// acc[m, n] = sum_k q[m, k] * w[n, k] over K <= kKBlock (int32, no overflow): the tiers without AVX2.
+void gemm_int32_scalar(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, const int8_t* w,
+                       int64_t ldw, int32_t* acc) {
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        int32_t s = 0;
+        for (int64_t k = 0; k < K; ++k) s += int32_t(q[m * ldq + k]) * int32_t(w[n * ldw + k]);
+        acc[m * N + n] = s;
+      }
+  });
+}
+
+template <typename T>
+void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                         const float* sw, const float* bias, T* out, int64_t ldo) {
+  std::vector<int8_t> q(M * K);
+  std::vector<float> sx(M);
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) { fill(m0, m1 - m0, q.data() + m0 * K, K, sx.data() + m0); });
+  std::vector<int64_t> acc(M * N, 0);
+  std::vector<int32_t> part(M * N);
+  for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+    const int64_t kb = std::min(kKBlock, K - k0);
+    if (available(isa)) {
+      auto block = [&](int64_t m0, int64_t rows, int8_t* dst, int64_t ld, float* s) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(dst + r * ld, q.data() + (m0 + r) * K + k0, kb);
+          s[r] = sx[m0 + r];
+        }
+      };
+      detail::gemm_int32_avx2(M, N, kb, block, w + k0, ldw, part.data(), N);
+    } else {
+      gemm_int32_scalar(M, N, kb, q.data() + k0, K, w + k0, ldw, part.data());
+    }
+    for (int64_t i = 0; i < M * N; ++i) acc[i] += part[i];
+  }
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        float v = static_cast<float>(static_cast<double>(acc[m * N + n])) * sx[m] * sw[n];
+        if (bias) v += bias[n];
+        out[m * ldo + n] = static_cast<T>(v);
+      }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                  const float* sw, const float* bias, T* out, int64_t ldo) {
+  if (M <= 0 || N <= 0) return;
+  if (K > kMaxExactK) return gemm_dequant_ksplit<T>(isa, M, N, K, fill, w, ldw, sw, bias, out, ldo);
+  TORCH_CHECK(available(isa), "int8gemm::gemm_dequant: no native tier for this CPU ISA");
+  if (isa >= Isa::Avx512Vnni) return detail::gemm_dequant_vnni<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
+  detail::gemm_dequant_avx2<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
+}
+
+template void gemm_dequant<float>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
                                   const float*, float*, int64_t);
-template void gemm_dequant<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+template void gemm_dequant<c10::BFloat16>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
                                           const float*, const float*, c10::BFloat16*, int64_t);
-template void gemm_dequant<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
-                                      const float*, c10::Half*, int64_t);
+template void gemm_dequant<c10::Half>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                      const float*, const float*, c10::Half*, int64_t);
 
 }  // namespace pyopt::int8gemm

@@ -1,12 +1,21 @@
-// Native AVX512-VNNI int8 GEMM with the dequant epilogue fused on the accumulators (csrc/cpu/int8_gemm.cpp).
+// Native int8 GEMMs with the dequant epilogue fused on the accumulators:
 //
 //   out[m, n] = float(sum_k q[m, k] * w[n, k]) * sx[m] * sw[n] + bias[n]      (out: row stride ldo, type T)
 //
-// q (int8, ±127, one scale sx[m] per row) is produced on the fly by `fill`, one block of rows at a time, into a
-// per-thread buffer that stays in L2: the caller quantises (linear) or quantises + im2cols (conv) there, so
-// for large M neither the quantised activations nor an int32 accumulator matrix is ever written to memory
-// (small M, split over columns instead of rows, packs all its rows once into one shared buffer).
-// w is the plain int8 weight [N, K] (row stride ldw): no prepacking, so the modules' buffers stay as they are.
+// q (int8 in [-127, 127], one scale sx[m] per row) is produced on the fly by `fill`, one block of rows at a
+// time, into a per-thread buffer that stays in L2: the caller quantises (linear) or quantises + im2cols (conv)
+// there, so for large M neither the quantised activations nor an int32 accumulator matrix is ever written to
+// memory. w is the plain int8 weight [N, K] (row stride ldw, any int8 value including -128): nothing is
+// prepacked or cached outside a call, so the modules' buffers and state_dicts stay as they are.
+//
+// Tiers (gemm_dequant picks by `isa`):
+//   avx512_vnni     int8_gemm.cpp: vpdpbusd, activations shifted to u8 and a per-column correction;
+//   avx2 / avx512   int8_gemm_avx2.cpp: vpmaddwd on sign-extended int16 (exact for every int8 pair), the
+//                   weight packed per call into 16-column panels; small M: per-row dot products straight
+//                   from the plain weight (vpmaddubsw on |w| and sign(w) * q, exact because |q| <= 127).
+// Every tier is exact (bit-identical to the float64 reference): its int32 sums are exact while the true sum
+// fits in int32, which 127 * 128 * K bounds for K <= kMaxExactK; beyond that gemm_dequant splits K into
+// blocks of int32 partial sums added in int64 (any tier, scalar included).
 #pragma once
 #include <c10/util/FunctionRef.h>
 
@@ -20,12 +29,37 @@ namespace pyopt::int8gemm {
 // only the first K bytes of each row are read) and their scales to sx[0 .. rows).
 using RowFill = c10::function_ref<void(int64_t m0, int64_t rows, int8_t* q, int64_t ld, float* sx)>;
 
-// Whether this build and `isa` can run the native GEMM (AVX512-VNNI).
-inline bool available(Isa isa) { return PYOPT_X86 && isa >= Isa::Avx512Vnni; }
+// The largest K whose every sum fits in int32 whatever the values: 127 * 128 * K <= 2^31 - 1.
+constexpr int64_t kMaxExactK = 132104;
+
+// Whether this build and `isa` run a native GEMM tier (AVX2 and up on x86-64).
+inline bool available(Isa isa) { return PYOPT_X86 && isa >= Isa::Avx2; }
+
+// Whether the dynamic int8 layers should call gemm_dequant for an M x K activation on `isa`: any native tier,
+// except M == 1 on VNNI (oneDNN's GEMV behind at::_int_mm measured 2-4x faster there than 16-row tiles), and
+// any tier once K passes kMaxExactK (at::_int_mm's int32 sums would wrap; gemm_dequant stays exact).
+inline bool wanted(Isa isa, int64_t M, int64_t K) {
+  if (K > kMaxExactK) return true;
+  return available(isa) && K > 0 && (isa != Isa::Avx512Vnni || M > 1);
+}
 
 // T: float, c10::BFloat16 or c10::Half. bias may be null. Parallel over row blocks x column blocks.
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
-                  const float* bias, T* out, int64_t ldo);
+void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                  const float* sw, const float* bias, T* out, int64_t ldo);
+
+namespace detail {
+// The tiers behind gemm_dequant (K <= kMaxExactK). int8_gemm.cpp / int8_gemm_avx2.cpp.
+template <typename T>
+void gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                       const float* sw, const float* bias, T* out, int64_t ldo);
+template <typename T>
+void gemm_dequant_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                       const float* sw, const float* bias, T* out, int64_t ldo);
+// acc[m, n] (row stride ldc) = sum_k q[m, k] * w[n, k] in wrapping int32, the AVX2 tier's kernels (exact for
+// K <= kMaxExactK): the building block of the K-split path.
+void gemm_int32_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
+                     int64_t ldc);
+}  // namespace detail
 
 }  // namespace pyopt::int8gemm

@@ -3,9 +3,9 @@
 //
 // dynamic (W8A8):  per-token symmetric quantisation of the activations (quant_simd.h's row quantiser), the
 //                  int8 x int8 -> int32 GEMM and the epilogue out = float(acc) * sx[m] * sw[n] + bias[n], in x's
-//                  dtype. With AVX512-VNNI (M > 1): the native GEMM of int8_gemm.cpp, quantisation and epilogue
-//                  fused into it. Otherwise at::_int_mm (oneDNN; small K goes through our loop because _int_mm
-//                  is wrong for K == 1 in torch 2.13), then one epilogue pass.
+//                  dtype. Where int8gemm::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
+//                  quantisation and epilogue fused into them. Otherwise at::_int_mm (oneDNN; small K goes through
+//                  our loop because _int_mm is wrong for K == 1 in torch 2.13), then one epilogue pass.
 // weight-only:     int8 weights converted to float inside the dot products (GEMV-style kernel, 4 output rows
 //                  x up to 4 tokens per register tile) for small M; for large M the weights are dequantised
 //                  one block of output rows at a time into a small float buffer that feeds a BLAS GEMM, so a
@@ -134,32 +134,15 @@ void epilogue_into(const at::Tensor& acc, const at::Tensor& sx, const at::Tensor
 
 namespace {
 
-// Rows too long for an exact int32 sum (K > kMaxExactK): the reference's arithmetic in ATen — the same
-// per-token quantiser, the exact product in float64, the float32 epilogue — so results stay bit-identical.
-at::Tensor dynamic_wide_k(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& sw,
-                          const c10::optional<at::Tensor>& bias, Isa isa) {
-  const int64_t M = x.size(0), K = x.size(1);
-  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
-  auto sx = at::empty({M}, x.options().dtype(at::kFloat));
-  PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
-    quant_rows(x.data_ptr<scalar_t>(), q.data_ptr<int8_t>(), sx.data_ptr<float>(), M, K, isa);
-  });
-  auto out = at::mm(q.to(at::kDouble), w_q.to(at::kDouble).t()).to(at::kFloat) * sx.unsqueeze(1) * sw;
-  if (bias) out = out + *bias;
-  return out.to(x.scalar_type());
-}
-
 // x [M, K] contiguous, weights contiguous, bias contiguous float32 (linear_operands).
 at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scales,
                       const c10::optional<at::Tensor>& bias) {
   const Isa isa = pyopt::active_isa();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
-  if (K > kMaxExactK) return dynamic_wide_k(x, w_q, w_scales, bias, isa);
-  if (pyopt::int8gemm::available(isa) && K > 0 && M > 1) {
-    // Native VNNI GEMM: each block of rows is quantised into a per-thread buffer right before its GEMM, and
-    // the epilogue runs on the accumulators. Not for M == 1: its 16-row tiles would waste 15/16 of the work,
-    // and oneDNN's GEMV behind _int_mm measured 2-4x faster there (K = N = 4096: 0.25-0.46 vs 0.85-1.0 ms).
+  if (pyopt::int8gemm::wanted(isa, M, K)) {
+    // Native GEMM (int8_gemm.h: VNNI or AVX2 tier): each block of rows is quantised into a per-thread buffer
+    // right before its GEMM, and the epilogue runs on the accumulators.
     auto out = at::empty({M, N}, x.options());
     PYOPT_FLOAT_DISPATCH(x.scalar_type(), [&] {
       const scalar_t* px = x.data_ptr<scalar_t>();
@@ -167,7 +150,7 @@ at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tens
         for (int64_t r = 0; r < rows; ++r)
           sx[r] = pyopt::quant::quantize_row_per_token(isa, px + (m0 + r) * K, q + r * ld, K);
       };
-      pyopt::int8gemm::gemm_dequant<scalar_t>(M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
+      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
                                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(), N);
     });
     return out;
