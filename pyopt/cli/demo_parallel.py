@@ -126,8 +126,6 @@ def run(base: nn.Module, data, cfg, head: list[str], workdir: str) -> dict:
     """Prune `base`'s head, fine-tune it single / DDP / TP for STEPS steps; returns the report entry."""
     import torch.multiprocessing as mp
 
-    from . import demo
-
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     pruned, _ = pyopt.prune(copy.deepcopy(base), 0.9, include=head)
