@@ -39,15 +39,23 @@ inline int8_t quantize_one(float v, float inv) {
 
 // tile[c * n + i] = q(x[c * plane + i]) for i < n: one image row (n = W pixels) of all C channels, each
 // channel's row read contiguously.
+}  // namespace
+namespace scalar {
+namespace {
 template <typename T>
-void quant_tile_scalar(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
+void quant_tile(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
   for (int64_t c = 0; c < C; ++c)
     for (int64_t i = 0; i < n; ++i) tile[c * n + i] = quantize_one(to_f32(x[c * plane + i]), inv);
 }
 
+}  // namespace
+}  // namespace scalar
+
 #if PYOPT_X86
+namespace avx512 {
+namespace {
 template <typename T>
-PYOPT_TARGET_AVX512 void quant_tile_avx512(const T* x, int64_t plane, int64_t C, int64_t n, float inv,
+PYOPT_TARGET_AVX512 void quant_tile(const T* x, int64_t plane, int64_t C, int64_t n, float inv,
                                            int8_t* tile) {
   const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
   for (int64_t c = 0; c < C; ++c) {
@@ -61,8 +69,12 @@ PYOPT_TARGET_AVX512 void quant_tile_avx512(const T* x, int64_t plane, int64_t C,
   }
 }
 
+}  // namespace
+}  // namespace avx512
+namespace avx2 {
+namespace {
 template <typename T>
-PYOPT_TARGET_AVX2 void quant_tile_avx2(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
+PYOPT_TARGET_AVX2 void quant_tile(const T* x, int64_t plane, int64_t C, int64_t n, float inv, int8_t* tile) {
   const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   const int64_t n8 = n / 8 * 8;
   for (int64_t c = 0; c < C; ++c) {
@@ -77,7 +89,11 @@ PYOPT_TARGET_AVX2 void quant_tile_avx2(const T* x, int64_t plane, int64_t C, int
     for (int64_t k = n8; k < n; ++k) tc[k] = quantize_one(to_f32(xc[k]), inv);
   }
 }
+}  // namespace
+}  // namespace avx2
 #endif
+
+namespace {
 
 // x: contiguous NCHW [B, C, H, W] -> q: NHWC int8 [B, H, W, C], scales[b] = per-sample scale.
 template <typename T>
@@ -106,11 +122,11 @@ void quant_nchw_to_nhwc(const T* x, int8_t* q, float* scales, int64_t B, int64_t
       const float inv = 1.0f / scales[b];
       const T* src = x + b * C * plane + h * W;
 #if PYOPT_X86
-      if (isa >= Isa::Avx512) quant_tile_avx512(src, plane, C, W, inv, tile.data());
-      else if (isa == Isa::Avx2) quant_tile_avx2(src, plane, C, W, inv, tile.data());
+      if (isa >= Isa::Avx512) avx512::quant_tile(src, plane, C, W, inv, tile.data());
+      else if (isa == Isa::Avx2) avx2::quant_tile(src, plane, C, W, inv, tile.data());
       else
 #endif
-        quant_tile_scalar(src, plane, C, W, inv, tile.data());
+        scalar::quant_tile(src, plane, C, W, inv, tile.data());
       int8_t* dst = q + r * W * C;
       for (int64_t i = 0; i < W; ++i, dst += C)
         for (int64_t c = 0; c < C; ++c) dst[c] = tile[c * W + i];
@@ -172,7 +188,7 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     }
   };
-  if (pyopt::int8gemm::wanted(isa, B * HO * WO, KC)) {
+  if (wanted(isa, B * HO * WO, KC)) {
     // Native GEMM (VNNI or AVX2 tier) with the im2col fused into its row packing: no cols matrix, no int32
     // accumulators.
     const float* psx = sx.data_ptr<float>();
@@ -183,7 +199,7 @@ at::Tensor int8_conv2d_dynamic(const at::Tensor& x_in, const at::Tensor& w_q, co
       }
     };
     PYOPT_FLOAT_DISPATCH(out.scalar_type(), [&] {
-      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
+      gemm_dequant<scalar_t>(isa, B * HO * WO, O, KC, fill, wmat.data_ptr<int8_t>(), KC,
                                               w_scales.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr,
                                               out.data_ptr<scalar_t>(), O);
     });
