@@ -402,6 +402,10 @@ CONV_CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
     (2, 4, 11, 9, 6, 3, 2, 2, 2),
     (1, 5, 6, 6, 3, 1, 2, 0, 1),
     (1, 3, 4, 37, 4, 3, 1, 1, 1),  # W = 37: full SIMD vectors and a tail in each row
+    # C, W >= 16: the NCHW -> NHWC quantiser's 16 x 16 byte transposes plus channel and pixel tails
+    (2, 37, 7, 21, 19, 3, 1, 1, 1),
+    (1, 32, 5, 16, 8, 3, 2, 3, 2),
+    (1, 16, 9, 33, 6, 1, 1, 0, 1),
 ]
 
 
@@ -426,18 +430,32 @@ def test_conv_dynamic_cpu_vs_reference(isa, case, dtype):
     )
 
 
-@pytest.mark.skipif(not _vnni_available(), reason="needs a CPU with AVX512-VNNI")
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_conv_dynamic_vnni_bit_exact(case, dtype):
-    # the native GEMM with the im2col fused into its packing: exact accumulators, the reference's epilogue
+def test_conv_dynamic_bit_exact(isa, case, dtype):
+    # every tier: exact int32 sums and the reference's epilogue; natively the im2col reads the zero-padded
+    # NHWC activations straight into the GEMM's packing
     B, C, H, W, cout, k, st, p, d = case
     x = torch.randn(B, C, H, W).to(dtype)
     wq, ws, b = _weights(cout, C * k * k)
     args = (x, wq.view(cout, C, k, k), ws, b, [st, st], [p, p], [d, d])
-    with pyopt.use_isa("avx512_vnni"):
-        out = _run("int8_conv2d_dynamic", "cpu", *args)
-    assert torch.equal(out, _run("int8_conv2d_dynamic", "reference", *args))
+    ref = _run("int8_conv2d_dynamic", "reference", *args)
+    with pyopt.use_isa(isa):
+        assert torch.equal(_run("int8_conv2d_dynamic", "cpu", *args), ref)
+        xcl = x.to(memory_format=torch.channels_last)
+        assert torch.equal(_run("int8_conv2d_dynamic", "cpu", xcl, *args[1:]), ref)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_conv_dynamic_asymmetric_geometry_bit_exact(isa):
+    # different stride / padding / dilation per axis, padding wider than the kernel's reach
+    x = torch.randn(2, 20, 13, 18)
+    wq, ws, b = _weights(7, 20 * 3 * 2)
+    args = (x, wq.view(7, 20, 3, 2), ws, b, [2, 1], [4, 1], [1, 3])
+    ref = _run("int8_conv2d_dynamic", "reference", *args)
+    with pyopt.use_isa(isa):
+        assert torch.equal(_run("int8_conv2d_dynamic", "cpu", *args), ref)
 
 
 @pytest.mark.parametrize("op", ["int8_conv2d_dynamic", "int8_conv2d_weight_only"])

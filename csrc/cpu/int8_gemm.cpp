@@ -44,8 +44,7 @@
 #include <immintrin.h>
 #endif
 
-namespace pyopt::int8 {
-namespace avx512vnni {
+namespace pyopt::int8gemm {
 namespace {
 
 constexpr int64_t kNR = 8;
@@ -384,7 +383,7 @@ PYOPT_TARGET_AVX512VNNI void run_item(const Problem& p, T* out, int64_t m_lo, in
 }  // namespace
 
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+void detail::gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                                const float* sw, const float* bias, T* out, int64_t ldo) {
 #if PYOPT_X86
   if (M <= 0 || N <= 0) return;
@@ -456,18 +455,16 @@ void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w
     }
   });
 #else
-  TORCH_CHECK(false, "int8::avx512vnni::gemm_dequant needs x86-64 with AVX512-VNNI");
+  TORCH_CHECK(false, "int8gemm::gemm_dequant needs x86-64 with AVX512-VNNI");
 #endif
 }
 
-template void gemm_dequant<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
-                                  const float*, float*, int64_t);
-template void gemm_dequant<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
-                                          const float*, c10::BFloat16*, int64_t);
-template void gemm_dequant<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
-                                      const float*, c10::Half*, int64_t);
-
-}  // namespace avx512vnni
+template void detail::gemm_dequant_vnni<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                               const float*, const float*, float*, int64_t);
+template void detail::gemm_dequant_vnni<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                                       const float*, const float*, c10::BFloat16*, int64_t);
+template void detail::gemm_dequant_vnni<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                                   const float*, const float*, c10::Half*, int64_t);
 
 // ---------------------------------------------------------------------------------------------------------
 // K > kMaxExactK: int32 sums could wrap (127 * 128 * K > 2^31 - 1), so K is split into blocks of kKBlock whose
@@ -481,9 +478,8 @@ namespace {
 constexpr int64_t kKBlock = 1 << 17;
 static_assert(kKBlock <= kMaxExactK, "a K block's int32 sums must be exact");
 
-namespace scalar {
 // acc[m, n] = sum_k q[m, k] * w[n, k] over K <= kKBlock (int32, no overflow): the tiers without AVX2.
-void gemm_int32(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, const int8_t* w,
+void gemm_int32_scalar(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, const int8_t* w,
                        int64_t ldw, int32_t* acc) {
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
@@ -494,7 +490,6 @@ void gemm_int32(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, c
       }
   });
 }
-}  // namespace scalar
 
 template <typename T>
 void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
@@ -513,9 +508,9 @@ void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill,
           s[r] = sx[m0 + r];
         }
       };
-      avx2::gemm_int32(M, N, kb, block, w + k0, ldw, part.data(), N);
+      detail::gemm_int32_avx2(M, N, kb, block, w + k0, ldw, part.data(), N);
     } else {
-      scalar::gemm_int32(M, N, kb, q.data() + k0, K, w + k0, ldw, part.data());
+      gemm_int32_scalar(M, N, kb, q.data() + k0, K, w + k0, ldw, part.data());
     }
     for (int64_t i = 0; i < M * N; ++i) acc[i] += part[i];
   }
@@ -536,12 +531,9 @@ void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const 
                   const float* sw, const float* bias, T* out, int64_t ldo) {
   if (M <= 0 || N <= 0) return;
   if (K > kMaxExactK) return gemm_dequant_ksplit<T>(isa, M, N, K, fill, w, ldw, sw, bias, out, ldo);
-  switch (isa) {
-    case Isa::Avx512Vnni: return avx512vnni::gemm_dequant<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
-    case Isa::Avx512:
-    case Isa::Avx2: return avx2::gemm_dequant<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
-    default: TORCH_CHECK(false, "int8::gemm_dequant: no native tier for this CPU ISA");
-  }
+  TORCH_CHECK(available(isa), "int8gemm::gemm_dequant: no native tier for this CPU ISA");
+  if (isa >= Isa::Avx512Vnni) return detail::gemm_dequant_vnni<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
+  detail::gemm_dequant_avx2<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
 }
 
 template void gemm_dequant<float>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
@@ -551,4 +543,4 @@ template void gemm_dequant<c10::BFloat16>(Isa, int64_t, int64_t, int64_t, RowFil
 template void gemm_dequant<c10::Half>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
                                       const float*, const float*, c10::Half*, int64_t);
 
-}  // namespace pyopt::int8
+}  // namespace pyopt::int8gemm

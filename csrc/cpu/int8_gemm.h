@@ -23,7 +23,7 @@
 
 #include "cpu/cpu_isa.h"
 
-namespace pyopt::int8 {
+namespace pyopt::int8gemm {
 
 // fill(m0, rows, q, ld, sx): write rows [m0, m0 + rows) of the int8 activations to q (row r at q + r * ld,
 // only the first K bytes of each row are read) and their scales to sx[0 .. rows).
@@ -48,21 +48,18 @@ template <typename T>
 void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                   const float* sw, const float* bias, T* out, int64_t ldo);
 
-// The tiers behind gemm_dequant (K <= kMaxExactK), one namespace per ISA with the same function names; chosen
-// once per call by gemm_dequant's switch on the Isa. int8_gemm.cpp / int8_gemm_avx2.cpp.
-namespace avx512vnni {
+namespace detail {
+// The tiers behind gemm_dequant (K <= kMaxExactK). int8_gemm.cpp / int8_gemm_avx2.cpp.
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
-                  const float* bias, T* out, int64_t ldo);
-}  // namespace avx512vnni
-namespace avx2 {
+void gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                       const float* sw, const float* bias, T* out, int64_t ldo);
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
-                  const float* bias, T* out, int64_t ldo);
+void gemm_dequant_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                       const float* sw, const float* bias, T* out, int64_t ldo);
 // acc[m, n] (row stride ldc) = sum_k q[m, k] * w[n, k] in wrapping int32, the AVX2 tier's kernels (exact for
 // K <= kMaxExactK): the building block of the K-split path.
-void gemm_int32(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
-                int64_t ldc);
-}  // namespace avx2
+void gemm_int32_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
+                     int64_t ldc);
+}  // namespace detail
 
-}  // namespace pyopt::int8
+}  // namespace pyopt::int8gemm

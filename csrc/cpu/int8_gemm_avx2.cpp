@@ -47,7 +47,7 @@
 #include <unistd.h>
 #endif
 
-namespace pyopt::int8::avx2 {
+namespace pyopt::int8gemm::detail {
 namespace {
 
 constexpr int64_t kMR = 6;       // rows per micro-tile (broadcast operand)
@@ -530,31 +530,31 @@ void gemm(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_
 }  // namespace
 
 template <typename T>
-void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+void gemm_dequant_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                        const float* sw, const float* bias, T* out, int64_t ldo) {
 #if PYOPT_X86
   const bool stream = std::is_same_v<T, float> && ldo % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   gemm(M, N, K, fill, w, ldw, Dequant<T>{out, ldo, sw, bias, stream});
   _mm_sfence();  // order the streaming stores of this thread (the workers fence at the end of each item)
 #else
-  TORCH_CHECK(false, "int8::avx2: the AVX2 tier needs x86-64");
+  TORCH_CHECK(false, "int8gemm: the AVX2 tier needs x86-64");
 #endif
 }
 
-void gemm_int32(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
-                int64_t ldc) {
+void gemm_int32_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
+                     int64_t ldc) {
 #if PYOPT_X86
   gemm(M, N, K, fill, w, ldw, RawInt32{acc, ldc});
 #else
-  TORCH_CHECK(false, "int8::avx2: the AVX2 tier needs x86-64");
+  TORCH_CHECK(false, "int8gemm: the AVX2 tier needs x86-64");
 #endif
 }
 
-template void gemm_dequant<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+template void gemm_dequant_avx2<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
                                        const float*, float*, int64_t);
-template void gemm_dequant<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+template void gemm_dequant_avx2<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
                                                const float*, const float*, c10::BFloat16*, int64_t);
-template void gemm_dequant<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+template void gemm_dequant_avx2<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
                                            const float*, const float*, c10::Half*, int64_t);
 
-}  // namespace pyopt::int8::avx2
+}  // namespace pyopt::int8gemm::detail

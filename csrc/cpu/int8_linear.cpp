@@ -3,7 +3,7 @@
 //
 // dynamic (W8A8):  per-token symmetric quantisation of the activations (quant_simd.h's row quantiser), the
 //                  int8 x int8 -> int32 GEMM and the epilogue out = float(acc) * sx[m] * sw[n] + bias[n], in x's
-//                  dtype. Where int8::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
+//                  dtype. Where int8gemm::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
 //                  quantisation and epilogue fused into them. Otherwise at::_int_mm (oneDNN; small K goes through
 //                  our loop because _int_mm is wrong for K == 1 in torch 2.13), then one epilogue pass.
 // weight-only:     int8 weights converted to float inside the dot products (GEMV-style kernel, 4 output rows
@@ -51,10 +51,7 @@ PYOPT_TARGET_AVX2 inline float hsum8(__m256 v) {
 // columns they did; the scalar loop finishes the row (and does every row for bfloat16/float16 outputs).
 // ---------------------------------------------------------------------------------------------------------
 #if PYOPT_X86
-}  // namespace
-namespace avx512 {
-namespace {
-PYOPT_TARGET_AVX512 int64_t epilogue_row(const int32_t* a, float s, const float* sw, const float* bias,
+PYOPT_TARGET_AVX512 int64_t epilogue_row_avx512(const int32_t* a, float s, const float* sw, const float* bias,
                                                 float* o, int64_t N) {
   const __m512 vs = _mm512_set1_ps(s);
   int64_t n = 0;
@@ -66,11 +63,7 @@ PYOPT_TARGET_AVX512 int64_t epilogue_row(const int32_t* a, float s, const float*
   return n;
 }
 
-}  // namespace
-}  // namespace avx512
-namespace avx2 {
-namespace {
-PYOPT_TARGET_AVX2 int64_t epilogue_row(const int32_t* a, float s, const float* sw, const float* bias, float* o,
+PYOPT_TARGET_AVX2 int64_t epilogue_row_avx2(const int32_t* a, float s, const float* sw, const float* bias, float* o,
                                             int64_t N) {
   const __m256 vs = _mm256_set1_ps(s);
   int64_t n = 0;
@@ -82,9 +75,6 @@ PYOPT_TARGET_AVX2 int64_t epilogue_row(const int32_t* a, float s, const float* s
   }
   return n;
 }
-}  // namespace
-}  // namespace avx2
-namespace {
 #endif
 
 template <typename T>
@@ -97,8 +87,8 @@ void dequant_epilogue(const int32_t* acc, const float* sx, const float* sw, cons
       int64_t n = 0;
 #if PYOPT_X86
       if constexpr (std::is_same_v<T, float>) {
-        if (isa >= Isa::Avx512) n = avx512::epilogue_row(a, sx[m], sw, bias, o, N);
-        else if (isa == Isa::Avx2) n = avx2::epilogue_row(a, sx[m], sw, bias, o, N);
+        if (isa >= Isa::Avx512) n = epilogue_row_avx512(a, sx[m], sw, bias, o, N);
+        else if (isa == Isa::Avx2) n = epilogue_row_avx2(a, sx[m], sw, bias, o, N);
       }
 #endif
       for (; n < N; ++n) {
@@ -150,7 +140,7 @@ at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tens
   const Isa isa = pyopt::active_isa();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
-  if (wanted(isa, M, K)) {
+  if (pyopt::int8gemm::wanted(isa, M, K)) {
     // Native GEMM (int8_gemm.h: VNNI or AVX2 tier): each block of rows is quantised into a per-thread buffer
     // right before its GEMM, and the epilogue runs on the accumulators.
     auto out = at::empty({M, N}, x.options());
@@ -160,7 +150,7 @@ at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tens
         for (int64_t r = 0; r < rows; ++r)
           sx[r] = pyopt::quant::quantize_row_per_token(isa, px + (m0 + r) * K, q + r * ld, K);
       };
-      gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
+      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
                                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(), N);
     });
     return out;
@@ -196,11 +186,8 @@ inline void wo_store(T* out, int64_t ldo, int64_t m, int64_t n, float dot, const
 // accumulators. With few tokens, two accumulator sets (even / odd k-steps) hide the FMA latency. The
 // accumulators are flushed through a small buffer (reducing them in registers made GCC keep a stack copy
 // updated inside the hot loop: 16 extra stores per step).
-}  // namespace
-namespace avx512 {
-namespace {
 template <typename T, int NT, int MT>
-PYOPT_TARGET_AVX512 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
+PYOPT_TARGET_AVX512 void wo_tile_avx512(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                         int64_t N, const float* sw, const float* bias) {
   constexpr int kSets = MT <= 2 ? 2 : 1;
   constexpr int kAcc = NT * MT * kSets;
@@ -253,12 +240,8 @@ PYOPT_TARGET_AVX512 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t
     }
 }
 
-}  // namespace
-}  // namespace avx512
-namespace avx2 {
-namespace {
 template <typename T, int NT, int MT>
-PYOPT_TARGET_AVX2 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
+PYOPT_TARGET_AVX2 void wo_tile_avx2(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                     int64_t N, const float* sw, const float* bias) {
   __m256 acc[NT][MT];
   for (int j = 0; j < NT; ++j)
@@ -280,14 +263,10 @@ PYOPT_TARGET_AVX2 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n
       wo_store(out, N, m + i, n + j, dot, sw, bias);
     }
 }
-}  // namespace
-}  // namespace avx2
 #endif
 
-namespace scalar {
-namespace {
 template <typename T, int NT, int MT>
-void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out, int64_t N,
+void wo_tile_scalar(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out, int64_t N,
                     const float* sw, const float* bias) {
   for (int j = 0; j < NT; ++j)
     for (int i = 0; i < MT; ++i) {
@@ -296,10 +275,7 @@ void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* ou
       wo_store(out, N, m + i, n + j, dot, sw, bias);
     }
 }
-}  // namespace
-}  // namespace scalar
 
-namespace {
 // One block of NT output rows against every token, MT tokens at a time (the weights stay in L1).
 template <typename T, int NT, int MT_MAX>
 void wo_rows(const T* x, const int8_t* w, int64_t M, int64_t K, int64_t n, T* out, int64_t N, const float* sw,
@@ -308,10 +284,10 @@ void wo_rows(const T* x, const int8_t* w, int64_t M, int64_t K, int64_t n, T* ou
   auto run = [&](auto mt) {
     constexpr int MT = decltype(mt)::value;
 #if PYOPT_X86
-    if (isa >= Isa::Avx512) return avx512::wo_tile<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
-    if (isa == Isa::Avx2) return avx2::wo_tile<T, NT, (MT > 2 ? 2 : MT)>(x, w, K, n, m, out, N, sw, bias);
+    if (isa >= Isa::Avx512) return wo_tile_avx512<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
+    if (isa == Isa::Avx2) return wo_tile_avx2<T, NT, (MT > 2 ? 2 : MT)>(x, w, K, n, m, out, N, sw, bias);
 #endif
-    scalar::wo_tile<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
+    wo_tile_scalar<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
   };
   const int64_t mt_max = (isa == Isa::Avx2) ? 2 : MT_MAX;
   for (; m + mt_max <= M; m += mt_max) {
