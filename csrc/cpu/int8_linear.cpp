@@ -3,7 +3,7 @@
 //
 // dynamic (W8A8):  per-token symmetric quantisation of the activations (quant_simd.h's row quantiser), the
 //                  int8 x int8 -> int32 GEMM and the epilogue out = float(acc) * sx[m] * sw[n] + bias[n], in x's
-//                  dtype. Where int8gemm::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
+//                  dtype. Where int8::wanted (AVX2 and up; VNNI from M = 2): the native GEMMs of int8_gemm.h,
 //                  quantisation and epilogue fused into them. Otherwise at::_int_mm (oneDNN; small K goes through
 //                  our loop because _int_mm is wrong for K == 1 in torch 2.13), then one epilogue pass.
 // weight-only:     int8 weights converted to float inside the dot products (GEMV-style kernel, 4 output rows
@@ -51,7 +51,10 @@ PYOPT_TARGET_AVX2 inline float hsum8(__m256 v) {
 // columns they did; the scalar loop finishes the row (and does every row for bfloat16/float16 outputs).
 // ---------------------------------------------------------------------------------------------------------
 #if PYOPT_X86
-PYOPT_TARGET_AVX512 int64_t epilogue_row_avx512(const int32_t* a, float s, const float* sw, const float* bias,
+}  // namespace
+namespace avx512 {
+namespace {
+PYOPT_TARGET_AVX512 int64_t epilogue_row(const int32_t* a, float s, const float* sw, const float* bias,
                                                 float* o, int64_t N) {
   const __m512 vs = _mm512_set1_ps(s);
   int64_t n = 0;
@@ -63,7 +66,11 @@ PYOPT_TARGET_AVX512 int64_t epilogue_row_avx512(const int32_t* a, float s, const
   return n;
 }
 
-PYOPT_TARGET_AVX2 int64_t epilogue_row_avx2(const int32_t* a, float s, const float* sw, const float* bias, float* o,
+}  // namespace
+}  // namespace avx512
+namespace avx2 {
+namespace {
+PYOPT_TARGET_AVX2 int64_t epilogue_row(const int32_t* a, float s, const float* sw, const float* bias, float* o,
                                             int64_t N) {
   const __m256 vs = _mm256_set1_ps(s);
   int64_t n = 0;
@@ -75,6 +82,9 @@ PYOPT_TARGET_AVX2 int64_t epilogue_row_avx2(const int32_t* a, float s, const flo
   }
   return n;
 }
+}  // namespace
+}  // namespace avx2
+namespace {
 #endif
 
 template <typename T>
@@ -87,8 +97,8 @@ void dequant_epilogue(const int32_t* acc, const float* sx, const float* sw, cons
       int64_t n = 0;
 #if PYOPT_X86
       if constexpr (std::is_same_v<T, float>) {
-        if (isa >= Isa::Avx512) n = epilogue_row_avx512(a, sx[m], sw, bias, o, N);
-        else if (isa == Isa::Avx2) n = epilogue_row_avx2(a, sx[m], sw, bias, o, N);
+        if (isa >= Isa::Avx512) n = avx512::epilogue_row(a, sx[m], sw, bias, o, N);
+        else if (isa == Isa::Avx2) n = avx2::epilogue_row(a, sx[m], sw, bias, o, N);
       }
 #endif
       for (; n < N; ++n) {
@@ -140,7 +150,7 @@ at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tens
   const Isa isa = pyopt::active_isa();
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   if (M == 0 || N == 0) return at::empty({M, N}, x.options());
-  if (pyopt::int8gemm::wanted(isa, M, K)) {
+  if (wanted(isa, M, K)) {
     // Native GEMM (int8_gemm.h: VNNI or AVX2 tier): each block of rows is quantised into a per-thread buffer
     // right before its GEMM, and the epilogue runs on the accumulators.
     auto out = at::empty({M, N}, x.options());
@@ -150,7 +160,7 @@ at::Tensor dynamic_2d(const at::Tensor& x, const at::Tensor& w_q, const at::Tens
         for (int64_t r = 0; r < rows; ++r)
           sx[r] = pyopt::quant::quantize_row_per_token(isa, px + (m0 + r) * K, q + r * ld, K);
       };
-      pyopt::int8gemm::gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
+      gemm_dequant<scalar_t>(isa, M, N, K, fill, w_q.data_ptr<int8_t>(), K, w_scales.data_ptr<float>(),
                                               bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(), N);
     });
     return out;
@@ -186,8 +196,11 @@ inline void wo_store(T* out, int64_t ldo, int64_t m, int64_t n, float dot, const
 // accumulators. With few tokens, two accumulator sets (even / odd k-steps) hide the FMA latency. The
 // accumulators are flushed through a small buffer (reducing them in registers made GCC keep a stack copy
 // updated inside the hot loop: 16 extra stores per step).
+}  // namespace
+namespace avx512 {
+namespace {
 template <typename T, int NT, int MT>
-PYOPT_TARGET_AVX512 void wo_tile_avx512(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
+PYOPT_TARGET_AVX512 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                         int64_t N, const float* sw, const float* bias) {
   constexpr int kSets = MT <= 2 ? 2 : 1;
   constexpr int kAcc = NT * MT * kSets;
@@ -240,33 +253,59 @@ PYOPT_TARGET_AVX512 void wo_tile_avx512(const T* x, const int8_t* w, int64_t K, 
     }
 }
 
+}  // namespace
+}  // namespace avx512
+namespace avx2 {
+namespace {
 template <typename T, int NT, int MT>
-PYOPT_TARGET_AVX2 void wo_tile_avx2(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
+PYOPT_TARGET_AVX2 void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out,
                                     int64_t N, const float* sw, const float* bias) {
-  __m256 acc[NT][MT];
-  for (int j = 0; j < NT; ++j)
-    for (int i = 0; i < MT; ++i) acc[j][i] = _mm256_setzero_ps();
+  // One token: two accumulator sets (even / odd 8-k steps) hide the FMA latency (4 independent chains are
+  // too few for 2 FMA pipes x 4 cycles).
+  constexpr int kSets = MT == 1 ? 2 : 1;
+  __m256 acc[kSets][NT][MT];
+  for (int s = 0; s < kSets; ++s)
+    for (int j = 0; j < NT; ++j)
+      for (int i = 0; i < MT; ++i) acc[s][j][i] = _mm256_setzero_ps();
   const int64_t K8 = K / 8 * 8;
-  for (int64_t k = 0; k < K8; k += 8) {
-    __m256 xv[MT];
-    for (int i = 0; i < MT; ++i) xv[i] = load8(x + (m + i) * K + k);
-    for (int j = 0; j < NT; ++j) {
-      __m128i wb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (n + j) * K + k));
-      __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
-      for (int i = 0; i < MT; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
-    }
+#define PYOPT_WO_STEP(s, kk)                                                                    \
+  {                                                                                             \
+    __m256 xv[MT];                                                                              \
+    for (int i = 0; i < MT; ++i) xv[i] = load8(x + (m + i) * K + (kk));                         \
+    for (int j = 0; j < NT; ++j) {                                                              \
+      __m128i wb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (n + j) * K + (kk)));   \
+      __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));                                 \
+      for (int i = 0; i < MT; ++i) acc[s][j][i] = _mm256_fmadd_ps(wv, xv[i], acc[s][j][i]);     \
+    }                                                                                           \
   }
+  int64_t k = 0;
+  for (; k + 8 * kSets <= K8; k += 8 * kSets) {
+    // The next block's NT weight rows (the rows this thread reads next), one line per row every 64 k: each
+    // row is its own 4 KiB page at K = 4096, where the hardware prefetchers stop, so without this every row
+    // started with DRAM misses (M = 1, K = N = 4096 read the weight at ~13 GB/s). A prefetch cannot fault.
+    if ((k & 63) < 8 * kSets)
+      for (int j = 0; j < NT; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + (n + NT + j) * K + k), _MM_HINT_T0);
+    for (int s = 0; s < kSets; ++s) PYOPT_WO_STEP(s, k + 8 * s)
+  }
+  for (; k < K8; k += 8) PYOPT_WO_STEP(0, k)
+#undef PYOPT_WO_STEP
   for (int j = 0; j < NT; ++j)
     for (int i = 0; i < MT; ++i) {
-      float dot = hsum8(acc[j][i]);
+      __m256 a = acc[0][j][i];
+      if constexpr (kSets == 2) a = _mm256_add_ps(a, acc[kSets - 1][j][i]);
+      float dot = hsum8(a);
       for (int64_t k = K8; k < K; ++k) dot += to_f32(x[(m + i) * K + k]) * float(w[(n + j) * K + k]);
       wo_store(out, N, m + i, n + j, dot, sw, bias);
     }
 }
+}  // namespace
+}  // namespace avx2
 #endif
 
+namespace scalar {
+namespace {
 template <typename T, int NT, int MT>
-void wo_tile_scalar(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out, int64_t N,
+void wo_tile(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m, T* out, int64_t N,
                     const float* sw, const float* bias) {
   for (int j = 0; j < NT; ++j)
     for (int i = 0; i < MT; ++i) {
@@ -275,7 +314,10 @@ void wo_tile_scalar(const T* x, const int8_t* w, int64_t K, int64_t n, int64_t m
       wo_store(out, N, m + i, n + j, dot, sw, bias);
     }
 }
+}  // namespace
+}  // namespace scalar
 
+namespace {
 // One block of NT output rows against every token, MT tokens at a time (the weights stay in L1).
 template <typename T, int NT, int MT_MAX>
 void wo_rows(const T* x, const int8_t* w, int64_t M, int64_t K, int64_t n, T* out, int64_t N, const float* sw,
@@ -284,10 +326,10 @@ void wo_rows(const T* x, const int8_t* w, int64_t M, int64_t K, int64_t n, T* ou
   auto run = [&](auto mt) {
     constexpr int MT = decltype(mt)::value;
 #if PYOPT_X86
-    if (isa >= Isa::Avx512) return wo_tile_avx512<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
-    if (isa == Isa::Avx2) return wo_tile_avx2<T, NT, (MT > 2 ? 2 : MT)>(x, w, K, n, m, out, N, sw, bias);
+    if (isa >= Isa::Avx512) return avx512::wo_tile<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
+    if (isa == Isa::Avx2) return avx2::wo_tile<T, NT, (MT > 2 ? 2 : MT)>(x, w, K, n, m, out, N, sw, bias);
 #endif
-    wo_tile_scalar<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
+    scalar::wo_tile<T, NT, MT>(x, w, K, n, m, out, N, sw, bias);
   };
   const int64_t mt_max = (isa == Isa::Avx2) ? 2 : MT_MAX;
   for (; m + mt_max <= M; m += mt_max) {
