@@ -51,3 +51,7 @@ __all__ = [
     "use_isa",
     "__version__",
 ]
+
+from . import tuning as _tuning  # noqa: E402
+
+_tuning.apply_cached()  # this machine's `pyopt tune` result, if cached (never a search at import)

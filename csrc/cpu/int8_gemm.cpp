@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -44,7 +45,8 @@
 #include <immintrin.h>
 #endif
 
-namespace pyopt::int8gemm {
+namespace pyopt::int8 {
+namespace avx512vnni {
 namespace {
 
 constexpr int64_t kNR = 8;
@@ -383,7 +385,7 @@ PYOPT_TARGET_AVX512VNNI void run_item(const Problem& p, T* out, int64_t m_lo, in
 }  // namespace
 
 template <typename T>
-void detail::gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                                const float* sw, const float* bias, T* out, int64_t ldo) {
 #if PYOPT_X86
   if (M <= 0 || N <= 0) return;
@@ -455,16 +457,18 @@ void detail::gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, co
     }
   });
 #else
-  TORCH_CHECK(false, "int8gemm::gemm_dequant needs x86-64 with AVX512-VNNI");
+  TORCH_CHECK(false, "int8::avx512vnni::gemm_dequant needs x86-64 with AVX512-VNNI");
 #endif
 }
 
-template void detail::gemm_dequant_vnni<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
-                                               const float*, const float*, float*, int64_t);
-template void detail::gemm_dequant_vnni<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
-                                                       const float*, const float*, c10::BFloat16*, int64_t);
-template void detail::gemm_dequant_vnni<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
-                                                   const float*, const float*, c10::Half*, int64_t);
+template void gemm_dequant<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+                                  const float*, float*, int64_t);
+template void gemm_dequant<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+                                          const float*, c10::BFloat16*, int64_t);
+template void gemm_dequant<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+                                      const float*, c10::Half*, int64_t);
+
+}  // namespace avx512vnni
 
 // ---------------------------------------------------------------------------------------------------------
 // K > kMaxExactK: int32 sums could wrap (127 * 128 * K > 2^31 - 1), so K is split into blocks of kKBlock whose
@@ -478,8 +482,9 @@ namespace {
 constexpr int64_t kKBlock = 1 << 17;
 static_assert(kKBlock <= kMaxExactK, "a K block's int32 sums must be exact");
 
+namespace scalar {
 // acc[m, n] = sum_k q[m, k] * w[n, k] over K <= kKBlock (int32, no overflow): the tiers without AVX2.
-void gemm_int32_scalar(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, const int8_t* w,
+void gemm_int32(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t ldq, const int8_t* w,
                        int64_t ldw, int32_t* acc) {
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
@@ -490,10 +495,11 @@ void gemm_int32_scalar(int64_t M, int64_t N, int64_t K, const int8_t* q, int64_t
       }
   });
 }
+}  // namespace scalar
 
 template <typename T>
 void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
-                         const float* sw, const float* bias, T* out, int64_t ldo) {
+                         const float* sw, const float* bias, T* out, int64_t ldo, const Tuning& t) {
   std::vector<int8_t> q(M * K);
   std::vector<float> sx(M);
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) { fill(m0, m1 - m0, q.data() + m0 * K, K, sx.data() + m0); });
@@ -508,9 +514,9 @@ void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill,
           s[r] = sx[m0 + r];
         }
       };
-      detail::gemm_int32_avx2(M, N, kb, block, w + k0, ldw, part.data(), N);
+      avx2::gemm_int32(M, N, kb, block, w + k0, ldw, part.data(), N, t);
     } else {
-      gemm_int32_scalar(M, N, kb, q.data() + k0, K, w + k0, ldw, part.data());
+      scalar::gemm_int32(M, N, kb, q.data() + k0, K, w + k0, ldw, part.data());
     }
     for (int64_t i = 0; i < M * N; ++i) acc[i] += part[i];
   }
@@ -524,16 +530,39 @@ void gemm_dequant_ksplit(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill,
   });
 }
 
+std::mutex tuning_mutex;
+Tuning tuning_current;
+
 }  // namespace
+
+Tuning tuning() {
+  std::lock_guard<std::mutex> lock(tuning_mutex);
+  return tuning_current;
+}
+
+void set_tuning(const Tuning& t) {
+  TORCH_CHECK_VALUE(t.block_kib == 0 || (t.block_kib >= 8 && t.block_kib <= 65536),
+                    "block_kib must be 0 (auto) or in [8, 65536], got ", t.block_kib);
+  TORCH_CHECK_VALUE(t.dot_max_m >= 0 && t.dot_max_m <= 256, "dot_max_m must be in [0, 256], got ", t.dot_max_m);
+  TORCH_CHECK_VALUE(t.chunk_panels >= 1 && t.chunk_panels <= 4096, "chunk_panels must be in [1, 4096], got ",
+                    t.chunk_panels);
+  TORCH_CHECK_VALUE(t.prefetch == 0 || t.prefetch == 1, "prefetch must be 0 or 1, got ", t.prefetch);
+  std::lock_guard<std::mutex> lock(tuning_mutex);
+  tuning_current = t;
+}
 
 template <typename T>
 void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                   const float* sw, const float* bias, T* out, int64_t ldo) {
   if (M <= 0 || N <= 0) return;
-  if (K > kMaxExactK) return gemm_dequant_ksplit<T>(isa, M, N, K, fill, w, ldw, sw, bias, out, ldo);
-  TORCH_CHECK(available(isa), "int8gemm::gemm_dequant: no native tier for this CPU ISA");
-  if (isa >= Isa::Avx512Vnni) return detail::gemm_dequant_vnni<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
-  detail::gemm_dequant_avx2<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
+  const Tuning t = tuning();  // one copy per call
+  if (K > kMaxExactK) return gemm_dequant_ksplit<T>(isa, M, N, K, fill, w, ldw, sw, bias, out, ldo, t);
+  switch (isa) {
+    case Isa::Avx512Vnni: return avx512vnni::gemm_dequant<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
+    case Isa::Avx512:
+    case Isa::Avx2: return avx2::gemm_dequant<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo, t);
+    default: TORCH_CHECK(false, "int8::gemm_dequant: no native tier for this CPU ISA");
+  }
 }
 
 template void gemm_dequant<float>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
@@ -543,4 +572,4 @@ template void gemm_dequant<c10::BFloat16>(Isa, int64_t, int64_t, int64_t, RowFil
 template void gemm_dequant<c10::Half>(Isa, int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
                                       const float*, const float*, c10::Half*, int64_t);
 
-}  // namespace pyopt::int8gemm
+}  // namespace pyopt::int8

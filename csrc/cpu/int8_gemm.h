@@ -23,11 +23,25 @@
 
 #include "cpu/cpu_isa.h"
 
-namespace pyopt::int8gemm {
+namespace pyopt::int8 {
 
 // fill(m0, rows, q, ld, sx): write rows [m0, m0 + rows) of the int8 activations to q (row r at q + r * ld,
 // only the first K bytes of each row are read) and their scales to sx[0 .. rows).
 using RowFill = c10::function_ref<void(int64_t m0, int64_t rows, int8_t* q, int64_t ld, float* sx)>;
+
+// The AVX2 tier's tunables: chosen per machine by `pyopt tune` (pyopt/tuning.py: a short measured search,
+// cached on disk per CPU model and pyopt version, applied once at import). gemm_dequant reads one copy per call
+// (under a mutex) and passes it down, so a kernel never sees a change mid-call; every value in range gives the
+// same, exact result (tests/test_int8_tuning.py), only the speed differs.
+struct Tuning {
+  int64_t block_kib = 0;     // packed activation rows per work item, in KiB (0: half the L2 of a core)
+  int64_t dot_max_m = 32;    // up to this many rows (with K >= 32 M): dot products on the plain weight
+  int64_t chunk_panels = 8;  // columns claimed per work chunk, in 16-column panels (large M)
+  int64_t prefetch = 1;      // 1: prefetch the next weight panel into L2 over the current panel's tiles
+};
+Tuning tuning();
+// Checks the ranges (ValueError naming the field) and installs t for the calls that start afterwards.
+void set_tuning(const Tuning& t);
 
 // The largest K whose every sum fits in int32 whatever the values: 127 * 128 * K <= 2^31 - 1.
 constexpr int64_t kMaxExactK = 132104;
@@ -48,18 +62,21 @@ template <typename T>
 void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                   const float* sw, const float* bias, T* out, int64_t ldo);
 
-namespace detail {
-// The tiers behind gemm_dequant (K <= kMaxExactK). int8_gemm.cpp / int8_gemm_avx2.cpp.
+// The tiers behind gemm_dequant (K <= kMaxExactK), one namespace per ISA with the same function names; chosen
+// once per call by gemm_dequant's switch on the Isa. int8_gemm.cpp / int8_gemm_avx2.cpp.
+namespace avx512vnni {
 template <typename T>
-void gemm_dequant_vnni(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
-                       const float* sw, const float* bias, T* out, int64_t ldo);
+void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
+                  const float* bias, T* out, int64_t ldo);
+}  // namespace avx512vnni
+namespace avx2 {
 template <typename T>
-void gemm_dequant_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
-                       const float* sw, const float* bias, T* out, int64_t ldo);
+void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const float* sw,
+                  const float* bias, T* out, int64_t ldo, const Tuning& t);
 // acc[m, n] (row stride ldc) = sum_k q[m, k] * w[n, k] in wrapping int32, the AVX2 tier's kernels (exact for
 // K <= kMaxExactK): the building block of the K-split path.
-void gemm_int32_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
-                     int64_t ldc);
-}  // namespace detail
+void gemm_int32(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
+                int64_t ldc, const Tuning& t);
+}  // namespace avx2
 
-}  // namespace pyopt::int8gemm
+}  // namespace pyopt::int8

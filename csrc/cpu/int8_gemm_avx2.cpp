@@ -47,12 +47,11 @@
 #include <unistd.h>
 #endif
 
-namespace pyopt::int8gemm::detail {
+namespace pyopt::int8::avx2 {
 namespace {
 
 constexpr int64_t kMR = 6;       // rows per micro-tile (broadcast operand)
 constexpr int64_t kNR = 16;      // columns per micro-tile / weight panel (2 ymm of int32)
-constexpr int64_t kDotMaxM = 32;  // up to this many rows: the dot-product kernels on the plain weight
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
@@ -398,16 +397,19 @@ struct Problem {
   RowFill fill;
   const PackedWeight* b;
   int64_t apanel;  // int32 per packed 6-row panel: np * 6 + 8 (slack for pack_a_panel's stores)
+  bool prefetch;   // Tuning::prefetch
 };
 
 // Rows per work item: a multiple of 6 whose packed block (rows * Kpad * 2 bytes) fills about half the L2 (Zen 3:
 // 256 KiB), next to the weight panel in use and the next one being prefetched (16 * Kpad bytes each). At
 // M = 1024, K = N = 4096, one thread: 160, 256, 384 and 448 KiB blocks all ran at 63-65 GMAC/s.
-inline int64_t rows_per_item(int64_t Kpad) {
-  static const int64_t budget = [] {
+// Tuning::block_kib overrides the budget.
+inline int64_t rows_per_item(int64_t Kpad, const Tuning& t) {
+  static const int64_t l2_half = [] {
     const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // per core; 0 or -1 where the OS does not say
     return l2 >= (128 << 10) ? static_cast<int64_t>(l2) / 2 : int64_t(256) << 10;
   }();
+  const int64_t budget = t.block_kib > 0 ? t.block_kib << 10 : l2_half;
   return std::clamp<int64_t>(budget / (2 * std::max<int64_t>(Kpad, 1)) / kMR * kMR, kMR, 192);
 }
 
@@ -441,7 +443,7 @@ PYOPT_TARGET_AVX2 void run_item(const Problem& p, const Out& out, int64_t m_lo, 
     const int64_t j = n0 / kNR;
     const int8_t* bpanel = p.b->get(j);
     // the next panel, if packed already (in memory or another core's cache): prefetched into L2 over these tiles
-    const int8_t* next = n0 + kNR < p.N && p.b->ready(j + 1) ? p.b->panel(j + 1) : nullptr;
+    const int8_t* next = p.prefetch && n0 + kNR < p.N && p.b->ready(j + 1) ? p.b->panel(j + 1) : nullptr;
     const int64_t cols = std::min(kNR, p.N - n0);
     for (int64_t r = 0; r < mrows; r += kMR) {
       const int8_t* pf = next ? next + (r / kMR) * p.np * 32 / tiles : nullptr;  // this tile's slice of it
@@ -453,7 +455,8 @@ PYOPT_TARGET_AVX2 void run_item(const Problem& p, const Out& out, int64_t m_lo, 
 }
 
 template <class Out>
-void gemm_packed(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const Out& out) {
+void gemm_packed(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const Out& out,
+                 const Tuning& t) {
   const int64_t Kpad = round_up(std::max<int64_t>(K, 1), 16), np = Kpad / 2;
   const int64_t npanels = (N + kNR - 1) / kNR;
   // 32-byte aligned panels (np * 32 bytes each, a multiple of 32)
@@ -463,16 +466,16 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w,
   const PackedWeight b{w, ldw, N, K, Kpad, np,
                        bp_mem.get() + (32 - reinterpret_cast<uintptr_t>(bp_mem.get()) % 32) % 32, state.get()};
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t mc = rows_per_item(Kpad);
+  const int64_t mc = rows_per_item(Kpad, t);
   const int64_t nm = (M + mc - 1) / mc;
-  const Problem p{M, N, K, Kpad, np, fill, &b, np * kMR + 8};
+  const Problem p{M, N, K, Kpad, np, fill, &b, np * kMR + 8, t.prefetch != 0};
   // Many row blocks and packed rows beyond 4 MiB (M > 512 at K = 4096): items of one row block each.
   if (nm >= 4 * threads && M * Kpad * 2 > (int64_t(4) << 20)) {
     // Many row blocks: dealt out statically (each packed once by its owner), their columns claimed in chunks
     // through one counter per block, so a thread that finishes early takes the unclaimed chunks of the others'
     // blocks, last block first (the VNNI tier's scheme: one briefly stalled core of a 2-vCPU VM otherwise holds
     // the other at the closing barrier).
-    constexpr int64_t kChunk = 8 * kNR;
+    const int64_t kChunk = t.chunk_panels * kNR;
     const int64_t nchunks = (N + kChunk - 1) / kChunk;
     const int64_t workers = std::min(threads, nm * nchunks);
     std::unique_ptr<std::atomic<int64_t>[]> claimed(new std::atomic<int64_t>[nm]);
@@ -520,41 +523,42 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w,
 }
 
 template <class Out>
-void gemm(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const Out& out) {
+void gemm(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, const Out& out,
+          const Tuning& t) {
   if (M <= 0 || N <= 0) return;
-  if (M <= kDotMaxM && K >= 32 * M) return gemm_small_m(M, N, K, fill, w, ldw, out);
-  gemm_packed(M, N, K, fill, w, ldw, out);
+  if (M <= t.dot_max_m && K >= 32 * M) return gemm_small_m(M, N, K, fill, w, ldw, out);
+  gemm_packed(M, N, K, fill, w, ldw, out, t);
 }
 #endif  // PYOPT_X86
 
 }  // namespace
 
 template <typename T>
-void gemm_dequant_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
-                       const float* sw, const float* bias, T* out, int64_t ldo) {
+void gemm_dequant(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
+                       const float* sw, const float* bias, T* out, int64_t ldo, const Tuning& t) {
 #if PYOPT_X86
   const bool stream = std::is_same_v<T, float> && ldo % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
-  gemm(M, N, K, fill, w, ldw, Dequant<T>{out, ldo, sw, bias, stream});
+  gemm(M, N, K, fill, w, ldw, Dequant<T>{out, ldo, sw, bias, stream}, t);
   _mm_sfence();  // order the streaming stores of this thread (the workers fence at the end of each item)
 #else
-  TORCH_CHECK(false, "int8gemm: the AVX2 tier needs x86-64");
+  TORCH_CHECK(false, "int8::avx2: the AVX2 tier needs x86-64");
 #endif
 }
 
-void gemm_int32_avx2(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
-                     int64_t ldc) {
+void gemm_int32(int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw, int32_t* acc,
+                int64_t ldc, const Tuning& t) {
 #if PYOPT_X86
-  gemm(M, N, K, fill, w, ldw, RawInt32{acc, ldc});
+  gemm(M, N, K, fill, w, ldw, RawInt32{acc, ldc}, t);
 #else
-  TORCH_CHECK(false, "int8gemm: the AVX2 tier needs x86-64");
+  TORCH_CHECK(false, "int8::avx2: the AVX2 tier needs x86-64");
 #endif
 }
 
-template void gemm_dequant_avx2<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
-                                       const float*, float*, int64_t);
-template void gemm_dequant_avx2<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
-                                               const float*, const float*, c10::BFloat16*, int64_t);
-template void gemm_dequant_avx2<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
-                                           const float*, const float*, c10::Half*, int64_t);
+template void gemm_dequant<float>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t, const float*,
+                                       const float*, float*, int64_t, const Tuning&);
+template void gemm_dequant<c10::BFloat16>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                               const float*, const float*, c10::BFloat16*, int64_t, const Tuning&);
+template void gemm_dequant<c10::Half>(int64_t, int64_t, int64_t, RowFill, const int8_t*, int64_t,
+                                           const float*, const float*, c10::Half*, int64_t, const Tuning&);
 
-}  // namespace pyopt::int8gemm::detail
+}  // namespace pyopt::int8::avx2

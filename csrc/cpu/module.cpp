@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/int8_gemm.h"
 
 namespace {
 int64_t set_isa_cap(int64_t cap) {
@@ -26,5 +27,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("active_isa", [] { return static_cast<int64_t>(pyopt::active_isa()); },
         "the ISA tier a kernel called on this thread uses now");
   m.def("set_isa_cap", &set_isa_cap, "set this thread's ISA cap (-1 = none); returns the previous cap");
+  // the int8 GEMM's tunables (pyopt/tuning.py applies the `pyopt tune` cache once at import)
+  m.def("int8_tuning", [] {
+    const auto t = pyopt::int8::tuning();
+    return std::map<std::string, int64_t>{{"block_kib", t.block_kib}, {"dot_max_m", t.dot_max_m},
+                                          {"chunk_panels", t.chunk_panels}, {"prefetch", t.prefetch}};
+  });
+  m.def(
+      "set_int8_tuning",
+      [](int64_t block_kib, int64_t dot_max_m, int64_t chunk_panels, int64_t prefetch) {
+        pyopt::int8::set_tuning({block_kib, dot_max_m, chunk_panels, prefetch});
+      },
+      py::arg("block_kib"), py::arg("dot_max_m"), py::arg("chunk_panels"), py::arg("prefetch"));
   m.def("omp_threads", [] { return static_cast<int64_t>(omp_get_max_threads()); });
 }

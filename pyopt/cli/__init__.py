@@ -1,4 +1,4 @@
-"""`pyopt` command line: info, bench, demo, compress."""
+"""`pyopt` command line: info, bench, demo, compress, tune."""
 
 from __future__ import annotations
 
@@ -69,6 +69,24 @@ def cmd_bench(args) -> int:
     return run_all.main(ops=args.op, quick=args.quick, out=args.out, gpu=args.gpu)
 
 
+def cmd_tune(args) -> int:
+    from .. import tuning
+
+    path = tuning.cache_path() if args.out is None else __import__("pathlib").Path(args.out)
+    if args.show:
+        print(f"cache   : {path} ({'present' if path.is_file() else 'absent'})")
+        print(f"settings: {tuning.current()}")
+        return 0
+    print(
+        f"pyopt tune: measuring the int8 GEMM's knobs on this machine ({'quick' if args.quick else 'full'})"
+    )
+    result = tuning.search(quick=args.quick)
+    tuning.save(result, path)
+    tuning.apply(result["settings"])
+    print(f"settings {result['settings']} written to {path} (applied at every `import pyopt` from now on)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pyopt", description="pyopt: smaller, faster PyTorch models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -89,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compress", help="prune and/or quantise your own model, save it with pyopt.save")
     compress.add_arguments(c)
     c.set_defaults(fn=compress.main)
+    t = sub.add_parser("tune", help="measure the int8 GEMM's tile/thread knobs here and cache the best")
+    t.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (a few seconds)")
+    t.add_argument("--out", default=None, help="cache file (default: tuning.cache_path(), PYOPT_TUNE_CACHE)")
+    t.add_argument("--show", action="store_true", help="print the cache path and current settings only")
+    t.set_defaults(fn=cmd_tune)
     args = p.parse_args(argv)
     return args.fn(args)
 
