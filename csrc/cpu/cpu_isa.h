@@ -35,7 +35,8 @@ enum class Isa : int64_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Amx
 #define PYOPT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2,popcnt")))
 // The AMX tier's kernels: the tile instructions plus the AVX-512 of its epilogues.
 #define PYOPT_TARGET_AMX \
-  __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,bmi2,popcnt")))
+  __attribute__((target("amx-tile,amx-int8,amx-bf16,"  \
+                         "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,bmi2,popcnt")))
 #else
 #define PYOPT_X86 0
 #define PYOPT_TARGET_AVX512
@@ -56,9 +57,11 @@ enum class Isa : int64_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Amx
 // (AMX-BF16); XCR0 bits 17 and 18 (XTILECFG, XTILEDATA: the OS manages the tile state); `permitted`: Linux
 // granted this process XTILEDATA. Linux enables the tile state lazily: a process must ask with
 // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) before its first tile instruction, which otherwise
-// raises SIGILL (some VMs advertise AMX in CPUID and refuse the request). The permission is per process:
-// every thread has it, those started later too, and fork() inherits it (Linux, Documentation/arch/x86/
-// xstate.rst). It is requested once, here, and confirmed with ARCH_GET_XCOMP_PERM.
+// raises SIGILL (some VMs advertise AMX in CPUID and refuse the request). The permission is per process
+// (ARCH_GET_XCOMP_PERM reports "the features for which the userspace process has permission", Linux
+// Documentation/arch/x86/xstate.rst): every thread has it, the OpenMP workers started later too, and a fork()ed
+// child inherits it (arch/x86/kernel/fpu/core.c, fpu_inherit_perms). The kernel allocates each thread's tile
+// state on its first tile instruction. Requested once, here, and confirmed with ARCH_GET_XCOMP_PERM.
 struct AmxStatus {
   bool tile = false, int8 = false, bf16 = false, os_enabled = false, permitted = false;
 };

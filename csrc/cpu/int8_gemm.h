@@ -37,8 +37,9 @@ constexpr int64_t kMaxExactK = 132104;
 inline bool available(Isa isa) { return PYOPT_X86 && isa >= Isa::Avx2; }
 
 // Whether the dynamic int8 layers should call gemm_dequant for an M x K activation on `isa`: any native tier,
-// except M == 1 on VNNI and AMX (oneDNN's GEMV behind at::_int_mm measured 2-4x faster there than 16-row tiles), and
-// any tier once K passes kMaxExactK (at::_int_mm's int32 sums would wrap; gemm_dequant stays exact).
+// except M == 1 on VNNI (oneDNN's GEMV behind at::_int_mm measured 2-4x faster there than 16-row tiles) and on
+// AMX (the same choice, not measured there yet), and any tier once K passes kMaxExactK (at::_int_mm's int32
+// sums would wrap; gemm_dequant stays exact).
 inline bool wanted(Isa isa, int64_t M, int64_t K) {
   if (K > kMaxExactK) return true;
   return available(isa) && K > 0 && (isa < Isa::Avx512Vnni || M > 1);
