@@ -8,13 +8,19 @@
 //   avx2_sign    vpsignb + vpmaddubsw + vpmaddwd(ones) + vpaddd: 32 MAC per vpmaddubsw, exact when one operand
 //                is in [-127, 127] (the |w| x sign(w) * q form of the AVX2 tier's small-M kernel).
 //   avx512_vnni  vpdpbusd zmm: 64 MAC per instruction (the VNNI tier's kernel).
+//   amx_int8     tdpbusd on 16 x 64-byte tiles: 16 x 16 x 64 = 16384 MAC per instruction, 6 accumulator tiles
+//                (the AMX tier's kernel uses tdpbssd, the same unit at the same rate). Only where CPUID has
+//                AMX-INT8 and Linux grants the tile state (arch_prctl, as csrc/cpu/cpu_isa.h asks for it).
 // Each loop keeps 6 to 10 independent accumulators. Timing: T threads run the same short burst together (a spin
 // barrier between bursts), the fastest of many bursts counts, so a neighbour's time slice on a shared machine
 // does not lower the figure. A dependent add chain gives the clock (1 add per cycle).
 //
 // Usage: int8_peak [threads] [rounds]. Output, one line per loop: name, total MAC/s over the threads, MAC per
 // cycle per thread, GHz.
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -73,6 +79,34 @@ __attribute__((target("avx512f,avx512vnni"))) void avx512_vnni() {  // 12 * 64 M
 }
 #undef DP
 
+// AMX: each burst loads its thread's tile config (ldtilecfg is per thread) and releases the tiles after. tmm6 and
+// tmm7 are the sources, tmm0..tmm5 six independent accumulators (a tdpbusd's latency is several of its issue
+// intervals). 1/16 of kIters: one tdpbusd occupies the unit ~16 cycles.
+constexpr long kAmxIters = kIters / 16;
+struct alignas(64) TileConfig {
+  unsigned char palette = 1, start_row = 0, reserved[14] = {};
+  unsigned short colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  unsigned char rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+#define TDP(acc) "tdpbusd %%tmm7, %%tmm6, %%tmm" #acc "\n\t"
+void amx_int8() {  // 12 * 16384 MAC per iteration
+  static const TileConfig cfg;
+  asm volatile("ldtilecfg %0" ::"m"(cfg));
+  asm volatile("tilezero %%tmm6\n\ttilezero %%tmm7" ::);
+  for (long i = 0; i < kAmxIters; ++i) asm volatile(TDP(0) TDP(1) TDP(2) TDP(3) TDP(4) TDP(5) TDP(0) TDP(1) TDP(2) TDP(3) TDP(4) TDP(5)::);
+  asm volatile("tilerelease" ::);
+}
+#undef TDP
+
+// CPUID AMX-TILE + AMX-INT8, and Linux's permission for the tile state (ARCH_REQ_XCOMP_PERM, XTILEDATA = 18).
+bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+  syscall(SYS_arch_prctl, 0x1023, 18);
+  unsigned long long perm = 0;
+  return syscall(SYS_arch_prctl, 0x1022, &perm) == 0 && ((perm >> 18) & 1);
+}
+
 struct Loop {
   const char* name;
   void (*fn)();
@@ -125,7 +159,8 @@ int main(int argc, char** argv) {
   const bool vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
   Loop loops[] = {{"avx2_madd", avx2_madd, 12.0 * 16 * kIters, avx2},
                   {"avx2_sign", avx2_sign, 10.0 * 32 * kIters, avx2},
-                  {"avx512_vnni", avx512_vnni, 12.0 * 64 * kIters, vnni}};
+                  {"avx512_vnni", avx512_vnni, 12.0 * 64 * kIters, vnni},
+                  {"amx_int8", amx_int8, 12.0 * 16384 * kAmxIters, amx_usable()}};
   const double clock_burst = best_round(add_chain, threads, rounds);
   const double ghz = 12.0 * kIters / clock_burst / 1e9;
   for (const Loop& l : loops) {

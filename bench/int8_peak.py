@@ -17,6 +17,7 @@ TIER_LOOPS = {
     "avx2": ("avx2_madd", "avx2_sign"),
     "avx512": ("avx2_madd", "avx2_sign"),
     "avx512_vnni": ("avx512_vnni",),
+    "amx": ("amx_int8",),
 }
 
 

@@ -39,6 +39,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/int8_gemm_amx.h"
 #include "cpu/transpose16.h"
 
 #if PYOPT_X86
@@ -555,6 +556,8 @@ template <typename T>
 void gemm_dequant(Isa isa, int64_t M, int64_t N, int64_t K, RowFill fill, const int8_t* w, int64_t ldw,
                   const float* sw, const float* bias, T* out, int64_t ldo) {
   if (M <= 0 || N <= 0) return;
+  if (isa >= Isa::Amx || amx::emulate_on_this_thread())  // any K (or the AMX kernel's test hook)
+    return amx::gemm_dequant<T>(M, N, K, fill, w, ldw, sw, bias, out, ldo);
   const Tuning t = tuning();  // one copy per call
   if (K > kMaxExactK) return gemm_dequant_ksplit<T>(isa, M, N, K, fill, w, ldw, sw, bias, out, ldo, t);
   switch (isa) {

@@ -9,6 +9,7 @@
 // prepacked or cached outside a call, so the modules' buffers and state_dicts stay as they are.
 //
 // Tiers (gemm_dequant picks by `isa`):
+//   amx             int8_gemm_amx.cpp: tdpbssd on 16 x 64-byte tiles (weights packed per call into VNNI-4 tiles);
 //   avx512_vnni     int8_gemm.cpp: vpdpbusd, activations shifted to u8 and a per-column correction;
 //   avx2 / avx512   int8_gemm_avx2.cpp: vpmaddwd on sign-extended int16 (exact for every int8 pair), the
 //                   weight packed per call into 16-column panels; small M: per-row dot products straight
@@ -50,11 +51,12 @@ constexpr int64_t kMaxExactK = 132104;
 inline bool available(Isa isa) { return PYOPT_X86 && isa >= Isa::Avx2; }
 
 // Whether the dynamic int8 layers should call gemm_dequant for an M x K activation on `isa`: any native tier,
-// except M == 1 on VNNI (oneDNN's GEMV behind at::_int_mm measured 2-4x faster there than 16-row tiles), and
-// any tier once K passes kMaxExactK (at::_int_mm's int32 sums would wrap; gemm_dequant stays exact).
+// except M == 1 on VNNI (oneDNN's GEMV behind at::_int_mm measured 2-4x faster there than 16-row tiles) and on
+// AMX (the same choice, not measured there yet), and any tier once K passes kMaxExactK (at::_int_mm's int32
+// sums would wrap; gemm_dequant stays exact).
 inline bool wanted(Isa isa, int64_t M, int64_t K) {
   if (K > kMaxExactK) return true;
-  return available(isa) && K > 0 && (isa != Isa::Avx512Vnni || M > 1);
+  return available(isa) && K > 0 && (isa < Isa::Avx512Vnni || M > 1);
 }
 
 // T: float, c10::BFloat16 or c10::Half. bias may be null. Parallel over row blocks x column blocks.

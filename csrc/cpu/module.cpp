@@ -7,8 +7,12 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include <map>
+#include <string>
+
 #include "cpu/cpu_isa.h"
 #include "cpu/int8_gemm.h"
+#include "cpu/int8_gemm_amx.h"
 
 namespace {
 int64_t set_isa_cap(int64_t cap) {
@@ -39,5 +43,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pyopt::int8::set_tuning({block_kib, dot_max_m, chunk_panels, prefetch});
       },
       py::arg("block_kib"), py::arg("dot_max_m"), py::arg("chunk_panels"), py::arg("prefetch"));
+  m.def("amx_status", [] {
+        const pyopt::AmxStatus s = pyopt::amx_status();
+        return std::map<std::string, bool>{{"amx_tile", s.tile}, {"amx_int8", s.int8}, {"amx_bf16", s.bf16},
+                                           {"os_enabled", s.os_enabled}, {"permitted", s.permitted}};
+      },
+        "what the CPU (CPUID), the OS (XCR0) and Linux's permission request offer of AMX");
+  // Test entry points of the AMX tier (int8_gemm_amx.h): the kernel on the tile emulator runs on any CPU.
+  m.def("amx_emulated_gemm", &pyopt::int8::amx::linear_dynamic, py::arg("x"), py::arg("w_q"), py::arg("w_scales"),
+        py::arg("bias") = py::none(), py::arg("emulated") = true,
+        "int8_linear_dynamic through the AMX kernel: on the tile emulator, or (emulated=False) the hardware");
+  m.def("amx_set_emulation", [](bool on) {
+        const bool previous = pyopt::int8::amx::emulate_on_this_thread();
+        pyopt::int8::amx::emulate_on_this_thread() = on;
+        return previous;
+      },
+        "test hook: the native int8 GEMMs called from this thread run the AMX kernel on the tile emulator");
+  m.def("amx_emulated_tile_dp", &pyopt::int8::amx::emulated_tile_dp, py::arg("op"), py::arg("a"), py::arg("b"),
+        py::arg("c"), "one tdpbssd / tdpbusd of the tile emulator: returns c + a . b (a, b in tile layout)");
   m.def("omp_threads", [] { return static_cast<int64_t>(omp_get_max_threads()); });
 }

@@ -72,6 +72,7 @@ namespace pyopt::sparse {
 const Kernels& kernels_for(pyopt::Isa isa) {
 #if PYOPT_X86
   switch (isa) {
+    case pyopt::Isa::Amx:
     case pyopt::Isa::Avx512Vnni:
     case pyopt::Isa::Avx512: return pyopt::sparse::avx512::kernels;
     case pyopt::Isa::Avx2: return pyopt::sparse::avx2::kernels;

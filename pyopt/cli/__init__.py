@@ -22,6 +22,13 @@ def cmd_info(args) -> int:
         f"CPU ISA        : {_native.detected_isa()} (kernels use {_native.active_isa()} here; "
         "PYOPT_CPU_ISA / pyopt.use_isa cap it)"
     )
+    amx = _native.amx_status()
+    if amx["amx_tile"]:
+        flags = ", ".join(f for f in ("amx_int8", "amx_bf16") if amx[f]) or "no int8 / bf16"
+        grant = "granted" if amx["permitted"] else "NOT granted by the OS: the amx tier is off"
+        print(f"AMX            : {flags}; tile state {grant}")
+    else:
+        print("AMX            : not on this CPU")
     if _native.cpu_ext() is not None:
         print(f"pyopt._C       : loaded ({_native.cpu_ext().omp_threads()} OpenMP threads)")
     else:

@@ -241,7 +241,7 @@ def use_backend(name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def use_isa(name: str) -> Iterator[None]:
     """Cap the CPU ISA the C++ kernels called from this thread may use ("scalar", "avx2", "avx512",
-    "avx512_vnni"). The kernels never use more than the CPU has, so asking for more is harmless. Tests use this
+    "avx512_vnni", "amx"). The kernels never use more than the CPU has, so asking for more is harmless. Tests use this
     to run every ISA path on one machine. PYOPT_CPU_ISA sets the process default."""
     if name not in ISA_NAMES:
         raise ValueError(f"use_isa: name must be one of {ISA_NAMES}, got {name!r}")

@@ -11,7 +11,7 @@ import importlib
 import os
 import warnings
 
-ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_vnni")
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")  # csrc/cpu/cpu_isa.h kIsaNames
 
 _warned: set[str] = set()
 
@@ -72,6 +72,14 @@ def detected_isa() -> str:
     """The best CPU ISA the C++ kernels can use here ("scalar" if they are not built)."""
     ext = cpu_ext()
     return "scalar" if ext is None else ISA_NAMES[ext.detected_isa()]
+
+
+def amx_status() -> dict[str, bool]:
+    """What this machine offers of AMX: CPUID's amx_tile / amx_int8 / amx_bf16, whether the OS manages the tile
+    state (XCR0) and whether Linux granted this process its use (the "amx" tier needs all but amx_bf16)."""
+    ext = cpu_ext()
+    keys = ("amx_tile", "amx_int8", "amx_bf16", "os_enabled", "permitted")
+    return dict.fromkeys(keys, False) if ext is None else dict(ext.amx_status())
 
 
 def active_isa() -> str:
