@@ -66,11 +66,25 @@ inline float epilogue_direct(const Problem& p, int64_t m, int64_t n) {
 }
 
 // --- scalar (double accumulation: no intermediate overflow) --------------------------------------------
-void tile_scalar(const Problem& p, int64_t m0, int64_t n0, int64_t rows, int64_t cols) {
+namespace scalar {
+void tile(const Problem& p, int64_t m0, int64_t n0, int64_t rows, int64_t cols) {
   const int64_t m1 = m0 + rows, n1 = std::min(n0 + cols, p.N);
   for (int64_t m = m0; m < m1; ++m)
     for (int64_t n = n0; n < n1; ++n) p.y[m * p.N + n] = epilogue_direct(p, m, n);
 }
+
+int64_t mismatches(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < KB; ++j) {
+    uint32_t d = static_cast<uint32_t>(a[j] ^ b[j]) & (j == KB - 1 ? last_keep : 0xFFu);
+    while (d) {
+      d &= d - 1;
+      ++count;
+    }
+  }
+  return count;
+}
+}  // namespace scalar
 
 #if PYOPT_X86
 // Fully unrolled register-tile loops: without this GCC keeps the accumulator array in memory and stores
@@ -99,6 +113,7 @@ struct RowPrefetch {
 };
 
 // --- AVX-512: 16 packed bits are a lane mask ----------------------------------------------------------
+namespace avx512 {
 // kmovw k, m16 is a load-port uop; compilers lower _load_mask16 / _cvtu32_mask16 to a GPR load + kmovd,
 // which costs a port-5 uop per mask, competing with the masked adds (measured ~2x slower at M=1).
 PYOPT_TARGET_AVX512 inline __mmask16 load_mask16(const uint8_t* p) {
@@ -109,7 +124,7 @@ PYOPT_TARGET_AVX512 inline __mmask16 load_mask16(const uint8_t* p) {
 
 // TM rows of x (all present) x TN output channels (the last tile repeats its final channel, not stored).
 template <int TM, int TN>
-PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
+PYOPT_TARGET_AVX512 void tile(const Problem& p, int64_t m0, int64_t n0) {
   const int64_t tn = std::min<int64_t>(TN, p.N - n0);
   __m512 acc[TM][TN];
   const float* xr[TM];
@@ -143,9 +158,12 @@ PYOPT_TARGET_AVX512 void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
     PYOPT_UNROLL for (int j = 0; j < tn; ++j) p.y[(m0 + i) * p.N + n0 + j] = epilogue(p, m0 + i, n0 + j, sums[i][j]);
 }
 
+}  // namespace avx512
+
 // --- AVX2: expand 8 bits into a lane mask with one compare (16 ymm registers: at most 2x4 accumulators) --
+namespace avx2 {
 template <int TM, int TN>
-PYOPT_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t m0, int64_t n0) {
+PYOPT_TARGET_AVX2 void tile(const Problem& p, int64_t m0, int64_t n0) {
   const int64_t tn = std::min<int64_t>(TN, p.N - n0);
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   __m256 acc[TM][TN];
@@ -184,7 +202,7 @@ PYOPT_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t m0, int64_t n0) {
     }
 }
 
-PYOPT_TARGET_AVX2 int64_t mismatches_popcnt(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
+PYOPT_TARGET_AVX2 int64_t mismatches(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
   int64_t count = 0, j = 0;
   for (; j + 8 <= KB - 1; j += 8) {  // the last byte is handled apart (its padding bits are dropped)
     uint64_t u, v;
@@ -195,19 +213,8 @@ PYOPT_TARGET_AVX2 int64_t mismatches_popcnt(const uint8_t* a, const uint8_t* b, 
   for (; j < KB - 1; ++j) count += _mm_popcnt_u32(static_cast<uint32_t>(a[j] ^ b[j]));
   return count + _mm_popcnt_u32(static_cast<uint32_t>((a[KB - 1] ^ b[KB - 1]) & last_keep));
 }
+}  // namespace avx2
 #endif
-
-int64_t mismatches_scalar(const uint8_t* a, const uint8_t* b, int64_t KB, uint8_t last_keep) {
-  int64_t count = 0;
-  for (int64_t j = 0; j < KB; ++j) {
-    uint32_t d = static_cast<uint32_t>(a[j] ^ b[j]) & (j == KB - 1 ? last_keep : 0xFFu);
-    while (d) {
-      d &= d - 1;
-      ++count;
-    }
-  }
-  return count;
-}
 
 // x: (M, K) float32 contiguous, packed_weight: (N, ceil(K/8)) uint8, alpha: (N) float32, bias: (N) float32 or
 // None, all contiguous. Returns float32 (M, N).
@@ -245,52 +252,67 @@ at::Tensor binary_linear_2d(const at::Tensor& x, const at::Tensor& packed_weight
       beta[m] = static_cast<float>(abs_sum / K);
     }
     const uint8_t last_keep = static_cast<uint8_t>((K & 7) ? (1u << (K & 7)) - 1u : 0xFFu);
-    const bool use_popcnt = PYOPT_X86 && isa != pyopt::Isa::Scalar;
+    auto xnor = [&](auto mismatches) {
 #pragma omp parallel for collapse(2) schedule(static) if (parallel)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        const uint8_t* a = pxb + m * KB;
-        const uint8_t* b = pw + n * KB;
-#if PYOPT_X86
-        int64_t diff = use_popcnt ? mismatches_popcnt(a, b, KB, last_keep) : mismatches_scalar(a, b, KB, last_keep);
-#else
-        int64_t diff = mismatches_scalar(a, b, KB, last_keep);
-        (void)use_popcnt;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t diff = mismatches(pxb + m * KB, pw + n * KB, KB, last_keep);
+          float v = pa[n] * beta[m] * static_cast<float>(K - 2 * diff);
+          py[m * N + n] = bias_ptr ? v + bias_ptr[n] : v;
+        }
+    };
+    switch (isa) {
+#if !PYOPT_X86
+      default:
 #endif
-        float v = pa[n] * beta[m] * static_cast<float>(K - 2 * diff);
-        py[m * N + n] = bias_ptr ? v + bias_ptr[n] : v;
-      }
+      case pyopt::Isa::Scalar: xnor(scalar::mismatches); break;
+#if PYOPT_X86
+      default: xnor(avx2::mismatches); break;  // popcnt: every tier from AVX2 up
+#endif
+    }
     return y;
   }
 
   at::Tensor row_sum = x.sum(1);  // sum_k x[m, k], the "- sum_k x_k" term
   Problem p{x.data_ptr<float>(), pw, pa, bias_ptr, row_sum.data_ptr<float>(), py, M, N, K, KB};
-  // Register tiles (rows x channels): M == 1 uses 1x8 (8 independent add chains hide the add latency);
-  // otherwise 4x4 on AVX-512 (16 accumulators of 32 zmm) and 2x4 on AVX2 (8 of 16 ymm).
-  const int64_t tile_m = (isa >= pyopt::Isa::Avx512) ? 4 : (isa == pyopt::Isa::Avx2 ? 2 : 4);
-  const int64_t tile_n = (M == 1 && isa >= pyopt::Isa::Avx512) ? 8 : 4;
-  const int64_t tiles_m = (M + tile_m - 1) / tile_m, tiles_n = (N + tile_n - 1) / tile_n;
+  // `tiles(tile_m, tile_n, kernel)`: kernel(m0, n0, rows) over the register tiles, OpenMP over them.
+  auto tiles = [&](int64_t tile_m, int64_t tile_n, auto kernel) {
+    const int64_t tiles_m = (M + tile_m - 1) / tile_m, tiles_n = (N + tile_n - 1) / tile_n;
 #pragma omp parallel for collapse(2) schedule(static) if (parallel)
-  for (int64_t tm = 0; tm < tiles_m; ++tm)
-    for (int64_t tn = 0; tn < tiles_n; ++tn) {
-      const int64_t m0 = tm * tile_m, n0 = tn * tile_n, rows = std::min(tile_m, M - m0);
-#if PYOPT_X86
-      if (isa >= pyopt::Isa::Avx512) {
-        if (tile_n == 8) tile_avx512<1, 8>(p, m0, n0);
-        else if (rows == 4) tile_avx512<4, 4>(p, m0, n0);
-        else if (rows == 3) tile_avx512<3, 4>(p, m0, n0);
-        else if (rows == 2) tile_avx512<2, 4>(p, m0, n0);
-        else tile_avx512<1, 4>(p, m0, n0);
-        continue;
-      }
-      if (isa == pyopt::Isa::Avx2) {
-        if (rows == 2) tile_avx2<2, 4>(p, m0, n0);
-        else tile_avx2<1, 4>(p, m0, n0);
-        continue;
-      }
+    for (int64_t tm = 0; tm < tiles_m; ++tm)
+      for (int64_t tn = 0; tn < tiles_n; ++tn)
+        kernel(tm * tile_m, tn * tile_n, std::min(tile_m, M - tm * tile_m));
+  };
+  // Register tiles (rows x channels): M == 1 uses 1x8 on AVX-512 (8 independent add chains hide the add
+  // latency), otherwise 4x4 (16 accumulators of 32 zmm); 2x4 on AVX2 (8 of 16 ymm).
+  switch (isa) {
+#if !PYOPT_X86
+    default:
 #endif
-      tile_scalar(p, m0, n0, rows, tile_n);
-    }
+    case pyopt::Isa::Scalar:
+      tiles(4, 4, [&](int64_t m0, int64_t n0, int64_t rows) { scalar::tile(p, m0, n0, rows, 4); });
+      break;
+#if PYOPT_X86
+    case pyopt::Isa::Avx2:
+      tiles(2, 4, [&](int64_t m0, int64_t n0, int64_t rows) {
+        if (rows == 2) avx2::tile<2, 4>(p, m0, n0);
+        else avx2::tile<1, 4>(p, m0, n0);
+      });
+      break;
+    default:  // AVX-512 and every tier above it
+      if (M == 1) {
+        tiles(1, 8, [&](int64_t m0, int64_t n0, int64_t) { avx512::tile<1, 8>(p, m0, n0); });
+        break;
+      }
+      tiles(4, 4, [&](int64_t m0, int64_t n0, int64_t rows) {
+        if (rows == 4) avx512::tile<4, 4>(p, m0, n0);
+        else if (rows == 3) avx512::tile<3, 4>(p, m0, n0);
+        else if (rows == 2) avx512::tile<2, 4>(p, m0, n0);
+        else avx512::tile<1, 4>(p, m0, n0);
+      });
+      break;
+#endif
+  }
   // Rows with inf/NaN (their sum S is not finite): recomputed directly, see the header.
   const float* prs = row_sum.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)

@@ -385,7 +385,8 @@ PYOPT_TARGET_AVX512 void minmax_span(const In* x, int64_t n, float* mn, float* m
 #endif  // PYOPT_X86
 
 // ---------------------------------------------------------------------------------------------------------
-// Run-time dispatch: the best path not above `isa`
+// Run-time dispatch: the best path not above `isa`, chosen by a switch on the Isa (the same function name in
+// each ISA namespace)
 // ---------------------------------------------------------------------------------------------------------
 // Orders this thread's streaming stores before what follows (once per thread and op, not per span: a fence
 // drains the write-combining buffers and costs hundreds of cycles).
@@ -398,30 +399,42 @@ inline void stream_fence() {
 template <class In, Rule R, bool PerElem, bool Signed>
 inline void quant_span(Isa isa, const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo,
                        float hi, bool nt = false) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
-  if (isa == Isa::Avx2) return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    case Isa::Avx2: return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    default: return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    case Isa::Scalar: return scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+  }
 }
 
 template <class Out, bool PerElem, bool Signed>
 inline void dequant_span(Isa isa, const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
                          bool nt = false) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
-  if (isa == Isa::Avx2) return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    case Isa::Avx2: return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    default: return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    case Isa::Scalar: return scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+  }
 }
 
 template <class In>
 inline void minmax_span(Isa isa, const In* x, int64_t n, float* mn, float* mx) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::minmax_span<In>(x, n, mn, mx);
-  if (isa == Isa::Avx2) return avx2::minmax_span<In>(x, n, mn, mx);
+    case Isa::Avx2: return avx2::minmax_span<In>(x, n, mn, mx);
+    default: return avx512::minmax_span<In>(x, n, mn, mx);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::minmax_span<In>(x, n, mn, mx);
+    case Isa::Scalar: return scalar::minmax_span<In>(x, n, mn, mx);
+  }
 }
 
 // The symmetric int8 scale of a row (or image) whose largest |x| is amax: amax / 127, and 1 where that is 0

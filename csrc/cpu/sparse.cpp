@@ -28,6 +28,14 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+// The per-ISA variants are the namespaces pyopt::sparse::avx512 / ::avx2 / ::scalar, each holding the same
+// functions under the same names. They are generated from one source, sparse_kernels.h, included once per ISA
+// with SPARSE_NS naming the namespace (and the vector width, target attribute and FMA for it), because the
+// three differ only in those; writing them out three times would triple ~300 lines that must stay identical
+// in rounding. Each namespace also exports its functions as one table (`kernels`): the tiled drivers of
+// sparse_common.h are shared by the float and int8 formats and by every ISA, and take the table chosen once
+// per call by kernels_for(isa) (a switch on the Isa) instead of being instantiated three times.
+
 #if PYOPT_X86
 #define SPARSE_NS avx512
 #define SPARSE_TARGET PYOPT_TARGET_AVX512
@@ -69,16 +77,18 @@
 // Shared with sparse_int8.cpp (declared in sparse_common.h): kernels_for, transpose_panels, the operands.
 namespace pyopt::sparse {
 
+// The ISA namespace for the call's tier (a switch on the Isa, once per call; AVX-512 kernels for every tier
+// from AVX-512 up).
 const Kernels& kernels_for(pyopt::Isa isa) {
-#if PYOPT_X86
   switch (isa) {
-    case pyopt::Isa::Avx512Vnni:
-    case pyopt::Isa::Avx512: return pyopt::sparse::avx512::kernels;
-    case pyopt::Isa::Avx2: return pyopt::sparse::avx2::kernels;
-    default: break;
-  }
+#if PYOPT_X86
+    case pyopt::Isa::Avx2: return avx2::kernels;
+    default: return avx512::kernels;
+#else
+    default:
 #endif
-  return pyopt::sparse::scalar::kernels;
+    case pyopt::Isa::Scalar: return scalar::kernels;
+  }
 }
 
 // Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of a 1 MiB L2 (the forward's

@@ -15,7 +15,9 @@
 
 namespace pyopt::sparse {
 
-// The per-ISA kernels of sparse_kernels.h, as one table of function pointers.
+// The functions of one ISA namespace of sparse_kernels.h (pyopt::sparse::avx512 / avx2 / scalar), as one
+// table of function pointers; kernels_for(isa) picks the namespace (see sparse.cpp). The _i16 / _i32 / q8
+// names tell the index and value types apart (a pointer needs one overload).
 struct Kernels {
   int vl;      // floats per vector
   int bsr_nv;  // vectors per BSR m-tile
@@ -38,7 +40,7 @@ struct Kernels {
   } q8;
 };
 
-// Defined in sparse.cpp.
+// Defined in sparse.cpp: the table of the namespace for `isa` (a switch on the Isa, once per call).
 const Kernels& kernels_for(pyopt::Isa isa);
 at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width = 0);
 // crow (rows + 1 entries, checked by the op's argument checks) must run from 0 to nnz without decreasing.
