@@ -247,10 +247,11 @@ def test_every_isa_matches_reference(isa, xdtype):
 
 
 @pytest.mark.parametrize(
-    "isa", [p for p in isa_params() if p.values[0].startswith("avx512")] or isa_params()[-1:]
+    "isa", [p for p in isa_params() if p.values[0].startswith(("avx512", "avx2"))] or isa_params()[-1:]
 )
 def test_large_outputs_match_reference(isa):
-    """Outputs of >= 4 MB take the streaming-store path of the C++ kernels (AVX-512 only)."""
+    """Outputs of >= 4 MB take the streaming-store path of the C++ kernels (AVX-512 and AVX2) and come from
+    the cache of released output blocks."""
     if "cpu" not in pyopt.available_backends("cpu"):
         pytest.skip("C++ CPU kernels not built")
     x = make_x((1030, 4160), torch.float32, "cpu")
@@ -271,6 +272,30 @@ def test_large_outputs_match_reference(isa):
 
     with pyopt.use_isa(isa):
         run_ops("cpu", ops, x)
+
+
+def test_large_outputs_reuse_released_blocks_safely():
+    """Large outputs (>= 4 MB) reuse the blocks of released ones: results alive together never share memory, and
+    a reused block holds only its new result (every element rewritten)."""
+    if "cpu" not in pyopt.available_backends("cpu"):
+        pytest.skip("C++ CPU kernels not built")
+    q = torch.randint(-128, 128, (1031, 1057), dtype=torch.int8)  # 4.4 MB of float32 output
+    want = {s: (q.double() * s).float() for s in (0.5, 0.25, 0.125)}
+    a = pyopt.dequantize_per_tensor(q, 0.5, 0)
+    b = pyopt.dequantize_per_tensor(q, 0.25, 0)
+    assert a.data_ptr() != b.data_ptr()
+    del a  # its block may serve the next output of the same size
+    c = pyopt.dequantize_per_tensor(q, 0.125, 0)
+    assert c.data_ptr() != b.data_ptr()
+    assert torch.equal(b, want[0.25]) and torch.equal(c, want[0.125])
+    x = torch.randn(2053, 2049)  # 4.2 MB of int8 output
+    q1 = pyopt.quantize_per_tensor(x, 0.03, 1)
+    q2 = pyopt.quantize_per_tensor(x * 2, 0.03, 1)
+    assert q1.data_ptr() != q2.data_ptr()
+    del q1
+    q3 = pyopt.quantize_per_tensor(x, 0.03, 1)
+    ref = pyopt.ops.reference.quant.quantize_per_tensor_ref
+    assert torch.equal(q3, ref(x, 0.03, 1, torch.int8)) and torch.equal(q2, ref(x * 2, 0.03, 1, torch.int8))
 
 
 @pytest.mark.parametrize("device,backend", backend_params("quantize_per_tensor"))

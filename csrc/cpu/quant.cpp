@@ -11,7 +11,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 #ifdef __linux__
@@ -35,17 +38,72 @@ constexpr int64_t kBroadcastInner = 64;
 constexpr int64_t kStreamBytes = 4 << 20;
 constexpr int64_t kMaxPeriod = 1 << 16;
 
-// A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
-// 16k page faults, which on the 2-core machines here take longer than the kernel itself (madvise only marks
-// the mapping; it is a hint, harmless where transparent huge pages are off).
+// A new output tensor. Large ones (>= kStreamBytes) come from a small cache of the blocks earlier large outputs
+// released: a fresh mapping of a 64 MB output costs 16k page faults and the kernel zero-filling every page,
+// which on the 2-core machines here took longer than the kernel itself (allocating dequantize at 31 % of
+// memcpy on Zen 3, the same kernel into a reused out= buffer at 79 %). A block is reused only for an output
+// of exactly its size (the common case: a layer dequantised or quantised once per step); at most kCacheBytes
+// are held, the oldest block is freed first. New blocks are asked to be backed by 2 MB pages (madvise is a
+// hint, harmless where transparent huge pages are off). PYOPT_QUANT_CACHE=0 turns the cache off.
+constexpr size_t kCacheBytes = size_t{256} << 20;
+
+class BlockCache {
+ public:
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+      if (it->second == bytes) {
+        void* p = it->first;
+        held_ -= bytes;
+        blocks_.erase(it);
+        return p;
+      }
+    return nullptr;
+  }
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (bytes > kCacheBytes) return std::free(p);
+    while (held_ + bytes > kCacheBytes) {
+      std::free(blocks_.front().first);
+      held_ -= blocks_.front().second;
+      blocks_.erase(blocks_.begin());
+    }
+    blocks_.emplace_back(p, bytes);
+    held_ += bytes;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> blocks_;  // oldest first
+  size_t held_ = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: outputs may be freed during exit
+  return *cache;
+}
+
+bool cache_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("PYOPT_QUANT_CACHE");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  if (bytes < static_cast<size_t>(kStreamBytes) || !cache_enabled()) return at::empty(sizes, options);
+  constexpr size_t huge = size_t{1} << 21;
+  void* p = block_cache().take(bytes);
+  if (!p) {
+    p = std::aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
+    TORCH_CHECK(p, "out of memory allocating ", bytes, " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t huge = uintptr_t{1} << 21, p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
-  if (t.nbytes() >= 4 * huge && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
 #endif
-  return t;
+  }
+  return at::from_blob(p, sizes, [bytes](void* q) { block_cache().give(q, bytes); }, options);
 }
 
 // f(begin, end) on [0, n) in kGrain chunks, in parallel when there is more than one chunk. Chunks are handed
