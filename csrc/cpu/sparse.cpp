@@ -56,7 +56,7 @@
 #define SPARSE_VL 8
 #define SPARSE_FMA _mm256_fmadd_ps
 #define SPARSE_BSR_NV 2
-#define SPARSE_BSR_R 4
+#define SPARSE_BSR_R 6  // 12 accumulators + 2 x vectors + the broadcast weight of 16 ymm
 #include "cpu/sparse_kernels.h"
 #undef SPARSE_NS
 #undef SPARSE_TARGET
@@ -91,12 +91,10 @@ const Kernels& kernels_for(pyopt::Isa isa) {
   }
 }
 
-// Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of a 1 MiB L2 (the forward's
-// panels: kXtTileBytes, sparse_common.h).
-static constexpr int64_t kXtBlockBytes = 512 * 1024;
-
+// Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of this core's L2, as the
+// forward's panels (xt_tile_bytes, sparse_common.h).
 static int64_t k_block(int64_t K, int64_t Mp) {
-  return std::min<int64_t>(K, std::max<int64_t>(16, kXtBlockBytes / (Mp * 4)));
+  return std::min<int64_t>(K, std::max<int64_t>(16, xt_tile_bytes() / (Mp * 4)));
 }
 
 // dst (cols x ldd) = src^T for src (rows x cols, rows lds apart), dst columns [rows, ldd) zeroed (the M

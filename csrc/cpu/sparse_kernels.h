@@ -236,6 +236,14 @@ SPARSE_TARGET static inline __m256 load_vals(const int8_t* p) {
 }
 #endif
 
+#if SPARSE_VL == 8
+template <typename I>
+SPARSE_TARGET static inline __m256i load_idx8(const I* col) {
+  if constexpr (sizeof(I) == 2) return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col)));
+  else return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col));
+}
+#endif
+
 // CSR GEMV (M small): y[n] = b + sum_j val[j] * x[col[j]]. AVX-512 / AVX2 gather 16 / 8 x values per
 // instruction (x, one row of K floats, stays in L1/L2); the scalar tail keeps four partial sums for ILP.
 template <typename I, typename V>
@@ -251,13 +259,14 @@ SPARSE_TARGET static inline float gemv_row(const I* col, const V* val, int64_t L
   }
   s0 = _mm512_reduce_add_ps(acc);
 #elif SPARSE_VL == 8
-  __m256 acc = _mm256_setzero_ps();
-  for (; j + 8 <= L; j += 8) {
-    __m256i ix = sizeof(I) == 2 ? _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col + j)))
-                                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j));
-    acc = _mm256_fmadd_ps(load_vals(val + j), _mm256_i32gather_ps(x, ix, 4), acc);
+  // two accumulators: the gathers of a pair are independent, one FMA chain made each wait for the last FMA
+  __m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; j + 16 <= L; j += 16) {
+    acc = _mm256_fmadd_ps(load_vals(val + j), _mm256_i32gather_ps(x, load_idx8(col + j), 4), acc);
+    acc1 = _mm256_fmadd_ps(load_vals(val + j + 8), _mm256_i32gather_ps(x, load_idx8(col + j + 8), 4), acc1);
   }
-  s0 = vsum(acc);
+  if (j + 8 <= L) acc = _mm256_fmadd_ps(load_vals(val + j), _mm256_i32gather_ps(x, load_idx8(col + j), 4), acc), j += 8;
+  s0 = vsum(_mm256_add_ps(acc, acc1));
 #endif
   for (; j + 4 <= L; j += 4) {
     s0 += val[j] * x[col[j]];
