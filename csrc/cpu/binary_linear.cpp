@@ -4,19 +4,21 @@
 // bit b (LSB first) is 1 iff W[n, 8j + b] >= 0; K is padded to a multiple of 8 per row and the padding bits
 // are ignored by every kernel (they are written as 0).
 //
-// Float activations (XNOR-Net BWN): with s_k = +1 for bit 1 and -1 for bit 0,
-//     sum_k s_k x_k = 2 * sum_{bit=1} x_k - sum_k x_k,
-// so each output needs only a *masked add* of x (AVX-512: 16 bits of the packed row are directly a
-// __mmask16 for _mm512_mask_add_ps) and one per-row sum of x. No float weight is ever formed.
-// Register tiles of rows x output channels: 4x4 on AVX-512 (each x load and each mask load reused 4 times),
-// 1x8 at M=1 (8 independent add chains), 2x4 on AVX2; OpenMP over the tiles.
+// Float activations (XNOR-Net BWN), s_k = +1 for bit 1 and -1 for bit 0. No float weight is ever formed.
+// AVX-512: sum_k s_k x_k = 2 * sum_{bit=1} x_k - sum_k x_k, so each output needs only a *masked add* of x
+// (16 bits of the packed row are directly a __mmask16 for _mm512_mask_add_ps) and one per-row sum of x;
+// register tiles 4x4 (each x load and each mask load reused 4 times), 1x8 at M=1 (8 independent add chains).
+// AVX2 (no mask registers): sum_k s_k x_k directly, each packed byte selecting 8 sign-bit lane masks from a
+// 256-entry table, one XOR and one add per 8 weights; tiles 1x6 at M=1 (two add chains per output), else 2x4.
+// OpenMP over the tiles.
 //
 // Binary activations (XNOR + popcount): sign(x) is packed per row the same way, beta = mean|x|, and
 //     sum_k s_k t_k = K - 2 * popcount(xbits XOR wbits),   y = alpha * beta * that + b.
 //
 // Special values: 2 * S+ - S is formed in double (2 * S+ may overflow float32 where the result does not), and a
-// row holding inf/NaN (S not finite: inf - inf would give NaN where the dot product is +-inf) is computed
-// directly as sum_k s_k x_k, so every backend propagates inf and NaN as the reference's matmul does.
+// row holding inf/NaN (S not finite: inf - inf would give NaN where the dot product is +-inf) or an output
+// that is not finite (an overflowing float partial sum of the AVX2 form) is computed directly as
+// sum_k s_k x_k in double, so every backend propagates inf and NaN as the reference's matmul does.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 #include <omp.h>

@@ -217,7 +217,21 @@ template <typename I>
 SPARSE_TARGET static inline bool in_range(const I* col, int64_t L, int64_t K) {
   // a valid row's columns are strictly increasing and in [0, K): then only its ends need a range test
   bool up = true;
-  for (int64_t j = 1; j < L; ++j) up &= col[j] > col[j - 1];
+  int64_t j = 1;
+#if SPARSE_VL >= 8
+  // 16 int16 / 8 int32 comparisons col[j] > col[j - 1] per instruction. GCC left the plain loop scalar (a
+  // setcc chain, ~1 cycle per column): on Zen 3 this check took as long as the M=1 GEMV after it.
+  constexpr int64_t W = 32 / sizeof(I);
+  __m256i all = _mm256_set1_epi32(-1);
+  for (; j + W <= L; j += W) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j));
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j - 1));
+    if constexpr (sizeof(I) == 2) all = _mm256_and_si256(all, _mm256_cmpgt_epi16(a, p));
+    else all = _mm256_and_si256(all, _mm256_cmpgt_epi32(a, p));
+  }
+  up = _mm256_movemask_epi8(all) == -1;
+#endif
+  for (; j < L; ++j) up &= col[j] > col[j - 1];
   return L == 0 || (up && col[0] >= 0 && static_cast<int64_t>(col[L - 1]) < K);  // empty: fine even if K == 0
 }
 SPARSE_TARGET static bool in_range_i32(const int32_t* col, int64_t L, int64_t K) { return in_range(col, L, K); }
