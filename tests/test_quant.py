@@ -247,10 +247,10 @@ def test_every_isa_matches_reference(isa, xdtype):
 
 
 @pytest.mark.parametrize(
-    "isa", [p for p in isa_params() if p.values[0].startswith("avx512")] or isa_params()[-1:]
+    "isa", [p for p in isa_params() if p.values[0].startswith(("avx512", "avx2"))] or isa_params()[-1:]
 )
 def test_large_outputs_match_reference(isa):
-    """Outputs of >= 4 MB take the streaming-store path of the C++ kernels (AVX-512 only)."""
+    """Outputs of >= 4 MB take the streaming-store path of the C++ kernels (AVX-512 and AVX2)."""
     if "cpu" not in pyopt.available_backends("cpu"):
         pytest.skip("C++ CPU kernels not built")
     x = make_x((1030, 4160), torch.float32, "cpu")

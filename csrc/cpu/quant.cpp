@@ -37,7 +37,9 @@ constexpr int64_t kMaxPeriod = 1 << 16;
 
 // A new output tensor. Large ones are asked to be backed by 2 MB pages: a fresh 64 MB output otherwise costs
 // 16k page faults, which on the 2-core machines here take longer than the kernel itself (madvise only marks
-// the mapping; it is a hint, harmless where transparent huge pages are off).
+// the mapping; it is a hint, harmless where transparent huge pages are off). No cache of released blocks: that
+// would be process-wide mutable state and would hand out non-resizable (from_blob) storages; callers that
+// dequantize repeatedly pass out= (the fast path, README "Speed (CPU)").
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

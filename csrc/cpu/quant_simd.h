@@ -4,7 +4,7 @@
 //   dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp)          n int8/uint8 -> float/half/bf16
 //   minmax_span<In>(x, n, &min, &max)                                 NaN-propagating min and max
 //
-// nt: the output is large (bigger than the caches): the AVX-512 path then writes it with streaming stores,
+// nt: the output is large (bigger than the caches): the AVX-512 and AVX2 paths then write it with streaming stores,
 // which skip the read-for-ownership of each destination line (results are identical). Each thread calls
 // stream_fence() once after its last span, before the results are handed over.
 // PerElem: inv/zp/scale are arrays running along x (else one broadcast value). In/Out: float, at::Half,
@@ -152,7 +152,7 @@ PYOPT_TARGET_AVX2 inline __m256i quant8(__m256 x, __m256 inv, __m256 zp, __m256 
 
 template <class In, Rule R, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX2 void quant_block(const In* x, uint8_t* out, const float* inv, const float* zp, float lo,
-                                   float hi) {
+                                   float hi, bool nt = false) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
   __m256i r[4];
   for (int j = 0; j < 4; ++j) {
@@ -165,15 +165,19 @@ PYOPT_TARGET_AVX2 void quant_block(const In* x, uint8_t* out, const float* inv, 
   __m256i ab = _mm256_packs_epi32(r[0], r[1]), cd = _mm256_packs_epi32(r[2], r[3]);
   __m256i b = Signed ? _mm256_packs_epi16(ab, cd) : _mm256_packus_epi16(ab, cd);
   b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
+  if (nt)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(out), b);
+  else
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
 }
 
 template <class In, Rule R, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX2 void quant_span(const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp,
-                                  float lo, float hi, bool /*nt*/) {
+                                  float lo, float hi, bool nt) {
+  nt = nt && reinterpret_cast<uintptr_t>(out) % 32 == 0;  // every 32-byte block is then aligned
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
-    quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi);
+    quant_block<In, R, PerElem, Signed>(x + i, out + i, PerElem ? inv + i : inv, PerElem ? zp + i : zp, lo, hi, nt);
   if (i < n)
     run_tail<32, PerElem>(x + i, out + i, n - i, PerElem ? inv + i : inv, PerElem ? zp + i : zp,
                           [&](const In* xb, uint8_t* ob, const float* a, const float* b) {
@@ -181,38 +185,51 @@ PYOPT_TARGET_AVX2 void quant_span(const In* x, uint8_t* out, int64_t n, const fl
                           });
 }
 
+PYOPT_TARGET_AVX2 inline void store128(void* p, __m128i v, bool nt) {
+  if (nt)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), v);
+  else
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v);
+}
+
+// nt: streaming stores (p aligned to the store's width: the span checks the output's alignment once).
 template <class Out>
-PYOPT_TARGET_AVX2 inline void store8(Out* p, __m256 v) {
+PYOPT_TARGET_AVX2 inline void store8(Out* p, __m256 v, bool nt) {
   if constexpr (std::is_same_v<Out, float>) {
-    _mm256_storeu_ps(p, v);
+    if (nt)
+      _mm256_stream_ps(p, v);
+    else
+      _mm256_storeu_ps(p, v);
   } else if constexpr (std::is_same_v<Out, at::Half>) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    store128(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   } else {  // bf16, round to nearest even (dequantized values are never NaN)
     __m256i u = _mm256_castps_si256(v);
     __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     u = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
     __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(u, u), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(w));
+    store128(p, _mm256_castsi256_si128(w), nt);
   }
 }
 
 template <class Out, bool PerElem, bool Signed>
-PYOPT_TARGET_AVX2 void dequant_block(const uint8_t* q, Out* out, const float* scale, const float* zp) {
+PYOPT_TARGET_AVX2 void dequant_block(const uint8_t* q, Out* out, const float* scale, const float* zp,
+                                     bool nt = false) {
   for (int j = 0; j < 4; ++j) {
     __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * j));
     __m256 qv = _mm256_cvtepi32_ps(Signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
     __m256 vs = PerElem ? _mm256_loadu_ps(scale + 8 * j) : _mm256_set1_ps(*scale);
     __m256 vz = PerElem ? _mm256_loadu_ps(zp + 8 * j) : _mm256_set1_ps(*zp);
-    store8(out + 8 * j, _mm256_mul_ps(_mm256_sub_ps(qv, vz), vs));
+    store8(out + 8 * j, _mm256_mul_ps(_mm256_sub_ps(qv, vz), vs), nt);
   }
 }
 
 template <class Out, bool PerElem, bool Signed>
 PYOPT_TARGET_AVX2 void dequant_span(const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
-                                    bool /*nt*/) {
+                                    bool nt) {
+  nt = nt && reinterpret_cast<uintptr_t>(out) % 32 == 0;  // 32 outputs of 2 or 4 bytes: every store aligned
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
-    dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp);
+    dequant_block<Out, PerElem, Signed>(q + i, out + i, PerElem ? scale + i : scale, PerElem ? zp + i : zp, nt);
   if (i < n)
     run_tail<32, PerElem>(q + i, out + i, n - i, PerElem ? scale + i : scale, PerElem ? zp + i : zp,
                           [&](const uint8_t* qb, Out* ob, const float* a, const float* b) {
@@ -385,7 +402,8 @@ PYOPT_TARGET_AVX512 void minmax_span(const In* x, int64_t n, float* mn, float* m
 #endif  // PYOPT_X86
 
 // ---------------------------------------------------------------------------------------------------------
-// Run-time dispatch: the best path not above `isa`
+// Run-time dispatch: the best path not above `isa`, chosen by a switch on the Isa (the same function name in
+// each ISA namespace)
 // ---------------------------------------------------------------------------------------------------------
 // Orders this thread's streaming stores before what follows (once per thread and op, not per span: a fence
 // drains the write-combining buffers and costs hundreds of cycles).
@@ -398,30 +416,42 @@ inline void stream_fence() {
 template <class In, Rule R, bool PerElem, bool Signed>
 inline void quant_span(Isa isa, const In* x, uint8_t* out, int64_t n, const float* inv, const float* zp, float lo,
                        float hi, bool nt = false) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
-  if (isa == Isa::Avx2) return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    case Isa::Avx2: return avx2::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    default: return avx512::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+    case Isa::Scalar: return scalar::quant_span<In, R, PerElem, Signed>(x, out, n, inv, zp, lo, hi, nt);
+  }
 }
 
 template <class Out, bool PerElem, bool Signed>
 inline void dequant_span(Isa isa, const uint8_t* q, Out* out, int64_t n, const float* scale, const float* zp,
                          bool nt = false) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
-  if (isa == Isa::Avx2) return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    case Isa::Avx2: return avx2::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    default: return avx512::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+    case Isa::Scalar: return scalar::dequant_span<Out, PerElem, Signed>(q, out, n, scale, zp, nt);
+  }
 }
 
 template <class In>
 inline void minmax_span(Isa isa, const In* x, int64_t n, float* mn, float* mx) {
+  switch (isa) {
 #if PYOPT_X86
-  if (isa >= Isa::Avx512) return avx512::minmax_span<In>(x, n, mn, mx);
-  if (isa == Isa::Avx2) return avx2::minmax_span<In>(x, n, mn, mx);
+    case Isa::Avx2: return avx2::minmax_span<In>(x, n, mn, mx);
+    default: return avx512::minmax_span<In>(x, n, mn, mx);  // AVX-512 and every tier above it
+#else
+    default:
 #endif
-  scalar::minmax_span<In>(x, n, mn, mx);
+    case Isa::Scalar: return scalar::minmax_span<In>(x, n, mn, mx);
+  }
 }
 
 // The symmetric int8 scale of a row (or image) whose largest |x| is amax: amax / 127, and 1 where that is 0

@@ -28,6 +28,14 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+// The per-ISA variants are the namespaces pyopt::sparse::avx512 / ::avx2 / ::scalar, each holding the same
+// functions under the same names. They are generated from one source, sparse_kernels.h, included once per ISA
+// with SPARSE_NS naming the namespace (and the vector width, target attribute and FMA for it), because the
+// three differ only in those; writing them out three times would triple ~300 lines that must stay identical
+// in rounding. Each namespace also exports its functions as one table (`kernels`): the tiled drivers of
+// sparse_common.h are shared by the float and int8 formats and by every ISA, and take the table chosen once
+// per call by kernels_for(isa) (a switch on the Isa) instead of being instantiated three times.
+
 #if PYOPT_X86
 #define SPARSE_NS avx512
 #define SPARSE_TARGET PYOPT_TARGET_AVX512
@@ -48,7 +56,7 @@
 #define SPARSE_VL 8
 #define SPARSE_FMA _mm256_fmadd_ps
 #define SPARSE_BSR_NV 2
-#define SPARSE_BSR_R 4
+#define SPARSE_BSR_R 6  // 12 accumulators + 2 x vectors + the broadcast weight of 16 ymm
 #include "cpu/sparse_kernels.h"
 #undef SPARSE_NS
 #undef SPARSE_TARGET
@@ -69,25 +77,24 @@
 // Shared with sparse_int8.cpp (declared in sparse_common.h): kernels_for, transpose_panels, the operands.
 namespace pyopt::sparse {
 
+// The ISA namespace for the call's tier (a switch on the Isa, once per call; AVX-512 kernels for every tier
+// from AVX-512 up).
 const Kernels& kernels_for(pyopt::Isa isa) {
-#if PYOPT_X86
   switch (isa) {
-    case pyopt::Isa::Amx:
-    case pyopt::Isa::Avx512Vnni:
-    case pyopt::Isa::Avx512: return pyopt::sparse::avx512::kernels;
-    case pyopt::Isa::Avx2: return pyopt::sparse::avx2::kernels;
-    default: break;
-  }
+#if PYOPT_X86
+    case pyopt::Isa::Avx2: return avx2::kernels;
+    default: return avx512::kernels;
+#else
+    default:
 #endif
-  return pyopt::sparse::scalar::kernels;
+    case pyopt::Isa::Scalar: return scalar::kernels;
+  }
 }
 
-// Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of a 1 MiB L2 (the forward's
-// panels: kXtTileBytes, sparse_common.h).
-static constexpr int64_t kXtBlockBytes = 512 * 1024;
-
+// Bytes of xt (one K-block x Mp) the grad_input / SDDMM loops keep hot: half of this core's L2, as the
+// forward's panels (xt_tile_bytes, sparse_common.h).
 static int64_t k_block(int64_t K, int64_t Mp) {
-  return std::min<int64_t>(K, std::max<int64_t>(16, kXtBlockBytes / (Mp * 4)));
+  return std::min<int64_t>(K, std::max<int64_t>(16, xt_tile_bytes() / (Mp * 4)));
 }
 
 // dst (cols x ldd) = src^T for src (rows x cols, rows lds apart), dst columns [rows, ldd) zeroed (the M

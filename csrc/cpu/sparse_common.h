@@ -6,16 +6,20 @@
 
 #include <ATen/ATen.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include "cpu/cpu_isa.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <vector>
 
 namespace pyopt::sparse {
 
-// The per-ISA kernels of sparse_kernels.h, as one table of function pointers.
+// The functions of one ISA namespace of sparse_kernels.h (pyopt::sparse::avx512 / avx2 / scalar), as one
+// table of function pointers; kernels_for(isa) picks the namespace (see sparse.cpp). The _i16 / _i32 / q8
+// names tell the index and value types apart (a pointer needs one overload).
 struct Kernels {
   int vl;      // floats per vector
   int bsr_nv;  // vectors per BSR m-tile
@@ -38,7 +42,7 @@ struct Kernels {
   } q8;
 };
 
-// Defined in sparse.cpp.
+// Defined in sparse.cpp: the table of the namespace for `isa` (a switch on the Isa, once per call).
 const Kernels& kernels_for(pyopt::Isa isa);
 at::Tensor transpose_panels(const Kernels& kr, const at::Tensor& x, int64_t Mp, int64_t width = 0);
 // crow (rows + 1 entries, checked by the op's argument checks) must run from 0 to nnz without decreasing.
@@ -68,10 +72,20 @@ inline int tile_nv(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >
 // `Source` yields a row's (idx, val) list in a K-block; each thread works on its own copy (buffers,
 // cursors). The chunk's yt tile lives in a per-thread buffer (L2) and is transposed straight into y after
 // the last K-block: no N x Mp yt in memory and no separate untranspose pass.
-// 512 KiB, half of L2: 192 KiB was 5% slower at M=64 and 15-45% at M=32 (more, shorter row segments; the
-// kernel is bound by L2 -> L1 bandwidth and a smaller slice buys no L1 hits); 512 KiB keeps M=64's 1 MiB
-// panel whole (below), 5% faster than 384 KiB there, and is even at M=128/256.
-constexpr int64_t kXtTileBytes = 512 * 1024;
+// Half of this core's L2 (Zen 4: 1 MiB L2 -> 512 KiB; Zen 3: 512 KiB -> 256 KiB; read once from sysconf,
+// 1 MiB assumed where it is not reported). On Zen 4, 192 KiB was 5% slower at M=64 and 15-45% at M=32 (more,
+// shorter row segments; the kernel is bound by L2 -> L1 bandwidth and a smaller slice buys no L1 hits);
+// 512 KiB keeps M=64's 1 MiB panel whole (below), 5% faster than 384 KiB there, and is even at M=128/256.
+// On Zen 3 the same 512 KiB slice no longer fits its L2 and every xt load came from L3.
+inline int64_t xt_tile_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("PYOPT_SPARSE_XT_BYTES");  // a tuning knob: measure other slice sizes
+    if (env && std::atoll(env) > 0) return static_cast<int64_t>(std::atoll(env));
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return std::clamp<int64_t>(l2 > 0 ? l2 / 2 : 512 * 1024, 128 * 1024, 2048 * 1024);
+  }();
+  return bytes;
+}
 
 // scale (csr_int8, else nullptr): the tile starts at 0 instead of the bias and each finished row is
 // scale[n] * acc + b[n] (one multiply per output, in the per-thread tile before it is transposed into y).
@@ -96,7 +110,7 @@ void forward_tiled(const Kernels& kr,
         // a panel of up to 2 blocks (M <= 64 at K = 4096) stays whole: splitting it only added row segments
         const int64_t tw = nv * kr.vl, panel = K * tw * 4;
         const int64_t kb =
-            panel <= 2 * kXtTileBytes ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, kXtTileBytes / (tw * 4));
+            panel <= 2 * xt_tile_bytes() ? std::max<int64_t>(K, 1) : std::max<int64_t>(16, xt_tile_bytes() / (tw * 4));
         src.reset(n0, n1);
         for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kb) {  // K == 0 still initialises the tile to the bias
           const int64_t k1 = std::min(K, k0 + kb);

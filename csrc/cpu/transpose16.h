@@ -1,4 +1,4 @@
-// 16 x 16 transpose of 32-bit elements held in 16 zmm registers: r[i] = row i on entry, r[j] = column j on
+// 16 x 16 transpose of 32-bit elements held in 16 zmm registers (AVX-512 only: pyopt::avx512): r[i] = row i on entry, r[j] = column j on
 // exit. Shared by the int8 GEMM (activation packing, the 16-column epilogue) and the sparse kernels'
 // x -> xt / yt -> y passes. Three rounds: 32-bit unpacks within 128-bit lanes, 64-bit unpacks, then two
 // lane shuffles that gather lane L of four registers (the classic 4x4-of-4x4 blocked transpose).
@@ -8,7 +8,7 @@
 #if PYOPT_X86
 #include <immintrin.h>
 
-namespace pyopt {
+namespace pyopt::avx512 {
 
 PYOPT_TARGET_AVX512 inline void transpose16x16_epi32(__m512i* r) {
   __m512i t[16], u[16];
@@ -35,5 +35,9 @@ PYOPT_TARGET_AVX512 inline void transpose16x16_epi32(__m512i* r) {
   }
 }
 
+}  // namespace pyopt::avx512
+
+namespace pyopt {
+using avx512::transpose16x16_epi32;  // the int8 GEMM's existing unqualified calls
 }  // namespace pyopt
 #endif  // PYOPT_X86
