@@ -1,4 +1,5 @@
-// The module object of pyopt._C: the few functions Python calls directly (they are not tensor ops).
+// The module object of pyopt._C: the few functions Python calls directly (ISA control), and pyopt._C.ops, the
+// typed Python bindings of the per-call ops (csrc/op_bindings.cpp).
 //
 // Every CPU kernel registers itself for the dispatcher's CPU key of its pyopt:: op, from its own file
 // (TORCH_LIBRARY_IMPL(pyopt, CPU, m) in csrc/cpu/<stem>.cpp); the schemas and fakes are declared in Python
@@ -8,6 +9,10 @@
 #include <torch/extension.h>
 
 #include "cpu/cpu_isa.h"
+
+namespace pyopt::ops {
+void add_op_bindings(pybind11::module_& m);  // csrc/op_bindings.cpp
+}
 
 namespace {
 int64_t set_isa_cap(int64_t cap) {
@@ -27,4 +32,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the ISA tier a kernel called on this thread uses now");
   m.def("set_isa_cap", &set_isa_cap, "set this thread's ISA cap (-1 = none); returns the previous cap");
   m.def("omp_threads", [] { return static_cast<int64_t>(omp_get_max_threads()); });
+  pyopt::ops::add_op_bindings(m);
 }
