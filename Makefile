@@ -12,7 +12,7 @@ NVCCFLAGS := -O3 -std=c++17 $(TORCH_NVCC_DEFS) -gencode arch=compute_80,code=sm_
              -gencode arch=compute_90,code=compute_90 -I csrc
 CU_SRCS   := $(wildcard csrc/cuda/*.cu)
 CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))
-NATIVE_SRCS := setup.py $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
+NATIVE_SRCS := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
 
 .PHONY: all venv build demo test pytest bench bench-quick bench-pytest check-cuda check-cuda-bind lint format info clean
 

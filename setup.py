@@ -1,6 +1,7 @@
 """Build pyopt's native parts.
 
-pyopt._C       C++ CPU kernels (csrc/cpu/*.cpp), always built unless PYOPT_NO_NATIVE=1.
+pyopt._C       C++ CPU kernels (csrc/cpu/*.cpp) and the autograd kernels of every device (csrc/autograd.cpp),
+               always built unless PYOPT_NO_NATIVE=1.
                Hot loops carry per-function target attributes (AVX-512/VNNI, AVX2) and are picked at run
                time by CPUID, so the binary itself is plain x86-64 and runs anywhere.
 pyopt._C_cuda  CUDA kernels (csrc/cuda/*.cu + *.cpp bindings), built only where torch has CUDA and nvcc
@@ -40,7 +41,7 @@ def _extensions():
     exts = [
         CppExtension(
             "pyopt._C",
-            _sources("csrc/cpu/*.cpp"),
+            _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp"),
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],

@@ -12,6 +12,9 @@ import torch
 
 from ._rules import qparams_from_minmax
 from .ops.checks import check_axis, check_quant_dtype, check_quant_input
+from .ops.native import direct
+
+_QUANTIZE_PER_TENSOR = direct("quantize_per_tensor")
 
 __all__ = [
     "choose_qparams",
@@ -57,7 +60,7 @@ def quantize_per_tensor(x: torch.Tensor, scale, zero_point, dtype=torch.int8) ->
     """
     scale = _scalar("scale", scale, float)
     zero_point = _scalar("zero_point", zero_point, int)
-    return torch.ops.pyopt.quantize_per_tensor(x, scale, zero_point, dtype)
+    return _QUANTIZE_PER_TENSOR(x, scale, zero_point, dtype)
 
 
 def quantize_per_channel(x: torch.Tensor, scales, zero_points, axis: int, dtype=torch.int8) -> torch.Tensor:

@@ -1,4 +1,5 @@
-// The module object of pyopt._C: the few functions Python calls directly (they are not tensor ops).
+// The module object of pyopt._C: the few functions Python calls directly (ISA control), and pyopt._C.ops, the
+// typed Python bindings of the per-call ops (csrc/op_bindings.cpp).
 //
 // Every CPU kernel registers itself for the dispatcher's CPU key of its pyopt:: op, from its own file
 // (TORCH_LIBRARY_IMPL(pyopt, CPU, m) in csrc/cpu/<stem>.cpp); the schemas and fakes are declared in Python
@@ -13,6 +14,10 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/int8_gemm.h"
 #include "cpu/int8_gemm_amx.h"
+
+namespace pyopt::ops {
+void add_op_bindings(pybind11::module_& m);  // csrc/op_bindings.cpp
+}
 
 namespace {
 int64_t set_isa_cap(int64_t cap) {
@@ -62,4 +67,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_emulated_tile_dp", &pyopt::int8::amx::emulated_tile_dp, py::arg("op"), py::arg("a"), py::arg("b"),
         py::arg("c"), "one tdpbssd / tdpbusd of the tile emulator: returns c + a . b (a, b in tile layout)");
   m.def("omp_threads", [] { return static_cast<int64_t>(omp_get_max_threads()); });
+  pyopt::ops::add_op_bindings(m);
 }

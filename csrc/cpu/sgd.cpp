@@ -2,8 +2,8 @@
 //
 // Launcher (apex's multi_tensor_apply idea, on CPU): every tensor of the step is cut into chunks of at most
 // kChunk elements, all chunks of all tensors go into one list, and one OpenMP loop runs them. Each chunk
-// calls the functor picked for its tensor: `sgd_functor<T, B, kMomentum, kMask, kMaster>` instantiated for
-// every storage combination listed in PYOPT_SGD_TYPES, for the scalar / AVX2 / AVX-512 targets (the
+// calls the functor picked for its tensor: `<isa>::sgd_functor<T, B, kMomentum, kMask, kMaster>` instantiated
+// for every storage combination listed in PYOPT_SGD_TYPES, in the scalar / avx2 / avx512 namespaces (the
 // compiler vectorises the same loop for each target; the ISA is chosen at run time, see cpu_isa.h).
 //
 // Numerics match torch's for-loop SGD (torch/optim/sgd.py `_single_tensor_sgd`) operation by operation.
@@ -155,26 +155,38 @@ __attribute__((always_inline)) inline void sgd_functor_body(const TensorTask& t,
 #undef PYOPT_SGD_LOOP
 }
 
+// The functor per ISA: the same loop, compiled for each target (one namespace per ISA, as in every family).
+namespace scalar {
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
-void sgd_functor_scalar(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
+void sgd_functor(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
   sgd_functor_body<T, B, kMomentum, kMask, kMaster>(t, begin, end, h);
 }
+}  // namespace scalar
 
+namespace avx2 {
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
-PYOPT_TARGET_AVX2 void sgd_functor_avx2(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
+PYOPT_TARGET_AVX2 void sgd_functor(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
   sgd_functor_body<T, B, kMomentum, kMask, kMaster>(t, begin, end, h);
 }
+}  // namespace avx2
 
+namespace avx512 {
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
-PYOPT_TARGET_AVX512 void sgd_functor_avx512(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
+PYOPT_TARGET_AVX512 void sgd_functor(const TensorTask& t, int64_t begin, int64_t end, const Hyper& h) {
   sgd_functor_body<T, B, kMomentum, kMask, kMaster>(t, begin, end, h);
 }
+}  // namespace avx512
 
 template <typename T, typename B, bool kMomentum, bool kMask, bool kMaster>
 Functor pick_target(Isa isa) {
-  if (isa >= Isa::Avx512) return &sgd_functor_avx512<T, B, kMomentum, kMask, kMaster>;
-  if (isa == Isa::Avx2) return &sgd_functor_avx2<T, B, kMomentum, kMask, kMaster>;
-  return &sgd_functor_scalar<T, B, kMomentum, kMask, kMaster>;
+  switch (isa) {
+    case Isa::Scalar:
+      return &scalar::sgd_functor<T, B, kMomentum, kMask, kMaster>;
+    case Isa::Avx2:
+      return &avx2::sgd_functor<T, B, kMomentum, kMask, kMaster>;
+    default:  // every AVX-512 tier
+      return &avx512::sgd_functor<T, B, kMomentum, kMask, kMaster>;
+  }
 }
 
 template <typename T, typename B, bool kMaster>

@@ -13,7 +13,10 @@ import torch
 from torch import nn
 
 from .._rules import binarize_weight, unpack_signs
+from ..ops.native import direct
 from .registry import check_features, check_finite_weight, check_input, keep_float32, register_module
+
+_BINARY_LINEAR = direct("binary_linear")
 
 
 @register_module
@@ -77,7 +80,7 @@ class BinaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_features)
-        return torch.ops.pyopt.binary_linear(
+        return _BINARY_LINEAR(
             x, self.packed_weight, self.alpha, self.bias, self.in_features, self.binary_activations
         )
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.native import direct
 from .int8_linear import Int8Base, check_mode
 from .registry import register_module
+
+_DYNAMIC = direct("int8_conv2d_dynamic")
+_WEIGHT_ONLY = direct("int8_conv2d_weight_only")
 
 
 def _pair(v) -> list[int]:
@@ -81,11 +85,7 @@ class Int8Conv2d(Int8Base):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = (
-            torch.ops.pyopt.int8_conv2d_dynamic
-            if self.mode == "dynamic"
-            else torch.ops.pyopt.int8_conv2d_weight_only
-        )
+        op = _DYNAMIC if self.mode == "dynamic" else _WEIGHT_ONLY
         return op(x, self.weight, self.weight_scales, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:

@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 from .._rules import quantize_rows_symmetric
+from ..ops.native import direct
 from .registry import check_features, check_finite_weight, keep_float32, register_module
+
+_DYNAMIC = direct("int8_linear_dynamic")
+_WEIGHT_ONLY = direct("int8_linear_weight_only")
 
 MODES = ("dynamic", "weight_only")
 
@@ -91,11 +95,7 @@ class Int8Linear(Int8Base):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = (
-            torch.ops.pyopt.int8_linear_dynamic
-            if self.mode == "dynamic"
-            else torch.ops.pyopt.int8_linear_weight_only
-        )
+        op = _DYNAMIC if self.mode == "dynamic" else _WEIGHT_ONLY
         return op(x, self.weight, self.weight_scales, self.bias)
 
     def extra_repr(self) -> str:

@@ -17,7 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .._rules import is_block_structured, masked_weight, to_bsr, to_csr, to_csr_int8
+from ..ops.native import direct
 from ..timing import time_many
+
+_CSR_LINEAR = direct("sparse_csr_linear")
+_BSR_LINEAR = direct("sparse_bsr_linear")
+_CSR_INT8_LINEAR = direct("sparse_csr_int8_linear")
 
 # csr_int8 (weight-only int8 CSR) is never chosen here: pyopt.quantize / SparseLinear.quantize_int8 pick it,
 # for size (1 B value + 2 B column per kept weight, + 4 B per row), not speed.
@@ -135,14 +140,14 @@ def linear(
     if fmt == "dense":
         return F.linear(x, tensors["weight"], bias)
     if fmt == "csr":
-        op = torch.ops.pyopt.sparse_csr_linear
+        op = _CSR_LINEAR
     elif fmt == "bsr":
-        op = torch.ops.pyopt.sparse_bsr_linear
+        op = _BSR_LINEAR
     elif fmt == "2:4":
         return F.linear(x, tensors["semi"], bias)
     elif fmt == "csr_int8":
         t = tensors
-        return torch.ops.pyopt.sparse_csr_int8_linear(
+        return _CSR_INT8_LINEAR(
             x, t["crow_indices"], t["col_indices"], t["values"], t["row_scales"], bias, out_features
         )
     else:

@@ -18,9 +18,12 @@ from torch import nn
 
 from .._rules import csr_rows, quantize_csr_values, set_param_mask
 from ..ops.checks import check_sparse_mask
+from ..ops.native import direct
 from . import sparse_format as dispatch
 from .registry import check_features, check_input, keep_float32, register_module
 from .sparse_conv import MaskedBias, check_mask
+
+_MASKED_LINEAR = direct("sparse_masked_linear")
 
 _COMPRESSED_BUFFERS = ("weight", "crow_indices", "col_indices", "values", "row_scales")
 _CSR_LIKE = ("csr", "bsr", "csr_int8")  # formats storing crow_indices / col_indices / values
@@ -162,7 +165,7 @@ class SparseLinear(MaskedBias, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_features)
         if self.format == "masked":
-            return torch.ops.pyopt.sparse_masked_linear(x, self.weight, self.mask, self._masked_bias())
+            return _MASKED_LINEAR(x, self.weight, self.mask, self._masked_bias())
         return dispatch.linear(self.format, self._tensors(), x, self.bias, self.out_features)
 
     @torch.no_grad()

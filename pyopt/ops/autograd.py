@@ -1,4 +1,8 @@
-"""Autograd formulas of the differentiable pyopt:: ops (registered once; every backend's forward shares them).
+"""Autograd formulas of the differentiable pyopt:: ops, for builds without the native module.
+
+The native module registers the same formulas in C++ on the Autograd key (csrc/autograd.cpp), so that a call
+in grad mode reaches its kernel without a Python hop; these Python ones are registered only where it is absent
+(PYOPT_NO_NATIVE=1, or an extension built against another torch).
 
 - int8 linear / conv: w.r.t. x only (the int8 weights are frozen buffers). Weight-only: the exact gradient of
   x @ (s * w_q)^T. Dynamic: the straight-through estimator (activation rounding treated as identity), as in
@@ -12,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from . import native
 
 
 def _linear_setup_context(ctx, inputs, output):
@@ -56,10 +62,17 @@ def _masked_linear_backward(ctx, grad_y):
     return grad_x, grad_w, None, grad_b
 
 
-for _op in ("int8_linear_dynamic", "int8_linear_weight_only"):
-    torch.library.register_autograd(f"pyopt::{_op}", _linear_backward, setup_context=_linear_setup_context)
-for _op in ("int8_conv2d_dynamic", "int8_conv2d_weight_only"):
-    torch.library.register_autograd(f"pyopt::{_op}", _conv_backward, setup_context=_conv_setup_context)
-torch.library.register_autograd(
-    "pyopt::sparse_masked_linear", _masked_linear_backward, setup_context=_masked_linear_setup_context
-)
+def _register() -> None:
+    for _op in ("int8_linear_dynamic", "int8_linear_weight_only"):
+        torch.library.register_autograd(
+            f"pyopt::{_op}", _linear_backward, setup_context=_linear_setup_context
+        )
+    for _op in ("int8_conv2d_dynamic", "int8_conv2d_weight_only"):
+        torch.library.register_autograd(f"pyopt::{_op}", _conv_backward, setup_context=_conv_setup_context)
+    torch.library.register_autograd(
+        "pyopt::sparse_masked_linear", _masked_linear_backward, setup_context=_masked_linear_setup_context
+    )
+
+
+if native.cpu_ext() is None:
+    _register()

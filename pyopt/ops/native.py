@@ -11,6 +11,8 @@ import importlib
 import os
 import warnings
 
+import torch
+
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")  # csrc/cpu/cpu_isa.h kIsaNames
 
 _warned: set[str] = set()
@@ -86,3 +88,30 @@ def active_isa() -> str:
     """The ISA the C++ kernels called from this thread use now (PYOPT_CPU_ISA and pyopt.use_isa cap it)."""
     ext = cpu_ext()
     return "scalar" if ext is None else ISA_NAMES[ext.active_isa()]
+
+
+def direct(op: str):
+    """A callable for `torch.ops.pyopt.<op>` on a model's per-call path (layer forwards, the optimizer step).
+
+    With the native module it is pyopt._C.ops.<op> (csrc/op_bindings.cpp): typed argument conversion in C++,
+    then the same dispatcher call as torch.ops (autograd, dispatch modes, every device's kernel) - the
+    generic torch.ops conversion costs several times a small kernel. It is taken when the first argument is a
+    plain torch.Tensor (or a list of them for the optimizer) and nothing is compiling; anything else (torch.compile
+    or export tracing, fx proxies, fake tensors, tensor subclasses with __torch_function__) goes through
+    torch.ops unchanged.
+    """
+    packet = getattr(torch.ops.pyopt, op)
+    ext = cpu_ext()
+    fast = None if ext is None else getattr(ext.ops, op, None)
+    if fast is None:
+        return packet
+    plain, compiling = (torch.Tensor, torch.nn.Parameter), torch.compiler.is_compiling
+
+    def call(first, *args):
+        lead = first[0] if type(first) is list and first else first
+        if type(lead) in plain and not compiling():
+            return fast(first, *args)
+        return packet(first, *args)
+
+    call.__name__ = call.__qualname__ = op
+    return call

@@ -26,6 +26,9 @@ import sys
 import torch
 
 from .._rules import LOW_PRECISION, MASK_ATTR, set_param_mask
+from ..ops.native import direct
+
+_FUSED_SGD = direct("fused_sgd_")
 
 # `any(map(_is_none, xs))`: the per-element test runs in C (a generator expression costs ~2x for
 # thousands of parameters, and `None in tensors` would call Tensor.__eq__).
@@ -336,7 +339,7 @@ class FusedSGD(torch.optim.Optimizer):
         lr_tensor = None
         if isinstance(lr, torch.Tensor):
             lr_tensor, lr = (lr, 0.0) if lr.device == params[0].device else (None, lr.item())
-        torch.ops.pyopt.fused_sgd_.default(
+        _FUSED_SGD(
             params,
             grads,
             bufs,
