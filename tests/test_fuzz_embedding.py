@@ -3,6 +3,7 @@
 written here (one dequantised row per index, bags reduced in a Python loop); bad indices, offsets and
 arguments refused with the exception type naming the argument. Settings and helpers: tests/fuzz_strategies.py."""
 
+import pytest
 import torch
 from fuzz_strategies import (
     ISAS,
@@ -173,3 +174,15 @@ def bad_embedding_calls(draw):
 @given(bad=bad_embedding_calls())
 def test_fuzz_embedding_bad_inputs_raise_alike(bad):
     assert_all_raise(*bad)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("last", [False, True])
+def test_embedding_bag_without_bags_is_empty(mode, last):
+    """No bag (empty offsets, or only the last offset) with indices present: an empty [0, dim] result. torch
+    2.13's embedding_bag(mode="max") segfaults on this input; the reference kernel must not reach it."""
+    wq, scales = torch.randint(-128, 128, (5, 4), dtype=torch.int8), torch.ones(5)
+    idx = torch.arange(0 if last else 5)  # (with include_last_offset, offsets [0] ends at len(indices))
+    off = torch.tensor([0]) if last else torch.zeros(0, dtype=torch.int64)
+    got = run_all("embedding_bag_int8", idx, off, wq, scales, None, mode, last, None, torch.float32)
+    assert got.shape == (0, 4) and got.dtype == torch.float32
