@@ -7,6 +7,7 @@ Settings and helpers: tests/fuzz_strategies.py."""
 
 import math
 
+import pytest
 import torch
 from fuzz_strategies import (
     ISAS,
@@ -24,6 +25,7 @@ from fuzz_strategies import (
     st,
 )
 
+import pyopt
 from pyopt._rules import SPARSE_DTYPES, masked_weight, to_bsr, to_csr, to_csr_int8
 
 OPS = torch.ops.pyopt
@@ -264,3 +266,29 @@ def bad_masked_calls(draw):
 @given(bad=bad_masked_calls())
 def test_fuzz_sparse_masked_bad_inputs_raise_alike(bad):
     assert_all_raise(*bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_ops_with_an_empty_last_dim(dtype):
+    """in_features == 0 or out_features == 0 with one row of x: reshape(-1, 0) is ambiguous, and the float64
+    paths of the C++ kernels and the BSR reference used it (RuntimeError instead of the empty / zero result)."""
+    x0, x1 = torch.ones(3, 0, dtype=dtype), torch.ones(2, 3, dtype=dtype)
+    w0, w1 = torch.ones(4, 0, dtype=dtype), torch.ones(0, 3, dtype=dtype)
+    crow = torch.zeros(5, dtype=torch.int64)
+    for backend in ("reference", "cpu"):
+        with pyopt.use_backend(backend):
+            assert torch.equal(
+                OPS.sparse_masked_linear(x0, w0, w0.bool(), None), torch.zeros(3, 4, dtype=dtype)
+            )
+            assert OPS.sparse_masked_linear_grad_input(
+                torch.ones(2, 0, dtype=dtype), w1, w1.bool()
+            ).shape == (2, 3)
+            assert OPS.sparse_masked_sddmm(torch.ones(2, 0, dtype=dtype), x1, w1.bool()).shape == (0, 3)
+            y = OPS.sparse_csr_linear(
+                x0, crow, torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=dtype), None, 4
+            )
+            assert torch.equal(y, torch.zeros(3, 4, dtype=dtype))
+            y = OPS.sparse_bsr_linear(
+                x0, crow, torch.zeros(0, dtype=torch.int32), torch.zeros(0, 1, 1, dtype=dtype), None, 4
+            )
+            assert torch.equal(y, torch.zeros(3, 4, dtype=dtype))

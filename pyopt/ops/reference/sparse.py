@@ -105,7 +105,7 @@ def bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
     k = x.shape[-1]
     _check_crow(crow_indices, nnzb)
     _check_cols(crow_indices, col_indices, k // bw, "block row")
-    xb = _2d(x).reshape(-1, k // bw, bw)
+    xb = _2d(x).reshape(math.prod(x.shape[:-1]), k // bw, bw)
     # every stored block (I, J): y[:, I*bh:(I+1)*bh] += x[:, J*bw:(J+1)*bw] @ block^T
     prod = torch.einsum("mjb,jhb->mjh", xb[:, col_indices.long()].double(), values.double())
     y = torch.zeros(xb.shape[0], out_features // bh, bh, dtype=torch.float64, device=x.device)
