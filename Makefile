@@ -47,7 +47,7 @@ pytest: build
 
 # AddressSanitizer + UBSan: the C++ kernels built with PYOPT_SANITIZE in a copy of the tree (build/asan/tree; the
 # .venv install is untouched), then the native tests (guard-page tests included) and the fuzz targets run there
-# with libasan preloaded (python itself is not instrumented; its leaks by design are not reported). Own job, not
+# with libasan preloaded (and libstdc++: ASan intercepts __cxa_throw only if it is loaded first; python itself is not instrumented; its leaks by design are not reported). Own job, not
 # part of `make test`. ASAN_TESTS / ASAN_PYTEST_ARGS narrow or extend the run.
 ASAN_DIR   := build/asan/tree
 ASAN_TESTS ?= tests/test_quant.py tests/test_int8_linear.py tests/test_binary_linear.py tests/test_sparse.py \
@@ -57,7 +57,7 @@ asan: $(VENV)/.deps
 	@mkdir -p $(ASAN_DIR)
 	@git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(ASAN_DIR)
 	cd $(ASAN_DIR) && PYOPT_SANITIZE=address,undefined $(abspath $(VPY)) setup.py -q build_ext --inplace
-	cd $(ASAN_DIR) && export LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+	cd $(ASAN_DIR) && export LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 && \
 	  $(abspath $(VPY)) -c "import pyopt.ops.native as n, os; f = n.cpu_ext().__file__; \
 	    assert f.startswith(os.getcwd()), f; print('asan: testing', f)" && \

@@ -91,6 +91,7 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
 @reference("sparse_csr_int8_linear")
 def csr_int8_linear_ref(x, crow_indices, col_indices, values, row_scales, bias, out_features):
     C.check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features)
+    _check_crow(crow_indices, values.shape[0])  # before dequantising: csr_rows needs a valid crow_indices
     # dequantise (one float32 rounding per value), then the float CSR reference in float32 (float64 for float64)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     w = dequantize_csr_int8(crow_indices, values, row_scales).to(dt)
