@@ -47,8 +47,9 @@ pytest: build
 
 # AddressSanitizer + UBSan: the C++ kernels built with PYOPT_SANITIZE in a copy of the tree (build/asan/tree; the
 # .venv install is untouched), then the native tests (guard-page tests included) and the fuzz targets run there
-# with libasan preloaded (and libstdc++: ASan intercepts __cxa_throw only if it is loaded first; python itself is not instrumented; its leaks by design are not reported). Own job, not
-# part of `make test`. ASAN_TESTS / ASAN_PYTEST_ARGS narrow or extend the run.
+# with libasan preloaded (and libstdc++: ASan intercepts __cxa_throw only if that is loaded first; python itself
+# is not instrumented, its leaks by design are not reported). Own job, not part of `make test`. ASAN_TESTS /
+# ASAN_PYTEST_ARGS narrow or extend the run.
 ASAN_DIR   := build/asan/tree
 ASAN_TESTS ?= tests/test_quant.py tests/test_int8_linear.py tests/test_binary_linear.py tests/test_sparse.py \
               tests/test_sgd.py tests/test_embedding.py $(wildcard tests/test_fuzz_*.py)
