@@ -185,21 +185,24 @@ def run_isa(isa: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """A float tensor's bit patterns (NaNs canonicalised: payloads are not part of any op's contract)."""
+def bits(t: torch.Tensor, signed_zeros: bool = True) -> torch.Tensor:
+    """A float tensor's bit patterns (NaNs canonicalised: payloads are not part of any op's contract; -0.0 as
+    +0.0 unless signed_zeros)."""
     t = t.contiguous()
     if not t.is_floating_point():
         return t
+    if not signed_zeros:
+        t = t + 0.0  # -0.0 + 0.0 = +0.0
     t = torch.where(torch.isnan(t), torch.full_like(t, math.nan), t)
     return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
 
 
-def assert_exact(got, want, what: str = "") -> None:
+def assert_exact(got, want, what: str = "", signed_zeros: bool = True) -> None:
     """Bit-exact equality (signed zeros included, any NaN equals any NaN), with dtype, shape; also tuples."""
     if isinstance(want, (tuple, list)):
         assert len(got) == len(want)
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            assert_exact(a, b, f"{what}[{i}]")
+            assert_exact(a, b, f"{what}[{i}]", signed_zeros)
         return
     assert got.dtype == want.dtype and got.shape == want.shape, (
         what,
@@ -208,7 +211,7 @@ def assert_exact(got, want, what: str = "") -> None:
         got.shape,
         want.shape,
     )
-    a, b = bits(got), bits(want)
+    a, b = bits(got, signed_zeros), bits(want, signed_zeros)
     bad = (a != b).nonzero()
     if bad.numel():
         i = tuple(bad[0].tolist())

@@ -99,7 +99,8 @@ def test_fuzz_int8_linear_dynamic_bit_exact(data):
     args = data.draw(linear_calls(huge_k=data.draw(st.integers(0, 30)) == 0))
     want = run_ref(OPS.int8_linear_dynamic, *args)
     for isa in ISAS:
-        assert_exact(run_isa(isa, OPS.int8_linear_dynamic, *args), want, isa)
+        # (the sign of a zero result, e.g. 0 * a negative scale, is not part of the contract)
+        assert_exact(run_isa(isa, OPS.int8_linear_dynamic, *args), want, isa, signed_zeros=False)
 
 
 @fuzz(200)
@@ -137,9 +138,10 @@ def test_fuzz_int8_conv2d_dynamic_bit_exact(args):
     want = run_ref(OPS.int8_conv2d_dynamic, *args)
     for isa in ISAS:
         got = run_isa(isa, OPS.int8_conv2d_dynamic, *args)
-        assert_exact(got, want, isa)
-        if got.numel():
-            assert got.stride() == want.stride(), (isa, got.stride(), want.stride())
+        assert_exact(got, want, isa, signed_zeros=False)
+        # channels-last like the reference (strides of size-1 dims mean nothing)
+        strides = [[st for st, n in zip(t.stride(), t.shape, strict=True) if n > 1] for t in (got, want)]
+        assert not got.numel() or strides[0] == strides[1], (isa, got.stride(), want.stride())
 
 
 # ----------------------------------------------------------------------------------------------------------
