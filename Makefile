@@ -14,7 +14,7 @@ CU_SRCS   := $(wildcard csrc/cuda/*.cu)
 CU_OBJS   := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SRCS))
 NATIVE_SRCS := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.cuh)
 
-.PHONY: all venv build demo test pytest bench bench-quick bench-pytest check-cuda check-cuda-bind lint format info clean
+.PHONY: all venv build demo test pytest asan bench bench-quick bench-pytest check-cuda check-cuda-bind lint format info clean
 
 all: test
 
@@ -44,6 +44,25 @@ test: lint check-cuda pytest
 
 pytest: build
 	$(VPY) -m pytest tests
+
+# AddressSanitizer + UBSan: the C++ kernels built with PYOPT_SANITIZE in a copy of the tree (build/asan/tree; the
+# .venv install is untouched), then the native tests (guard-page tests included) and the fuzz targets run there
+# with libasan preloaded (and libstdc++: ASan intercepts __cxa_throw only if that is loaded first; python itself
+# is not instrumented, its leaks by design are not reported). Own job, not part of `make test`. ASAN_TESTS /
+# ASAN_PYTEST_ARGS narrow or extend the run.
+ASAN_DIR   := build/asan/tree
+ASAN_TESTS ?= tests/test_quant.py tests/test_int8_linear.py tests/test_binary_linear.py tests/test_sparse.py \
+              tests/test_sgd.py tests/test_embedding.py $(wildcard tests/test_fuzz_*.py)
+ASAN_PYTEST_ARGS ?= -k "not triton and not cuda"
+asan: $(VENV)/.deps
+	@mkdir -p $(ASAN_DIR)
+	@git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(ASAN_DIR)
+	cd $(ASAN_DIR) && PYOPT_SANITIZE=address,undefined $(abspath $(VPY)) setup.py -q build_ext --inplace
+	cd $(ASAN_DIR) && export LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 && \
+	  $(abspath $(VPY)) -c "import pyopt.ops.native as n, os; f = n.cpu_ext().__file__; \
+	    assert f.startswith(os.getcwd()), f; print('asan: testing', f)" && \
+	  $(abspath $(VPY)) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) $(ASAN_PYTEST_ARGS)
 
 bench: build
 	$(VPY) -m pyopt bench

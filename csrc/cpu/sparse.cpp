@@ -164,11 +164,13 @@ void check_crow_values(const at::Tensor& crow, int64_t rows, int64_t nnz) {
                     "crow_indices must start at 0, never decrease and end at nnz=", nnz);
 }
 
-at::Tensor as_f32_rows(const at::Tensor& x) {
-  return x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), x.size(-1)})
-      .to(at::kFloat)
-      .contiguous();
+// t as [rows, last dim]; not reshape({-1, K}), which is ambiguous (an error) for an empty t with K == 0.
+static int64_t leading_rows(const at::Tensor& t) {
+  return c10::multiply_integers(t.sizes().begin(), t.sizes().end() - 1);
 }
+static at::Tensor rows_2d(const at::Tensor& t) { return t.reshape({leading_rows(t), t.size(-1)}); }
+
+at::Tensor as_f32_rows(const at::Tensor& x) { return rows_2d(x).to(at::kFloat).contiguous(); }
 
 std::optional<at::Tensor> as_f32(const std::optional<at::Tensor>& t) {
   return t ? std::optional<at::Tensor>(t->to(at::kFloat).contiguous()) : std::nullopt;
@@ -374,7 +376,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   if (x.scalar_type() == at::kDouble) {
     const auto nz = mask.nonzero();
     const at::Tensor rows = nz.select(1, 0), cols = nz.select(1, 1);
-    at::Tensor y = stored_product(x.reshape({-1, x.size(-1)}), rows, cols, weight.index({rows, cols}), N);
+    at::Tensor y = stored_product(rows_2d(x), rows, cols, weight.index({rows, cols}), N);
     return like_x(bias ? y.add_(*bias) : y, x, N);
   }
   return like_x(masked_linear_f32(as_f32_rows(x), weight.to(at::kFloat).contiguous(), mask.contiguous(), as_f32(bias)),
@@ -387,7 +389,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& 
   if (grad_y.scalar_type() == at::kDouble) {
     const auto nz = mask.nonzero();
     const at::Tensor rows = nz.select(1, 0), cols = nz.select(1, 1);
-    return like_x(stored_product(grad_y.reshape({-1, grad_y.size(-1)}), cols, rows, weight.index({rows, cols}), K),
+    return like_x(stored_product(rows_2d(grad_y), cols, rows, weight.index({rows, cols}), K),
                   grad_y, K);
   }
   return like_x(masked_linear_grad_input_f32(as_f32_rows(grad_y), weight.to(at::kFloat).contiguous(), mask.contiguous()),
@@ -396,7 +398,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_y, const at::Tensor& 
 
 at::Tensor masked_sddmm(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask) {
   checks::sparse_masked_sddmm(grad_y, x, mask);
-  const at::Tensor gy2 = grad_y.reshape({-1, grad_y.size(-1)}), x2 = x.reshape({-1, x.size(-1)});
+  const at::Tensor gy2 = rows_2d(grad_y), x2 = rows_2d(x);
   if (x.scalar_type() == at::kDouble) return at::where(mask, at::mm(gy2.t(), x2), at::zeros({}, x.options()));
   return masked_sddmm_f32(gy2.to(at::kFloat).contiguous(), x2.to(at::kFloat).contiguous(), mask.contiguous())
       .to(x.scalar_type());
@@ -409,7 +411,7 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   if (x.scalar_type() == at::kDouble) {
     check_csr_cols(crow, col.to(at::kLong).contiguous(), out_features, x.size(-1));
     const at::Tensor rows = at::repeat_interleave(crow.diff());
-    at::Tensor y = stored_product(x.reshape({-1, x.size(-1)}), rows, col.to(at::kLong), values, out_features);
+    at::Tensor y = stored_product(rows_2d(x), rows, col.to(at::kLong), values, out_features);
     return like_x(bias ? y.add_(*bias) : y, x, out_features);
   }
   return like_x(csr_linear_f32(as_f32_rows(x), crow.contiguous(), col.contiguous(), values.to(at::kFloat).contiguous(),
@@ -426,7 +428,7 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     bsr_linear_f32(at::empty({0, K}, x.options().dtype(at::kFloat)), crow.contiguous(), col.contiguous(),
                    values.to(at::kFloat).contiguous(), std::nullopt, out_features);  // (validates col_indices)
     // every stored block (I, J): y[:, I*bh:(I+1)*bh] += x[:, J*bw:(J+1)*bw] @ block^T
-    const at::Tensor xb = x.reshape({-1, K / bw, bw});
+    const at::Tensor xb = x.reshape({leading_rows(x), K / bw, bw});
     const at::Tensor brow = at::repeat_interleave(crow.diff()), gathered = xb.index_select(1, col.to(at::kLong));
     const at::Tensor prod = at::einsum("mjb,jhb->mjh", {gathered, values});  // [M, nnzb, bh]
     at::Tensor y = at::zeros({xb.size(0), out_features / bh, bh}, x.options()).index_add_(1, brow, prod);

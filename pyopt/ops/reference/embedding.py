@@ -52,6 +52,9 @@ def embedding_bag_int8_ref(
         out_dtype,
     )  # fmt: skip
     n = indices.shape[0]
+    bags = offsets.shape[0] - (1 if include_last_offset else 0)
+    if bags <= 0:  # no bag: torch 2.13's embedding_bag(mode="max") segfaults on empty offsets with indices
+        return torch.zeros((0, weight_q.shape[1]), dtype=out_dtype, device=indices.device)
     rows = _dequantized_rows(indices, weight_q, row_scales)
     # torch's embedding_bag over the gathered rows: position i of the bag reads row i of `rows`; entries equal
     # to padding_idx point at an extra all-zero row that is the bag op's own padding_idx (left out of the bag

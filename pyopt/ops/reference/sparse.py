@@ -91,6 +91,7 @@ def csr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
 @reference("sparse_csr_int8_linear")
 def csr_int8_linear_ref(x, crow_indices, col_indices, values, row_scales, bias, out_features):
     C.check_sparse_csr_int8_linear(x, crow_indices, col_indices, values, row_scales, bias, out_features)
+    _check_crow(crow_indices, values.shape[0])  # before dequantising: csr_rows needs a valid crow_indices
     # dequantise (one float32 rounding per value), then the float CSR reference in float32 (float64 for float64)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     w = dequantize_csr_int8(crow_indices, values, row_scales).to(dt)
@@ -105,7 +106,7 @@ def bsr_linear_ref(x, crow_indices, col_indices, values, bias, out_features):
     k = x.shape[-1]
     _check_crow(crow_indices, nnzb)
     _check_cols(crow_indices, col_indices, k // bw, "block row")
-    xb = _2d(x).reshape(-1, k // bw, bw)
+    xb = _2d(x).reshape(math.prod(x.shape[:-1]), k // bw, bw)
     # every stored block (I, J): y[:, I*bh:(I+1)*bh] += x[:, J*bw:(J+1)*bw] @ block^T
     prod = torch.einsum("mjb,jhb->mjh", xb[:, col_indices.long()].double(), values.double())
     y = torch.zeros(xb.shape[0], out_features // bh, bh, dtype=torch.float64, device=x.device)
